@@ -1,0 +1,359 @@
+//! The replayable request body: each attempt replays what earlier attempts read, then goes on
+//! reading the caller's body, so a failed attempt that read only part of the body (or none of it:
+//! a refused connection reads nothing) loses nothing.
+//!
+//! The state lives behind one `Arc<Mutex<_>>` shared by the call's future and each attempt's body,
+//! in the manner of linkerd2-proxy's `ReplayBody`. Attempts run one after another, so the lock is
+//! never contended; a superseded attempt that its transport still polls gets an error instead of
+//! racing the current one for the caller's body.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tonic::Status;
+use tonic::body::Body;
+
+/// Bytes held for replay by every call of one layer, bounded so that memory stays bounded under
+/// load: a call that cannot reserve room is sent on unbuffered, and is no longer retryable.
+#[derive(Debug)]
+pub(crate) struct BufferBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl BufferBudget {
+    pub(crate) fn new(limit: usize) -> BufferBudget {
+        BufferBudget {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    fn try_reserve(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes currently held for replay.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// The future's handle on the call's body: makes each attempt's body.
+#[derive(Debug)]
+pub(crate) struct ReplayHandle {
+    shared: Arc<Mutex<BodyState>>,
+}
+
+#[derive(Debug)]
+struct BodyState {
+    /// The rest of the caller's body; `None` once it ended.
+    source: Option<Body>,
+    /// Everything read so far, while buffering. One chunk inline: a unary request is one chunk.
+    first: Option<Bytes>,
+    more: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+    buffered: usize,
+    limit: usize,
+    budget: Arc<BufferBudget>,
+    mode: Mode,
+    /// The attempt allowed to read: earlier attempts' bodies are superseded.
+    generation: u32,
+    size_hint: SizeHint,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Keeping every chunk: the request can be replayed.
+    Buffering,
+    /// The request outgrew the buffer (or the source failed): it cannot be replayed.
+    Unreplayable,
+    /// The call committed: nothing more to keep.
+    Committed,
+}
+
+impl BodyState {
+    fn chunk(&self, index: usize) -> Option<&Bytes> {
+        match index {
+            0 => self.first.as_ref(),
+            _ => self.more.get(index - 1),
+        }
+    }
+
+    fn chunks(&self) -> usize {
+        usize::from(self.first.is_some()) + self.more.len()
+    }
+
+    fn keep(&mut self, chunk: &Bytes) {
+        if self.mode != Mode::Buffering {
+            return;
+        }
+        let len = chunk.len();
+        if self.buffered + len > self.limit || !self.budget.try_reserve(len) {
+            self.stop_buffering(Mode::Unreplayable);
+            return;
+        }
+        self.buffered += len;
+        if self.first.is_none() {
+            self.first = Some(chunk.clone());
+        } else {
+            self.more.push(chunk.clone());
+        }
+    }
+
+    fn stop_buffering(&mut self, mode: Mode) {
+        self.mode = mode;
+        self.first = None;
+        self.more = Vec::new();
+        self.budget.release(self.buffered);
+        self.buffered = 0;
+    }
+}
+
+impl Drop for BodyState {
+    fn drop(&mut self) {
+        self.budget.release(self.buffered);
+    }
+}
+
+fn lock(shared: &Mutex<BodyState>) -> MutexGuard<'_, BodyState> {
+    // A panic in the caller's body while we held the lock leaves consistent state behind: every
+    // field is updated before anything that could panic is called.
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl ReplayHandle {
+    pub(crate) fn new(body: Body, limit: usize, budget: Arc<BufferBudget>) -> ReplayHandle {
+        let size_hint = body.size_hint();
+        let source = (!body.is_end_stream()).then_some(body);
+        ReplayHandle {
+            shared: Arc::new(Mutex::new(BodyState {
+                source,
+                first: None,
+                more: Vec::new(),
+                trailers: None,
+                buffered: 0,
+                limit,
+                budget,
+                mode: Mode::Buffering,
+                generation: 0,
+                size_hint,
+            })),
+        }
+    }
+
+    /// The first attempt's body.
+    pub(crate) fn first_attempt(&self) -> ReplayBody {
+        self.attempt_body(&mut lock(&self.shared))
+    }
+
+    /// The body for the next attempt, or `None` when the request can no longer be replayed.
+    pub(crate) fn next_attempt(&self) -> Option<ReplayBody> {
+        let mut state = lock(&self.shared);
+        (state.mode == Mode::Buffering).then(|| self.attempt_body(&mut state))
+    }
+
+    fn attempt_body(&self, state: &mut BodyState) -> ReplayBody {
+        state.generation += 1;
+        ReplayBody {
+            shared: Arc::clone(&self.shared),
+            generation: state.generation,
+            position: 0,
+            trailers_sent: false,
+        }
+    }
+
+    /// Whether another attempt could send the whole request again.
+    pub(crate) fn replayable(&self) -> bool {
+        lock(&self.shared).mode == Mode::Buffering
+    }
+
+    /// The call committed: free the buffer, and keep nothing more.
+    pub(crate) fn commit(&self) {
+        let mut state = lock(&self.shared);
+        if state.mode == Mode::Buffering {
+            state.stop_buffering(Mode::Committed);
+        }
+    }
+}
+
+/// One attempt's request body.
+#[derive(Debug)]
+pub(crate) struct ReplayBody {
+    shared: Arc<Mutex<BodyState>>,
+    generation: u32,
+    /// Chunks of the buffer this attempt has sent.
+    position: usize,
+    trailers_sent: bool,
+}
+
+impl HttpBody for ReplayBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        let mut state = lock(&this.shared);
+        if state.generation != this.generation {
+            return Poll::Ready(Some(Err(Status::cancelled(
+                "request body superseded by a retry",
+            ))));
+        }
+        if let Some(chunk) = state.chunk(this.position) {
+            let chunk = chunk.clone();
+            this.position += 1;
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        let Some(source) = state.source.as_mut() else {
+            if !this.trailers_sent
+                && let Some(trailers) = state.trailers.clone()
+            {
+                this.trailers_sent = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
+            return Poll::Ready(None);
+        };
+        let frame = match Pin::new(source).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(frame) => frame,
+        };
+        match frame {
+            None => {
+                state.source = None;
+                Poll::Ready(None)
+            }
+            Some(Ok(frame)) => {
+                if let Some(chunk) = frame.data_ref() {
+                    let before = state.chunks();
+                    state.keep(chunk);
+                    // Count the chunk as sent by this attempt only if it is now in the buffer.
+                    if state.chunks() > before {
+                        this.position += 1;
+                    }
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    state.trailers = Some(trailers.clone());
+                    this.trailers_sent = true;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(status)) => {
+                // What the caller's body failed to produce cannot be replayed.
+                state.stop_buffering(Mode::Unreplayable);
+                Poll::Ready(Some(Err(status)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let state = lock(&self.shared);
+        state.generation == self.generation
+            && state.source.is_none()
+            && self.position >= state.chunks()
+            && (self.trailers_sent || state.trailers.is_none())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Every attempt sends the whole request, so the caller's hint holds for each.
+        lock(&self.shared).size_hint.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn body_of(chunks: &[&'static [u8]]) -> Body {
+        let frames: Vec<Result<Frame<Bytes>, Status>> = chunks
+            .iter()
+            .map(|chunk| Ok(Frame::data(Bytes::from_static(chunk))))
+            .collect();
+        Body::new(StreamBody::new(futures::stream::iter(frames)))
+    }
+
+    async fn read_all(body: ReplayBody) -> Vec<u8> {
+        body.collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    fn budget() -> Arc<BufferBudget> {
+        Arc::new(BufferBudget::new(1 << 20))
+    }
+
+    #[tokio::test]
+    async fn every_attempt_sees_the_whole_body() {
+        let handle = ReplayHandle::new(body_of(&[b"ab", b"cd", b"ef"]), 1024, budget());
+        assert_eq!(read_all(handle.next_attempt().unwrap()).await, b"abcdef");
+        assert_eq!(read_all(handle.next_attempt().unwrap()).await, b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_read_nothing_loses_nothing() {
+        let handle = ReplayHandle::new(body_of(&[b"ab", b"cd"]), 1024, budget());
+        drop(handle.next_attempt());
+        assert_eq!(read_all(handle.next_attempt().unwrap()).await, b"abcd");
+    }
+
+    #[tokio::test]
+    async fn a_partly_read_body_is_replayed_then_continued() {
+        let handle = ReplayHandle::new(body_of(&[b"ab", b"cd", b"ef"]), 1024, budget());
+        let mut first = handle.next_attempt().unwrap();
+        let frame = first.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "ab");
+        drop(first);
+        assert_eq!(read_all(handle.next_attempt().unwrap()).await, b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_superseded_attempt_gets_an_error() {
+        let handle = ReplayHandle::new(body_of(&[b"ab"]), 1024, budget());
+        let mut old = handle.next_attempt().unwrap();
+        let _new = handle.next_attempt().unwrap();
+        assert!(old.frame().await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_is_sent_intact_but_not_replayable() {
+        let handle = ReplayHandle::new(body_of(&[b"abcd", b"efgh", b"ij"]), 6, budget());
+        assert_eq!(
+            read_all(handle.next_attempt().unwrap()).await,
+            b"abcdefghij"
+        );
+        assert!(!handle.replayable());
+        assert!(handle.next_attempt().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_budget_is_shared_and_released() {
+        let budget = Arc::new(BufferBudget::new(5));
+        let a = ReplayHandle::new(body_of(&[b"abcd"]), 1024, Arc::clone(&budget));
+        read_all(a.next_attempt().unwrap()).await;
+        assert_eq!(budget.used(), 4);
+        let b = ReplayHandle::new(body_of(&[b"efgh"]), 1024, Arc::clone(&budget));
+        assert_eq!(read_all(b.next_attempt().unwrap()).await, b"efgh");
+        assert!(!b.replayable(), "no room left in the shared budget");
+        a.commit();
+        assert_eq!(budget.used(), 0);
+        drop(a);
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+}

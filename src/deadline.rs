@@ -1,0 +1,108 @@
+//! The call's deadline on the wire: the `grpc-timeout` request header.
+
+use std::time::Duration;
+
+use http::HeaderValue;
+
+/// The request header that carries the call's timeout.
+pub(crate) const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// Parses a `grpc-timeout` value: at most eight ASCII digits and a unit (`H`, `M`, `S`, `m`, `u`,
+/// `n`). Anything else is `None`: the call then has no deadline, as in tonic.
+pub(crate) fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount = digits
+        .iter()
+        .fold(0u64, |acc, digit| acc * 10 + u64::from(digit - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Encodes a timeout in the finest unit whose amount fits eight digits, rounding up so that the
+/// server never sees a shorter deadline than the client keeps.
+pub(crate) fn encode_grpc_timeout(timeout: Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let nanos = timeout.as_nanos();
+    let units: [(u128, char); 6] = [
+        (1, 'n'),
+        (1_000, 'u'),
+        (1_000_000, 'm'),
+        (1_000_000_000, 'S'),
+        (60_000_000_000, 'M'),
+        (3_600_000_000_000, 'H'),
+    ];
+    let (amount, unit) = units
+        .iter()
+        .map(|(scale, unit)| (nanos.div_ceil(*scale), *unit))
+        .find(|(amount, _)| *amount <= MAX)
+        .unwrap_or((MAX, 'H'));
+    let mut buffer = amount.to_string();
+    buffer.push(unit);
+    HeaderValue::try_from(buffer).unwrap_or_else(|_| HeaderValue::from_static("99999999H"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_every_unit() {
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(b"2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout(b"3S"), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_grpc_timeout(b"300m"),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(parse_grpc_timeout(b"5u"), Some(Duration::from_micros(5)));
+        assert_eq!(parse_grpc_timeout(b"7n"), Some(Duration::from_nanos(7)));
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for bad in [
+            &b""[..],
+            b"m",
+            b"123456789m",
+            b"12x",
+            b"-1S",
+            b"1.5S",
+            b" 1S",
+        ] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn encodes_in_finest_fitting_unit() {
+        assert_eq!(encode_grpc_timeout(Duration::from_millis(300)), "300000u");
+        assert_eq!(encode_grpc_timeout(Duration::from_nanos(5)), "5n");
+        assert_eq!(encode_grpc_timeout(Duration::from_secs(1000)), "1000000m");
+    }
+
+    proptest! {
+        #[test]
+        fn encode_then_parse_never_shortens(nanos in 0u64..u64::MAX / 4) {
+            let timeout = Duration::from_nanos(nanos);
+            let encoded = encode_grpc_timeout(timeout);
+            let parsed = parse_grpc_timeout(encoded.as_bytes()).expect("our own encoding parses");
+            prop_assert!(parsed >= timeout);
+        }
+
+        #[test]
+        fn no_input_panics(bytes in proptest::collection::vec(any::<u8>(), 0..16)) {
+            let _ = parse_grpc_timeout(&bytes);
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! The response future: one call's attempts, as a state machine driven by `loop`/`match`.
+//!
+//! ```text
+//!            ┌──────── retry, no delay ────────┐
+//!            v                                 │
+//! start ─> Attempt ── failed ─> decide ──> Backoff ──> Ready ──> Attempt ...
+//!            │                    │
+//!            └─ passed ─> Done    └─ stop ─> Done (caller's Status + CallHistory)
+//! ```
+//!
+//! One `Sleep`, pinned in the future, serves as the attempt's deadline timer and as the backoff
+//! timer: no allocation per call for timing.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Extensions, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use pin_project::pin_project;
+use tokio::time::{Instant, Sleep, sleep_until};
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tower::Service;
+use tracing::Span;
+
+use crate::BoxError;
+use crate::body::ReplayHandle;
+use crate::classify::{Classified, Failure, classify_response, classify_service_error};
+use crate::deadline::{GRPC_TIMEOUT, encode_grpc_timeout, parse_grpc_timeout};
+use crate::history::{AttemptRecord, CallHistory, StopReason};
+use crate::kind::FailureKind;
+use crate::layer::Shared;
+use crate::metrics::Counters;
+use crate::policy::{Decision, Progress, RetryPolicy, decide};
+
+/// The header that tells the server how many attempts came before this one (gRFC A6).
+const GRPC_PREVIOUS_RPC_ATTEMPTS: &str = "grpc-previous-rpc-attempts";
+
+/// The future of a call made through [`Retry`](crate::Retry).
+#[pin_project]
+pub struct ResponseFuture<S>
+where
+    S: Service<Request<Body>>,
+{
+    #[pin]
+    state: State<S::Future>,
+    /// The attempt's deadline while an attempt runs, the backoff's end while backing off.
+    #[pin]
+    timer: Option<Sleep>,
+    call: Call<S>,
+    span: Span,
+}
+
+#[pin_project(project = StateProj)]
+enum State<F> {
+    /// An attempt is in flight.
+    Attempt {
+        #[pin]
+        future: F,
+    },
+    /// Waiting for the backoff delay.
+    Backoff,
+    /// Waiting for the inner service to accept the next attempt.
+    Ready,
+    /// The caller has its result.
+    Done,
+}
+
+/// Everything about the call but its pinned parts.
+struct Call<S> {
+    service: S,
+    shared: Arc<Shared>,
+    policy: usize,
+    path: Uri,
+    head: RequestHead,
+    body: ReplayHandle,
+    started: Instant,
+    /// The call's deadline, from its `grpc-timeout`.
+    deadline: Option<Instant>,
+    /// When the attempt in flight must end: the call's deadline or the per-attempt timeout.
+    attempt_deadline: Option<Instant>,
+    attempt_started: Instant,
+    /// Counted attempts sent (transparent retries are not counted).
+    attempts: u32,
+    /// All attempts sent.
+    sent: u32,
+    backoff_step: u32,
+    transparent_used: bool,
+    /// How the attempt in flight (or the next one) came about.
+    delay_before: Duration,
+    transparent: bool,
+    /// The failure that the next attempt retries; the caller gets it if that attempt never starts.
+    last_failure: Option<Failure>,
+    history: Vec<AttemptRecord>,
+}
+
+/// The request head, kept to build every attempt after the first.
+struct RequestHead {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+}
+
+enum Next {
+    Retry(Duration),
+    GiveUp(BoxError),
+}
+
+impl<S, B> ResponseFuture<S>
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+{
+    pub(crate) fn start(service: S, shared: Arc<Shared>, request: Request<Body>) -> Self {
+        Counters::bump(&shared.counters.calls);
+        Counters::bump(&shared.counters.attempts);
+        let (mut parts, body) = request.into_parts();
+        let policy = shared.policies.lookup(parts.uri.path());
+        let span = call_span(parts.uri.path());
+        let now = Instant::now();
+        let deadline = parts
+            .headers
+            .get(GRPC_TIMEOUT)
+            .and_then(|value| parse_grpc_timeout(value.as_bytes()))
+            .and_then(|timeout| now.checked_add(timeout));
+        let buffer_limit = shared.policies.policy(policy).buffer_limit();
+        let body = ReplayHandle::new(body, buffer_limit, Arc::clone(&shared.buffer_budget));
+        let first_body = body.first_attempt();
+        let mut call = Call {
+            service,
+            policy,
+            path: parts.uri.clone(),
+            head: RequestHead {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                version: parts.version,
+                headers: parts.headers.clone(),
+                extensions: parts.extensions.clone(),
+            },
+            body,
+            started: now,
+            deadline,
+            attempt_deadline: None,
+            attempt_started: now,
+            attempts: 1,
+            sent: 1,
+            backoff_step: 0,
+            transparent_used: false,
+            delay_before: Duration::ZERO,
+            transparent: false,
+            last_failure: None,
+            history: Vec::new(),
+            shared,
+        };
+        call.arm_attempt(now, &mut parts.headers, false);
+        let future = call
+            .service
+            .call(Request::from_parts(parts, Body::new(first_body)));
+        let timer = call.attempt_deadline.map(sleep_until);
+        ResponseFuture {
+            state: State::Attempt { future },
+            timer,
+            call,
+            span,
+        }
+    }
+}
+
+impl<S, B> Future for ResponseFuture<S>
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Response<B>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let _entered = this.span.enter();
+        loop {
+            let (failure, forced) = match this.state.as_mut().project() {
+                StateProj::Attempt { future } => match future.poll(cx) {
+                    Poll::Ready(Ok(response)) => match classify_response(response) {
+                        Classified::Pass(response) => {
+                            this.call.passed();
+                            this.state.set(State::Done);
+                            return Poll::Ready(Ok(response));
+                        }
+                        Classified::Failed(failure) => (failure, None),
+                    },
+                    Poll::Ready(Err(error)) => {
+                        let failure = classify_service_error(error.into());
+                        if failure.kind == FailureKind::TransportTimeout {
+                            // The transport enforces the same deadline we sent it; when it wins
+                            // the race, the timeout is still ours.
+                            match this.call.timed_out(Instant::now()) {
+                                Some(timeout) => timeout,
+                                None => (failure, None),
+                            }
+                        } else {
+                            (failure, None)
+                        }
+                    }
+                    Poll::Pending => {
+                        let expired = this.call.attempt_deadline.is_some()
+                            && this
+                                .timer
+                                .as_mut()
+                                .as_pin_mut()
+                                .is_some_and(|timer| timer.poll(cx).is_ready());
+                        match expired
+                            .then(|| this.call.timed_out(Instant::now()))
+                            .flatten()
+                        {
+                            Some(timeout) => timeout,
+                            None => return Poll::Pending,
+                        }
+                    }
+                },
+                StateProj::Backoff => {
+                    if let Some(timer) = this.timer.as_mut().as_pin_mut() {
+                        ready!(timer.poll(cx));
+                    }
+                    this.state.set(State::Ready);
+                    continue;
+                }
+                StateProj::Ready => match ready!(this.call.service.poll_ready(cx)) {
+                    Ok(()) => {
+                        let now = Instant::now();
+                        match this.call.next_request(now) {
+                            Some(request) => {
+                                let future = this.call.service.call(request);
+                                if let Some(at) = this.call.attempt_deadline {
+                                    arm(this.timer.as_mut(), at);
+                                }
+                                this.state.set(State::Attempt { future });
+                                continue;
+                            }
+                            None => {
+                                // The request outgrew the buffer after the decision to retry.
+                                let error = this.call.give_up_on_last(StopReason::BufferLimit);
+                                this.state.set(State::Done);
+                                return Poll::Ready(Err(error));
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        // The service cannot take the attempt: count it as one that failed
+                        // before it was sent.
+                        this.call.attempt_started = Instant::now();
+                        this.call.sent += 1;
+                        this.call.attempts += 1;
+                        (classify_service_error(error.into()), None)
+                    }
+                },
+                StateProj::Done => {
+                    return Poll::Ready(Err(
+                        "tonic-retry ResponseFuture polled after completion".into()
+                    ));
+                }
+            };
+            match this.call.after_failure(failure, forced) {
+                Next::Retry(delay) if delay.is_zero() => this.state.set(State::Ready),
+                Next::Retry(delay) => {
+                    arm(this.timer.as_mut(), Instant::now() + delay);
+                    this.state.set(State::Backoff);
+                }
+                Next::GiveUp(error) => {
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+    }
+}
+
+/// Arms the future's one timer, creating it the first time it is needed.
+fn arm(mut timer: Pin<&mut Option<Sleep>>, at: Instant) {
+    match timer.as_mut().as_pin_mut() {
+        Some(sleep) => sleep.reset(at),
+        None => timer.set(Some(sleep_until(at))),
+    }
+}
+
+fn call_span(path: &str) -> Span {
+    let (service, method) = crate::policy::split_path(path).unwrap_or((path, ""));
+    tracing::debug_span!("grpc_retry", rpc.service = service, rpc.method = method)
+}
+
+impl<S> Call<S> {
+    fn policy(&self) -> &RetryPolicy {
+        self.shared.policies.policy(self.policy)
+    }
+
+    /// Sets when the attempt starting `now` must end, and tells the server in `grpc-timeout`
+    /// when that is sooner than the caller's own header says.
+    fn arm_attempt(&mut self, now: Instant, headers: &mut HeaderMap, retry: bool) {
+        let attempt_end = self
+            .policy()
+            .attempt_timeout()
+            .and_then(|timeout| now.checked_add(timeout));
+        self.attempt_deadline = match (self.deadline, attempt_end) {
+            (Some(call), Some(attempt)) => Some(call.min(attempt)),
+            (call, attempt) => call.or(attempt),
+        };
+        if let Some(end) = self.attempt_deadline
+            && (retry || attempt_end.is_some())
+        {
+            headers.insert(
+                GRPC_TIMEOUT,
+                encode_grpc_timeout(end.saturating_duration_since(now)),
+            );
+        }
+    }
+
+    /// The next attempt's request, or `None` when the request can no longer be replayed.
+    fn next_request(&mut self, now: Instant) -> Option<Request<Body>> {
+        let body = self.body.next_attempt()?;
+        let mut request = Request::new(Body::new(body));
+        *request.method_mut() = self.head.method.clone();
+        *request.uri_mut() = self.head.uri.clone();
+        *request.version_mut() = self.head.version;
+        *request.extensions_mut() = self.head.extensions.clone();
+        let mut headers = self.head.headers.clone();
+        headers.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(self.sent));
+        self.arm_attempt(now, &mut headers, true);
+        *request.headers_mut() = headers;
+        self.sent += 1;
+        if !self.transparent {
+            self.attempts += 1;
+        }
+        self.attempt_started = now;
+        Counters::bump(&self.shared.counters.attempts);
+        Some(request)
+    }
+
+    /// The attempt's timer fired: the call's deadline (stop) or the attempt's timeout (retry).
+    /// `None` if neither has really passed.
+    fn timed_out(&self, now: Instant) -> Option<(Failure, Option<StopReason>)> {
+        if self.deadline.is_some_and(|deadline| now >= deadline) {
+            let message = format!(
+                "deadline of {:?} exceeded",
+                self.deadline.map(|d| d - self.started).unwrap_or_default()
+            );
+            let failure = Failure::local(
+                Code::DeadlineExceeded,
+                FailureKind::DeadlineExceeded,
+                message,
+            );
+            return Some((failure, Some(StopReason::Deadline)));
+        }
+        if self.attempt_deadline.is_some_and(|end| now >= end) {
+            let message = format!(
+                "attempt timed out after {:?}",
+                self.policy().attempt_timeout().unwrap_or_default()
+            );
+            let failure =
+                Failure::local(Code::DeadlineExceeded, FailureKind::AttemptTimeout, message);
+            return Some((failure, None));
+        }
+        None
+    }
+
+    fn passed(&mut self) {
+        self.body.commit();
+        if self.sent > 1 {
+            tracing::debug!(attempt = self.sent, "call succeeded after retrying");
+        }
+    }
+
+    fn after_failure(&mut self, failure: Failure, forced: Option<StopReason>) -> Next {
+        let now = Instant::now();
+        self.record(&failure, now);
+        let decision = match forced {
+            Some(reason) => Decision::Stop(reason),
+            None => decide(
+                self.policy(),
+                &failure,
+                Progress {
+                    attempts: self.attempts,
+                    backoff_step: self.backoff_step,
+                    transparent_used: self.transparent_used,
+                    replayable: self.body.replayable(),
+                    remaining: self.deadline.map(|d| d.saturating_duration_since(now)),
+                    throttle_allows: true,
+                    random: self.shared.jitter.next_unit(),
+                },
+            ),
+        };
+        match decision {
+            Decision::Retry {
+                delay,
+                transparent,
+                restart_backoff,
+            } => {
+                tracing::debug!(
+                    attempt = self.sent,
+                    code = ?failure.code(),
+                    kind = %failure.kind,
+                    delay_ms = delay.as_millis() as u64,
+                    transparent,
+                    "attempt failed; retrying"
+                );
+                self.transparent = transparent;
+                self.delay_before = delay;
+                if transparent {
+                    self.transparent_used = true;
+                    Counters::bump(&self.shared.counters.transparent_retries);
+                } else {
+                    Counters::bump(&self.shared.counters.retries);
+                    self.backoff_step = if restart_backoff {
+                        0
+                    } else {
+                        self.backoff_step + 1
+                    };
+                }
+                self.last_failure = Some(failure);
+                Next::Retry(delay)
+            }
+            Decision::Stop(reason) => Next::GiveUp(self.give_up(failure, reason)),
+        }
+    }
+
+    fn record(&mut self, failure: &Failure, now: Instant) {
+        self.history.push(AttemptRecord {
+            number: self.sent,
+            code: failure.code(),
+            message: failure.status.message().to_owned(),
+            kind: failure.kind,
+            never_sent: failure.never_sent,
+            transparent: self.transparent,
+            started_at: self.attempt_started - self.started,
+            duration: now - self.attempt_started,
+            delay_before: self.delay_before,
+        });
+    }
+
+    fn give_up_on_last(&mut self, reason: StopReason) -> BoxError {
+        match self.last_failure.take() {
+            Some(failure) => self.give_up(failure, reason),
+            None => "tonic-retry: no attempt to report".into(),
+        }
+    }
+
+    /// The caller's error: the last attempt's status, unchanged, with the history as its source.
+    fn give_up(&mut self, failure: Failure, reason: StopReason) -> BoxError {
+        let counters = &self.shared.counters;
+        match reason {
+            StopReason::FailFast => Counters::bump(&counters.fail_fast),
+            StopReason::AttemptsExhausted => Counters::bump(&counters.exhausted),
+            StopReason::Throttled => Counters::bump(&counters.throttled),
+            _ => {}
+        }
+        tracing::debug!(
+            attempts = self.sent,
+            code = ?failure.code(),
+            kind = %failure.kind,
+            reason = %reason,
+            "giving up"
+        );
+        let status = failure.status;
+        let mut caller_status = Status::with_details_and_metadata(
+            status.code(),
+            status.message().to_owned(),
+            Bytes::copy_from_slice(status.details()),
+            status.metadata().clone(),
+        );
+        let cause = std::error::Error::source(&status)
+            .is_some()
+            .then_some(status);
+        caller_status.set_source(Arc::new(CallHistory {
+            path: self.path.path().trim_start_matches('/').to_owned(),
+            attempts: std::mem::take(&mut self.history),
+            stop: reason,
+            elapsed: Instant::now() - self.started,
+            cause,
+        }));
+        Box::new(caller_status)
+    }
+}
+
+impl<S> std::fmt::Debug for ResponseFuture<S>
+where
+    S: Service<Request<Body>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("path", &self.call.path)
+            .field("attempts", &self.call.sent)
+            .finish_non_exhaustive()
+    }
+}

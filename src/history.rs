@@ -1,0 +1,224 @@
+//! What the caller learns when the layer gives up: every attempt, and why retrying stopped.
+
+use std::error::Error;
+use std::fmt;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+use crate::code::code_name;
+use crate::kind::FailureKind;
+
+/// Why the layer stopped retrying a call.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    /// The last outcome's code is not retryable, and the request may have reached the server.
+    NotRetryable,
+    /// The last outcome's code is a fail-fast code: retrying cannot help.
+    FailFast,
+    /// The policy's maximum number of attempts was reached.
+    AttemptsExhausted,
+    /// The retry throttle (or budget) had no room for another retry.
+    Throttled,
+    /// The call's deadline expired, or the next backoff would have ended past it.
+    Deadline,
+    /// The request was larger than the replay buffer allows, so it could not be sent again.
+    BufferLimit,
+    /// The server's pushback said not to retry.
+    Pushback,
+    /// The backoff schedule ended.
+    BackoffExhausted,
+}
+
+impl StopReason {
+    /// A short phrase for messages, such as `attempts exhausted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::NotRetryable => "not retryable",
+            StopReason::FailFast => "fail-fast code",
+            StopReason::AttemptsExhausted => "attempts exhausted",
+            StopReason::Throttled => "retries throttled",
+            StopReason::Deadline => "deadline",
+            StopReason::BufferLimit => "request too large to replay",
+            StopReason::Pushback => "server pushback said stop",
+            StopReason::BackoffExhausted => "backoff schedule ended",
+        }
+    }
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One attempt of a call, as the layer saw it.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub(crate) number: u32,
+    pub(crate) code: Code,
+    pub(crate) message: String,
+    pub(crate) kind: FailureKind,
+    pub(crate) never_sent: bool,
+    pub(crate) transparent: bool,
+    pub(crate) started_at: Duration,
+    pub(crate) duration: Duration,
+    pub(crate) delay_before: Duration,
+}
+
+impl AttemptRecord {
+    /// The attempt's number, 1 for the first.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// The status code this attempt ended with.
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    /// The status message this attempt ended with.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> FailureKind {
+        self.kind
+    }
+
+    /// Whether the request certainly never reached the server's application.
+    pub fn never_sent(&self) -> bool {
+        self.never_sent
+    }
+
+    /// Whether this attempt was a transparent retry (gRFC A6): sent again at once, without
+    /// counting, because the server refused the stream before its application saw it.
+    pub fn transparent(&self) -> bool {
+        self.transparent
+    }
+
+    /// When the attempt started, counted from the start of the call.
+    pub fn started_at(&self) -> Duration {
+        self.started_at
+    }
+
+    /// How long the attempt took.
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    /// The backoff waited before this attempt (zero for the first).
+    pub fn delay_before(&self) -> Duration {
+        self.delay_before
+    }
+}
+
+/// The history of a call the layer gave up on, attached to the caller's [`Status`].
+///
+/// The caller's `Status` keeps the last attempt's code and message unchanged; this history is its
+/// [`source`](std::error::Error::source). Read it with [`CallHistory::of`]:
+///
+/// ```
+/// # fn handle(status: tonic::Status) {
+/// use tonic_retry::CallHistory;
+///
+/// if let Some(history) = CallHistory::of(&status) {
+///     eprintln!("{history}");
+///     for attempt in history.attempts() {
+///         eprintln!("attempt {}: {} ({})", attempt.number(), attempt.code(), attempt.kind());
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct CallHistory {
+    pub(crate) path: String,
+    pub(crate) attempts: Vec<AttemptRecord>,
+    pub(crate) stop: StopReason,
+    pub(crate) elapsed: Duration,
+    pub(crate) cause: Option<Status>,
+}
+
+impl CallHistory {
+    /// The history attached to `status` by the retry layer, if any.
+    pub fn of(status: &Status) -> Option<&CallHistory> {
+        let mut source = status.source();
+        while let Some(err) = source {
+            if let Some(history) = err.downcast_ref::<CallHistory>() {
+                return Some(history);
+            }
+            source = err.source();
+        }
+        None
+    }
+
+    /// The call's path, `package.Service/Method`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Every attempt, in order.
+    pub fn attempts(&self) -> &[AttemptRecord] {
+        &self.attempts
+    }
+
+    /// The last attempt.
+    pub fn last(&self) -> Option<&AttemptRecord> {
+        self.attempts.last()
+    }
+
+    /// Why retrying stopped.
+    pub fn stop_reason(&self) -> StopReason {
+        self.stop
+    }
+
+    /// Time from the call's start to giving up.
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+
+    /// What to check next, for the last attempt's kind of failure.
+    pub fn hint(&self) -> &'static str {
+        self.last()
+            .map_or("no attempt was made", |attempt| attempt.kind.hint())
+    }
+}
+
+impl fmt::Display for CallHistory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.attempts.len();
+        let kind = self.last().map_or("no attempt", |a| a.kind.as_str());
+        write!(
+            f,
+            "{} failed ({kind}) after {count} attempt{} in {:?}; stopped: {}",
+            self.path,
+            if count == 1 { "" } else { "s" },
+            self.elapsed,
+            self.stop,
+        )?;
+        for attempt in &self.attempts {
+            write!(f, "\n  #{} at +{:?}", attempt.number, attempt.started_at)?;
+            if !attempt.delay_before.is_zero() {
+                write!(f, " (after {:?} backoff)", attempt.delay_before)?;
+            }
+            if attempt.transparent {
+                f.write_str(" (transparent retry)")?;
+            }
+            write!(f, ": {} {}", code_name(attempt.code), attempt.kind)?;
+            if !attempt.message.is_empty() {
+                write!(f, ": {}", attempt.message)?;
+            }
+        }
+        write!(f, "\n  hint: {}", self.hint())
+    }
+}
+
+impl Error for CallHistory {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.cause
+            .as_ref()
+            .map(|status| status as &(dyn Error + 'static))
+    }
+}

@@ -1,0 +1,140 @@
+//! `RetryLayer`: the configuration every clone of the retrying service shares, and its builder.
+
+use std::sync::Arc;
+
+use tower::Layer;
+
+use crate::backoff::Jitter;
+use crate::body::BufferBudget;
+use crate::error::ConfigError;
+use crate::metrics::Counters;
+use crate::policy::{PolicyTable, PolicyTableBuilder, RetryPolicy};
+use crate::service::Retry;
+
+/// The default bound on the bytes all calls of one layer hold for replay.
+pub const DEFAULT_CHANNEL_BUFFER_LIMIT: usize = 16 * 1024 * 1024;
+
+/// A [`tower::Layer`] that retries tonic calls by the policy of their service and method.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use tonic::transport::Channel;
+/// use tonic_retry::{RetryLayer, RetryPolicy};
+///
+/// let channel = Channel::from_static("http://127.0.0.1:50051").connect_lazy();
+/// let layer = RetryLayer::builder()
+///     .default_policy(RetryPolicy::default())
+///     .method("helloworld.Greeter/SayHello", RetryPolicy::builder().max_attempts(3).build()?)
+///     .build()?;
+/// let channel = tower::ServiceBuilder::new().layer(layer).service(channel);
+/// // let client = GreeterClient::new(channel);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RetryLayer {
+    shared: Arc<Shared>,
+}
+
+/// What every clone of a layer's services shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) policies: PolicyTable,
+    pub(crate) jitter: Jitter,
+    pub(crate) buffer_budget: Arc<BufferBudget>,
+    pub(crate) counters: Counters,
+}
+
+impl RetryLayer {
+    /// A layer with the default policy for every call (see [`RetryPolicy::default`]).
+    pub fn new() -> RetryLayer {
+        RetryLayer::builder()
+            .build()
+            .unwrap_or_else(|_| unreachable!("the default configuration is valid"))
+    }
+
+    /// A builder for per-service and per-method policies.
+    pub fn builder() -> RetryLayerBuilder {
+        RetryLayerBuilder {
+            policies: PolicyTableBuilder::new(),
+            jitter_seed: None,
+            channel_buffer_limit: DEFAULT_CHANNEL_BUFFER_LIMIT,
+        }
+    }
+
+    /// The layer's counters, shared by every service it made.
+    pub fn metrics(&self) -> &Counters {
+        &self.shared.counters
+    }
+}
+
+impl Default for RetryLayer {
+    fn default() -> Self {
+        RetryLayer::new()
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry::new(inner, Arc::clone(&self.shared))
+    }
+}
+
+/// Builds a [`RetryLayer`]; [`build`](RetryLayerBuilder::build) validates every name and policy.
+#[derive(Debug)]
+pub struct RetryLayerBuilder {
+    policies: PolicyTableBuilder,
+    jitter_seed: Option<u64>,
+    channel_buffer_limit: usize,
+}
+
+impl RetryLayerBuilder {
+    /// The policy for calls that no service or method policy matches.
+    pub fn default_policy(mut self, policy: RetryPolicy) -> Self {
+        self.policies.set_default(policy);
+        self
+    }
+
+    /// The policy for every method of `service`, a fully qualified name such as
+    /// `helloworld.Greeter`.
+    pub fn service(mut self, service: &str, policy: RetryPolicy) -> Self {
+        self.policies.insert_service(service, policy);
+        self
+    }
+
+    /// The policy for one method, named `package.Service/Method`. It wins over the service's.
+    pub fn method(mut self, path: &str, policy: RetryPolicy) -> Self {
+        self.policies.insert_method(path, policy);
+        self
+    }
+
+    /// Seeds the jitter, so that a test can replay the exact same delays.
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.jitter_seed = Some(seed);
+        self
+    }
+
+    /// Bounds the bytes all calls through this layer hold for replay together (default 16 MiB).
+    /// A call that finds no room is sent unbuffered and is not retried.
+    pub fn channel_buffer_limit(mut self, bytes: usize) -> Self {
+        self.channel_buffer_limit = bytes;
+        self
+    }
+
+    /// Validates the configuration and builds the layer.
+    pub fn build(self) -> Result<RetryLayer, ConfigError> {
+        let policies = self.policies.build()?;
+        let jitter = self
+            .jitter_seed
+            .map_or_else(Jitter::from_entropy, Jitter::seeded);
+        Ok(RetryLayer {
+            shared: Arc::new(Shared {
+                policies,
+                jitter,
+                buffer_budget: Arc::new(BufferBudget::new(self.channel_buffer_limit)),
+                counters: Counters::default(),
+            }),
+        })
+    }
+}

@@ -1,0 +1,63 @@
+//! Retries, resumable streams and failure diagnosis for [tonic] gRPC clients.
+//!
+//! [`RetryLayer`] is a [`tower::Layer`] around a tonic `Channel`: it classifies each attempt of
+//! every call (a Trailers-Only `grpc-status`, the HTTP status, or a transport error by its
+//! cause), retries UNAVAILABLE and failures that never reached the server with gRFC A6 backoff,
+//! and fails fast on UNIMPLEMENTED, PERMISSION_DENIED and UNAUTHENTICATED, by the policy of each
+//! service and method.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use tonic::transport::Channel;
+//! use tonic_retry::RetryLayer;
+//!
+//! let channel = Channel::from_static("http://127.0.0.1:50051").connect_lazy();
+//! let channel = tower::ServiceBuilder::new()
+//!     .layer(RetryLayer::new())
+//!     .service(channel);
+//! // Any generated client takes it unchanged: GreeterClient::new(channel)
+//! # Ok(()) }
+//! ```
+//!
+//! When the layer gives up, the caller's [`tonic::Status`] carries the last attempt's code and
+//! message unchanged; [`CallHistory::of`] reads what was tried and why it stopped.
+//!
+//! [tonic]: https://docs.rs/tonic
+
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod backoff;
+#[cfg(feature = "backoff")]
+mod backoff_crate;
+mod body;
+mod classify;
+mod code;
+mod deadline;
+mod error;
+mod future;
+mod history;
+mod kind;
+mod layer;
+mod metrics;
+mod policy;
+mod service;
+
+pub use crate::backoff::{Backoff, ExponentialBackoff};
+#[cfg(feature = "backoff")]
+pub use crate::backoff_crate::BackoffCrateSchedule;
+pub use crate::code::{CodeSet, code_from_name, code_name};
+pub use crate::error::ConfigError;
+pub use crate::future::ResponseFuture;
+pub use crate::history::{AttemptRecord, CallHistory, StopReason};
+pub use crate::kind::FailureKind;
+pub use crate::layer::{DEFAULT_CHANNEL_BUFFER_LIMIT, RetryLayer, RetryLayerBuilder};
+pub use crate::metrics::Counters;
+pub use crate::policy::{
+    DEFAULT_BUFFER_LIMIT, DEFAULT_FAIL_FAST_CODES, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRYABLE_CODES,
+    RetryPolicy, RetryPolicyBuilder,
+};
+pub use crate::service::Retry;
+
+/// The error type of the retrying service: tonic turns it back into a [`tonic::Status`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

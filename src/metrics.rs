@@ -1,0 +1,58 @@
+//! Counters a user can read at any time, named after gRPC's metrics (gRFC A66/A96) where one
+//! exists.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counts of what a layer did, shared by every clone of it. Relaxed atomics: cheap to bump on
+/// every call, and each count is exact, though two read one after the other may be a call apart.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub(crate) calls: AtomicU64,
+    pub(crate) attempts: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) transparent_retries: AtomicU64,
+    pub(crate) throttled: AtomicU64,
+    pub(crate) fail_fast: AtomicU64,
+    pub(crate) exhausted: AtomicU64,
+}
+
+impl Counters {
+    /// Calls started.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Attempts sent, first attempts, retries and transparent retries together.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    /// Retries sent (`grpc.client.call.retries`), transparent ones excluded.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Transparent retries sent (`grpc.client.call.transparent_retries`).
+    pub fn transparent_retries(&self) -> u64 {
+        self.transparent_retries.load(Ordering::Relaxed)
+    }
+
+    /// Calls that stopped because the throttle had no room for a retry.
+    pub fn throttled(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
+    }
+
+    /// Calls that failed at once on a fail-fast code.
+    pub fn fail_fast(&self) -> u64 {
+        self.fail_fast.load(Ordering::Relaxed)
+    }
+
+    /// Calls that used up their attempts.
+    pub fn exhausted(&self) -> u64 {
+        self.exhausted.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,247 @@
+//! The retry policy of one service or method, and its builder.
+
+mod decide;
+mod table;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Code;
+
+use crate::backoff::{Backoff, ExponentialBackoff};
+use crate::code::CodeSet;
+use crate::error::ConfigError;
+
+pub(crate) use self::decide::{Decision, Progress, decide};
+pub(crate) use self::table::{PolicyTable, PolicyTableBuilder, split_path};
+
+/// The codes retried by default: UNAVAILABLE only, as in gRPC's own examples.
+pub const DEFAULT_RETRYABLE_CODES: CodeSet = CodeSet::of(&[Code::Unavailable]);
+
+/// The codes that fail at once by default, even when listed as retryable: retrying cannot fix a
+/// missing service or method, or a caller who is not allowed.
+pub const DEFAULT_FAIL_FAST_CODES: CodeSet = CodeSet::of(&[
+    Code::Unimplemented,
+    Code::PermissionDenied,
+    Code::Unauthenticated,
+]);
+
+/// The default number of attempts, the first included (gRFC A6's cap).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// The default per-call replay buffer: requests up to this size can be sent again (grpc-go's
+/// default).
+pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
+
+/// How one service's or method's calls are retried.
+///
+/// ```
+/// use std::time::Duration;
+/// use tonic::Code;
+/// use tonic_retry::{ExponentialBackoff, RetryPolicy};
+///
+/// let policy = RetryPolicy::builder()
+///     .max_attempts(4)
+///     .backoff(ExponentialBackoff::new(
+///         Duration::from_millis(50),
+///         Duration::from_secs(2),
+///         2.0,
+///     )?)
+///     .retryable_codes([Code::Unavailable, Code::ResourceExhausted])
+///     .attempt_timeout(Duration::from_secs(1))
+///     .build()?;
+/// assert_eq!(policy.max_attempts(), 4);
+/// # Ok::<(), tonic_retry::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    backoff: Arc<dyn Backoff>,
+    retryable: CodeSet,
+    fail_fast: CodeSet,
+    attempt_timeout: Option<Duration>,
+    buffer_limit: usize,
+}
+
+impl RetryPolicy {
+    /// A builder starting from the defaults.
+    pub fn builder() -> RetryPolicyBuilder {
+        RetryPolicyBuilder::default()
+    }
+
+    /// A policy that never retries (but still diagnoses failures, and still makes gRFC A6's one
+    /// transparent retry of a stream the server refused unseen).
+    pub fn no_retries() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// Attempts per call, the first included.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The backoff schedule.
+    pub fn backoff(&self) -> &dyn Backoff {
+        &*self.backoff
+    }
+
+    /// Codes that are retried.
+    pub fn retryable_codes(&self) -> CodeSet {
+        self.retryable
+    }
+
+    /// Codes that are never retried, whatever else the policy says.
+    pub fn fail_fast_codes(&self) -> CodeSet {
+        self.fail_fast
+    }
+
+    /// The per-attempt timeout, if any.
+    pub fn attempt_timeout(&self) -> Option<Duration> {
+        self.attempt_timeout
+    }
+
+    /// The largest request body, in bytes, kept for replay.
+    pub fn buffer_limit(&self) -> usize {
+        self.buffer_limit
+    }
+}
+
+impl Default for RetryPolicy {
+    /// Five attempts, 100 ms doubling to 5 s with A6 jitter, UNAVAILABLE retried, UNIMPLEMENTED,
+    /// PERMISSION_DENIED and UNAUTHENTICATED failing fast, 256 KiB replay buffer.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            backoff: Arc::new(ExponentialBackoff::default()),
+            retryable: DEFAULT_RETRYABLE_CODES,
+            fail_fast: DEFAULT_FAIL_FAST_CODES,
+            attempt_timeout: None,
+            buffer_limit: DEFAULT_BUFFER_LIMIT,
+        }
+    }
+}
+
+impl fmt::Debug for RetryPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryPolicy")
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
+            .field("retryable", &self.retryable)
+            .field("fail_fast", &self.fail_fast)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("buffer_limit", &self.buffer_limit)
+            .finish()
+    }
+}
+
+/// Builds a [`RetryPolicy`]; [`build`](RetryPolicyBuilder::build) validates every field.
+#[derive(Debug, Clone)]
+pub struct RetryPolicyBuilder {
+    policy: RetryPolicy,
+}
+
+impl Default for RetryPolicyBuilder {
+    fn default() -> Self {
+        RetryPolicyBuilder {
+            policy: RetryPolicy::default(),
+        }
+    }
+}
+
+impl RetryPolicyBuilder {
+    /// Attempts per call, the first included; at least 1 (1 means no retries).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.policy.max_attempts = attempts;
+        self
+    }
+
+    /// The backoff schedule, such as an [`ExponentialBackoff`].
+    pub fn backoff(mut self, backoff: impl Backoff) -> Self {
+        self.policy.backoff = Arc::new(backoff);
+        self
+    }
+
+    /// The codes to retry (replacing the default, UNAVAILABLE). OK cannot be one.
+    pub fn retryable_codes(mut self, codes: impl IntoIterator<Item = Code>) -> Self {
+        self.policy.retryable = codes.into_iter().collect();
+        self
+    }
+
+    /// The codes that fail at once (replacing the default: UNIMPLEMENTED, PERMISSION_DENIED,
+    /// UNAUTHENTICATED). They win over [`retryable_codes`](Self::retryable_codes).
+    pub fn fail_fast_codes(mut self, codes: impl IntoIterator<Item = Code>) -> Self {
+        self.policy.fail_fast = codes.into_iter().collect();
+        self
+    }
+
+    /// A timeout for each attempt, within the call's deadline: an attempt that runs out is
+    /// retried like an UNAVAILABLE one. gRPC's own retry has no such timeout.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// The largest request, in bytes, kept for replay; a larger one is sent once, unbuffered.
+    pub fn buffer_limit(mut self, bytes: usize) -> Self {
+        self.policy.buffer_limit = bytes;
+        self
+    }
+
+    /// Validates and returns the policy.
+    pub fn build(self) -> Result<RetryPolicy, ConfigError> {
+        let policy = self.policy;
+        if policy.max_attempts == 0 {
+            return Err(ConfigError::new("max_attempts", "0", "must be >= 1"));
+        }
+        if policy.retryable.contains(Code::Ok) {
+            return Err(ConfigError::new(
+                "retryable_codes",
+                policy.retryable.to_string(),
+                "must not contain OK",
+            ));
+        }
+        if let Some(timeout) = policy.attempt_timeout
+            && timeout.is_zero()
+        {
+            return Err(ConfigError::new("attempt_timeout", "0s", "must be > 0"));
+        }
+        Ok(policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.max_attempts(), 5);
+        assert_eq!(policy.retryable_codes(), CodeSet::of(&[Code::Unavailable]));
+        assert!(policy.fail_fast_codes().contains(Code::Unimplemented));
+        assert_eq!(policy.buffer_limit(), 256 * 1024);
+    }
+
+    #[test]
+    fn each_invalid_field_is_named() {
+        let cases = [
+            (RetryPolicy::builder().max_attempts(0), "max_attempts"),
+            (
+                RetryPolicy::builder().retryable_codes([Code::Ok]),
+                "retryable_codes",
+            ),
+            (
+                RetryPolicy::builder().attempt_timeout(Duration::ZERO),
+                "attempt_timeout",
+            ),
+        ];
+        for (builder, field) in cases {
+            let err = builder.build().unwrap_err();
+            assert_eq!(err.field(), field, "{err}");
+        }
+    }
+}

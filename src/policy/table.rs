@@ -1,0 +1,248 @@
+//! Which policy a call gets: `package.Service/Method`, then `package.Service`, then the default.
+
+use std::collections::HashMap;
+
+use super::RetryPolicy;
+use crate::error::ConfigError;
+
+/// Policies by service and method, looked up by a request's path without allocating.
+#[derive(Debug)]
+pub(crate) struct PolicyTable {
+    /// Index 0 is the default policy.
+    policies: Vec<RetryPolicy>,
+    services: HashMap<Box<str>, ServiceEntry>,
+}
+
+#[derive(Debug, Default)]
+struct ServiceEntry {
+    whole_service: Option<usize>,
+    methods: HashMap<Box<str>, usize>,
+}
+
+impl PolicyTable {
+    /// The index of the policy for a request path such as `/package.Service/Method`.
+    pub(crate) fn lookup(&self, path: &str) -> usize {
+        let Some((service, method)) = split_path(path) else {
+            return 0;
+        };
+        let Some(entry) = self.services.get(service) else {
+            return 0;
+        };
+        entry
+            .methods
+            .get(method)
+            .copied()
+            .or(entry.whole_service)
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn policy(&self, index: usize) -> &RetryPolicy {
+        &self.policies[index]
+    }
+}
+
+/// Splits `/package.Service/Method` into its service and method.
+pub(crate) fn split_path(path: &str) -> Option<(&str, &str)> {
+    path.strip_prefix('/')?.split_once('/')
+}
+
+/// Collects policies by name, validating each name as it comes.
+#[derive(Debug)]
+pub(crate) struct PolicyTableBuilder {
+    policies: Vec<RetryPolicy>,
+    services: HashMap<Box<str>, ServiceEntry>,
+    error: Option<ConfigError>,
+}
+
+impl PolicyTableBuilder {
+    pub(crate) fn new() -> PolicyTableBuilder {
+        PolicyTableBuilder {
+            policies: vec![RetryPolicy::default()],
+            services: HashMap::new(),
+            error: None,
+        }
+    }
+
+    pub(crate) fn set_default(&mut self, policy: RetryPolicy) {
+        self.policies[0] = policy;
+    }
+
+    /// Adds a policy for every method of `service` (`package.Service`).
+    pub(crate) fn insert_service(&mut self, service: &str, policy: RetryPolicy) {
+        self.record(|table| {
+            validate_service(service)?;
+            table.insert(service, None, policy)
+        });
+    }
+
+    /// Adds a policy for one method, `package.Service/Method`.
+    pub(crate) fn insert_method(&mut self, path: &str, policy: RetryPolicy) {
+        self.record(|table| {
+            let Some((service, method)) = path.split_once('/') else {
+                return Err(ConfigError::new(
+                    "method",
+                    format!("{path:?}"),
+                    "must be \"package.Service/Method\"",
+                ));
+            };
+            validate_service(service)?;
+            validate_method(method)?;
+            table.insert(service, Some(method), policy)
+        });
+    }
+
+    /// Keeps the first error: `build` reports it.
+    fn record(&mut self, insert: impl FnOnce(&mut Self) -> Result<(), ConfigError>) {
+        if self.error.is_none()
+            && let Err(err) = insert(self)
+        {
+            self.error = Some(err);
+        }
+    }
+
+    fn insert(
+        &mut self,
+        service: &str,
+        method: Option<&str>,
+        policy: RetryPolicy,
+    ) -> Result<(), ConfigError> {
+        let index = self.policies.len();
+        let entry = self.services.entry(service.into()).or_default();
+        let slot = match method {
+            Some(method) => entry.methods.entry(method.into()).or_insert(usize::MAX),
+            None => entry.whole_service.get_or_insert(usize::MAX),
+        };
+        if *slot != usize::MAX {
+            let name = match method {
+                Some(method) => format!("{service}/{method}"),
+                None => service.to_owned(),
+            };
+            return Err(ConfigError::new(
+                "name",
+                format!("{name:?}"),
+                "is configured twice",
+            ));
+        }
+        *slot = index;
+        self.policies.push(policy);
+        Ok(())
+    }
+
+    pub(crate) fn build(self) -> Result<PolicyTable, ConfigError> {
+        if let Some(err) = self.error {
+            return Err(err);
+        }
+        Ok(PolicyTable {
+            policies: self.policies,
+            services: self.services,
+        })
+    }
+}
+
+/// A service name is a dot-separated list of protobuf identifiers: `helloworld.Greeter`.
+pub(crate) fn validate_service(service: &str) -> Result<(), ConfigError> {
+    if service.is_empty() || !service.split('.').all(is_identifier) {
+        return Err(ConfigError::new(
+            "service",
+            format!("{service:?}"),
+            "must be a fully qualified service name such as \"package.Service\"",
+        ));
+    }
+    Ok(())
+}
+
+/// A method name is one protobuf identifier: `SayHello`.
+pub(crate) fn validate_method(method: &str) -> Result<(), ConfigError> {
+    if !is_identifier(method) {
+        return Err(ConfigError::new(
+            "method",
+            format!("{method:?}"),
+            "must be a method name such as \"SayHello\"",
+        ));
+    }
+    Ok(())
+}
+
+fn is_identifier(segment: &str) -> bool {
+    let mut chars = segment.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn attempts(n: u32) -> RetryPolicy {
+        RetryPolicy::builder().max_attempts(n).build().unwrap()
+    }
+
+    fn table() -> PolicyTable {
+        let mut builder = PolicyTableBuilder::new();
+        builder.set_default(attempts(2));
+        builder.insert_service("pkg.Svc", attempts(3));
+        builder.insert_method("pkg.Svc/Special", attempts(4));
+        builder.build().unwrap()
+    }
+
+    #[test]
+    fn most_specific_wins() {
+        let table = table();
+        let of = |path| table.policy(table.lookup(path)).max_attempts();
+        assert_eq!(of("/pkg.Svc/Special"), 4);
+        assert_eq!(of("/pkg.Svc/Other"), 3);
+        assert_eq!(of("/pkg.Other/Special"), 2);
+        assert_eq!(of("not a path"), 2);
+    }
+
+    #[test]
+    fn invalid_and_duplicate_names_are_errors() {
+        for bad in [
+            "",
+            "pkg..Svc",
+            "pkg.Svc/M",
+            "1pkg.Svc",
+            "pkg Svc",
+            "pkg.Svc.",
+        ] {
+            let mut builder = PolicyTableBuilder::new();
+            builder.insert_service(bad, attempts(2));
+            let err = builder.build().unwrap_err();
+            assert_eq!(err.field(), "service", "{bad:?}: {err}");
+        }
+        for (bad, field) in [
+            ("pkg.Svc", "method"),
+            ("/pkg.Svc/M", "service"),
+            ("pkg.Svc/", "method"),
+            ("pkg.Svc/M/x", "method"),
+        ] {
+            let mut builder = PolicyTableBuilder::new();
+            builder.insert_method(bad, attempts(2));
+            let err = builder.build().unwrap_err();
+            assert_eq!(err.field(), field, "{bad:?}: {err}");
+        }
+        let mut builder = PolicyTableBuilder::new();
+        builder.insert_method("pkg.Svc/M", attempts(2));
+        builder.insert_method("pkg.Svc/M", attempts(3));
+        let err = builder.build().unwrap_err();
+        assert!(err.to_string().contains("configured twice"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn lookup_never_panics(path in ".*") {
+            let table = table();
+            let index = table.lookup(&path);
+            prop_assert!(index < 3);
+        }
+
+        #[test]
+        fn insert_never_panics(name in ".*") {
+            let mut builder = PolicyTableBuilder::new();
+            builder.insert_service(&name, attempts(2));
+            builder.insert_method(&name, attempts(2));
+            let _ = builder.build();
+        }
+    }
+}
