@@ -119,6 +119,7 @@ where
     pub(crate) fn start(service: S, shared: Arc<Shared>, request: Request<Body>) -> Self {
         Counters::bump(&shared.counters.calls);
         Counters::bump(&shared.counters.attempts);
+        shared.gate.on_call();
         let (mut parts, body) = request.into_parts();
         let policy = shared.policies.lookup(parts.uri.path());
         let span = call_span(parts.uri.path());
@@ -367,6 +368,7 @@ impl<S> Call<S> {
 
     fn passed(&mut self) {
         self.body.commit();
+        self.shared.gate.on_success();
         if self.sent > 1 {
             tracing::debug!(attempt = self.sent, "call succeeded after retrying");
         }
@@ -375,6 +377,9 @@ impl<S> Call<S> {
     fn after_failure(&mut self, failure: Failure, forced: Option<StopReason>) -> Next {
         let now = Instant::now();
         self.record(&failure, now);
+        if self.policy().retryable_codes().contains(failure.code()) {
+            self.shared.gate.on_retryable_failure();
+        }
         let decision = match forced {
             Some(reason) => Decision::Stop(reason),
             None => decide(
@@ -386,10 +391,17 @@ impl<S> Call<S> {
                     transparent_used: self.transparent_used,
                     replayable: self.body.replayable(),
                     remaining: self.deadline.map(|d| d.saturating_duration_since(now)),
-                    throttle_allows: true,
                     random: self.shared.jitter.next_unit(),
                 },
             ),
+        };
+        // The throttle is asked last, once the retry is otherwise certain: a budget spends a
+        // token when asked.
+        let decision = match decision {
+            Decision::Retry {
+                transparent: false, ..
+            } if !self.shared.gate.permit_retry() => Decision::Stop(StopReason::Throttled),
+            decision => decision,
         };
         match decision {
             Decision::Retry {

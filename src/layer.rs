@@ -10,6 +10,7 @@ use crate::error::ConfigError;
 use crate::metrics::Counters;
 use crate::policy::{PolicyTable, PolicyTableBuilder, RetryPolicy};
 use crate::service::Retry;
+use crate::throttle::{RetryGate, RetryThrottle};
 
 /// The default bound on the bytes all calls of one layer hold for replay.
 pub const DEFAULT_CHANNEL_BUFFER_LIMIT: usize = 16 * 1024 * 1024;
@@ -42,6 +43,7 @@ pub(crate) struct Shared {
     pub(crate) jitter: Jitter,
     pub(crate) buffer_budget: Arc<BufferBudget>,
     pub(crate) counters: Counters,
+    pub(crate) gate: RetryGate,
 }
 
 impl RetryLayer {
@@ -58,12 +60,18 @@ impl RetryLayer {
             policies: PolicyTableBuilder::new(),
             jitter_seed: None,
             channel_buffer_limit: DEFAULT_CHANNEL_BUFFER_LIMIT,
+            gate: RetryGate::Unlimited,
         }
     }
 
     /// The layer's counters, shared by every service it made.
     pub fn metrics(&self) -> &Counters {
         &self.shared.counters
+    }
+
+    /// The layer's retry throttle, if it has one.
+    pub fn throttle(&self) -> Option<&RetryThrottle> {
+        self.shared.gate.throttle()
     }
 }
 
@@ -87,6 +95,7 @@ pub struct RetryLayerBuilder {
     policies: PolicyTableBuilder,
     jitter_seed: Option<u64>,
     channel_buffer_limit: usize,
+    gate: RetryGate,
 }
 
 impl RetryLayerBuilder {
@@ -122,6 +131,22 @@ impl RetryLayerBuilder {
         self
     }
 
+    /// Throttles retries with gRFC A6's token bucket, shared by every clone of the layer.
+    pub fn throttle(mut self, throttle: RetryThrottle) -> Self {
+        self.gate = RetryGate::Throttle(throttle);
+        self
+    }
+
+    /// Bounds retries with a tower retry budget (for example `TpsBudget`) instead: each call
+    /// deposits, each retry withdraws.
+    pub fn budget(
+        mut self,
+        budget: impl tower::retry::budget::Budget + Send + Sync + 'static,
+    ) -> Self {
+        self.gate = RetryGate::Budget(Box::new(budget));
+        self
+    }
+
     /// Validates the configuration and builds the layer.
     pub fn build(self) -> Result<RetryLayer, ConfigError> {
         let policies = self.policies.build()?;
@@ -134,6 +159,7 @@ impl RetryLayerBuilder {
                 jitter,
                 buffer_budget: Arc::new(BufferBudget::new(self.channel_buffer_limit)),
                 counters: Counters::default(),
+                gate: self.gate,
             }),
         })
     }

@@ -42,6 +42,7 @@ mod layer;
 mod metrics;
 mod policy;
 mod service;
+mod throttle;
 
 pub use crate::backoff::{Backoff, ExponentialBackoff};
 #[cfg(feature = "backoff")]
@@ -58,6 +59,7 @@ pub use crate::policy::{
     RetryPolicy, RetryPolicyBuilder,
 };
 pub use crate::service::Retry;
+pub use crate::throttle::RetryThrottle;
 
 /// The error type of the retrying service: tonic turns it back into a [`tonic::Status`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -20,8 +20,6 @@ pub(crate) struct Progress {
     pub(crate) replayable: bool,
     /// Time left before the call's deadline, if it has one.
     pub(crate) remaining: Option<Duration>,
-    /// Whether the throttle allows a retry.
-    pub(crate) throttle_allows: bool,
     /// A uniform sample in `[0, 1)` for jitter.
     pub(crate) random: f64,
 }
@@ -80,9 +78,6 @@ pub(crate) fn decide(policy: &RetryPolicy, failure: &Failure, progress: Progress
     if progress.attempts >= policy.max_attempts() {
         return Decision::Stop(StopReason::AttemptsExhausted);
     }
-    if !progress.throttle_allows {
-        return Decision::Stop(StopReason::Throttled);
-    }
     let (delay, restart_backoff) = match failure.pushback {
         Pushback::Wait(delay) => (delay, true),
         _ => match policy
@@ -124,7 +119,6 @@ mod tests {
             transparent_used: false,
             replayable: true,
             remaining: None,
-            throttle_allows: true,
             random: 0.5,
         }
     }
@@ -241,19 +235,13 @@ mod tests {
     }
 
     #[test]
-    fn unreplayable_and_throttled_stop() {
+    fn unreplayable_stops() {
         let unavailable = failure(Code::Unavailable, FailureKind::Unavailable, false);
         let mut p = progress(1);
         p.replayable = false;
         assert_eq!(
             decide(&policy(), &unavailable, p),
             Decision::Stop(StopReason::BufferLimit)
-        );
-        let mut p = progress(1);
-        p.throttle_allows = false;
-        assert_eq!(
-            decide(&policy(), &unavailable, p),
-            Decision::Stop(StopReason::Throttled)
         );
     }
 }

@@ -1,0 +1,1004 @@
+//! The scripted gRPC server.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt, stream};
+use http::HeaderMap;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::transport::Server;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::pb::echo_server::{Echo, EchoServer};
+use crate::pb::{Chunk, CollectReply, CountRequest, Numbered, SayReply, SayRequest};
+use crate::{Fnv1a64, LOOPBACK_ANY, uri_for};
+
+/// A method of the `Echo` service (or anything else that reached the server).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// `/tonic_retry.test.Echo/Say` (unary).
+    Say,
+    /// `/tonic_retry.test.Echo/Count` (server streaming).
+    Count,
+    /// `/tonic_retry.test.Echo/Collect` (client streaming).
+    Collect,
+    /// `/tonic_retry.test.Echo/Chat` (bidirectional streaming).
+    Chat,
+    /// Any other path (e.g. the unserved `Other` service); answered `UNIMPLEMENTED`.
+    Unknown,
+}
+
+impl Method {
+    /// The HTTP/2 `:path` of the method (`""` for [`Method::Unknown`]).
+    pub fn path(self) -> &'static str {
+        match self {
+            Method::Say => "/tonic_retry.test.Echo/Say",
+            Method::Count => "/tonic_retry.test.Echo/Count",
+            Method::Collect => "/tonic_retry.test.Echo/Collect",
+            Method::Chat => "/tonic_retry.test.Echo/Chat",
+            Method::Unknown => "",
+        }
+    }
+
+    /// The method a `:path` names.
+    pub fn from_path(path: &str) -> Method {
+        [Method::Say, Method::Count, Method::Collect, Method::Chat]
+            .into_iter()
+            .find(|m| m.path() == path)
+            .unwrap_or(Method::Unknown)
+    }
+}
+
+/// What the server does with one attempt of a method.
+///
+/// Actions that do not apply to a method behave like [`Action::Ok`] there, except that every
+/// "...Fail" action fails the attempt with its status.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Normal behaviour: `Say` echoes, `Count` streams the range, `Collect` totals, `Chat` echoes.
+    Ok,
+    /// Fail at once with this status (a Trailers-Only response; its metadata goes in there too).
+    /// For `Collect`/`Chat` the request stream is not read.
+    Fail(Status),
+    /// `Count`: send up to `messages` messages, then end with `status` in the trailers.
+    /// `Chat`: echo up to `messages` chunks, then end with `status`.
+    /// `Say`/`Collect`: fail with `status`.
+    StreamThenFail {
+        /// How many messages to send before failing.
+        messages: u64,
+        /// The status sent in the trailers.
+        status: Status,
+    },
+    /// `Count`: send up to `messages` messages then end OK. `Chat`: echo that many then end OK.
+    StreamThenEnd {
+        /// How many messages to send.
+        messages: u64,
+    },
+    /// `Count`/`Chat`: send up to `messages` messages then go silent (stream stays open) until
+    /// the server shuts down. Elsewhere the same as [`Action::Hang`].
+    StreamThenHang {
+        /// How many messages to send before going silent.
+        messages: u64,
+    },
+    /// `Collect`/`Chat`: read `chunks` request messages (all of them if `None`, or fewer if the
+    /// client ends first), then fail with `status`. Elsewhere: fail with `status`.
+    ReadThenFail {
+        /// How many request messages to read first (`None`: the whole request stream).
+        chunks: Option<u64>,
+        /// The status to fail with.
+        status: Status,
+    },
+    /// Never respond (no headers) until the server shuts down, then fail `UNAVAILABLE`.
+    Hang,
+    /// Wait this long (tokio time, so `tokio::time::pause` applies), then perform the action.
+    Delay(Duration, Box<Action>),
+}
+
+impl Action {
+    /// [`Action::Fail`] with `code` and `message`.
+    pub fn fail(code: Code, message: impl Into<String>) -> Action {
+        Action::Fail(Status::new(code, message))
+    }
+
+    /// [`Action::Fail`] with extra ASCII metadata in the (trailers-only) response, e.g.
+    /// `&[("grpc-retry-pushback-ms", "1000")]`. For keys ending in `-bin` the value's raw bytes
+    /// are sent as binary metadata (base64-encoded on the wire; see also
+    /// [`Action::fail_with_binary`]).
+    ///
+    /// # Panics
+    /// On an invalid metadata key or value.
+    pub fn fail_with(code: Code, message: impl Into<String>, metadata: &[(&str, &str)]) -> Action {
+        let mut map = MetadataMap::new();
+        for &(k, v) in metadata {
+            if k.ends_with("-bin") {
+                let key = MetadataKey::from_bytes(k.as_bytes()).expect("valid binary metadata key");
+                map.append_bin(key, MetadataValue::from_bytes(v.as_bytes()));
+            } else {
+                let key = MetadataKey::from_bytes(k.as_bytes()).expect("valid ascii metadata key");
+                let val = v.parse().expect("valid ascii metadata value");
+                map.append(key, val);
+            }
+        }
+        Action::Fail(Status::with_metadata(code, message, map))
+    }
+
+    /// [`Action::Fail`] with one binary (`-bin`) metadata entry holding raw `value` bytes.
+    ///
+    /// # Panics
+    /// If `key` is not a valid binary metadata key (must end in `-bin`).
+    pub fn fail_with_binary(
+        code: Code,
+        message: impl Into<String>,
+        key: &str,
+        value: &[u8],
+    ) -> Action {
+        let mut map = MetadataMap::new();
+        let key = MetadataKey::from_bytes(key.as_bytes()).expect("valid binary metadata key");
+        map.append_bin(key, MetadataValue::from_bytes(value));
+        Action::Fail(Status::with_metadata(code, message, map))
+    }
+
+    /// Fail with `code` and the gRPC retry pushback trailer `grpc-retry-pushback-ms: {ms}`.
+    pub fn pushback(code: Code, ms: u64) -> Action {
+        Action::fail_with(
+            code,
+            "scripted pushback",
+            &[("grpc-retry-pushback-ms", &ms.to_string())],
+        )
+    }
+
+    /// Fail with `code` and a raw (possibly invalid) `grpc-retry-pushback-ms` value.
+    pub fn pushback_raw(code: Code, value: &str) -> Action {
+        Action::fail_with(
+            code,
+            "scripted pushback",
+            &[("grpc-retry-pushback-ms", value)],
+        )
+    }
+
+    /// [`Action::StreamThenFail`] with `code` and `message`.
+    pub fn stream_then_fail(messages: u64, code: Code, message: impl Into<String>) -> Action {
+        Action::StreamThenFail {
+            messages,
+            status: Status::new(code, message),
+        }
+    }
+
+    /// [`Action::ReadThenFail`] reading the whole request stream, then failing with `code`.
+    pub fn read_all_then_fail(code: Code, message: impl Into<String>) -> Action {
+        Action::ReadThenFail {
+            chunks: None,
+            status: Status::new(code, message),
+        }
+    }
+
+    /// [`Action::Delay`] of `delay`, then `then`.
+    pub fn delay(delay: Duration, then: Action) -> Action {
+        Action::Delay(delay, Box::new(then))
+    }
+}
+
+/// A server-wide gate in front of every method, applied before the handlers (like an auth
+/// interceptor/layer); rejected attempts are still recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Auth {
+    /// Let everything through.
+    #[default]
+    Allow,
+    /// Answer every call `PERMISSION_DENIED` ("denied by scripted server"), Trailers-Only.
+    DenyAll,
+    /// Answer every call `UNAUTHENTICATED` ("unauthenticated by scripted server"), Trailers-Only.
+    Unauthenticated,
+}
+
+/// The initial script of a [`ScriptedServer`]: per-method FIFO queues of [`Action`]s (one
+/// consumed per attempt) and per-method defaults for when a queue is empty.
+#[derive(Clone, Debug, Default)]
+pub struct Script {
+    queues: HashMap<Method, VecDeque<Action>>,
+    defaults: HashMap<Method, Action>,
+    auth: Auth,
+    record_payloads: bool,
+}
+
+impl Script {
+    /// An empty script: every method behaves normally ([`Action::Ok`]).
+    pub fn new() -> Script {
+        Script {
+            record_payloads: true,
+            ..Script::default()
+        }
+    }
+
+    /// Appends `action` to `method`'s queue.
+    pub fn then(mut self, method: Method, action: Action) -> Script {
+        self.queues.entry(method).or_default().push_back(action);
+        self
+    }
+
+    /// Appends `action` `n` times to `method`'s queue.
+    pub fn then_n(mut self, method: Method, n: usize, action: Action) -> Script {
+        let q = self.queues.entry(method).or_default();
+        q.extend(std::iter::repeat_n(action, n));
+        self
+    }
+
+    /// Appends `action` to the `Say` queue.
+    pub fn say(self, action: Action) -> Script {
+        self.then(Method::Say, action)
+    }
+
+    /// Appends `action` to the `Count` queue.
+    pub fn count(self, action: Action) -> Script {
+        self.then(Method::Count, action)
+    }
+
+    /// Appends `action` to the `Collect` queue.
+    pub fn collect(self, action: Action) -> Script {
+        self.then(Method::Collect, action)
+    }
+
+    /// Appends `action` to the `Chat` queue.
+    pub fn chat(self, action: Action) -> Script {
+        self.then(Method::Chat, action)
+    }
+
+    /// The action `method` performs when its queue is empty (initially [`Action::Ok`]).
+    pub fn default_action(mut self, method: Method, action: Action) -> Script {
+        self.defaults.insert(method, action);
+        self
+    }
+
+    /// Sets the server-wide gate.
+    pub fn auth(mut self, auth: Auth) -> Script {
+        self.auth = auth;
+        self
+    }
+
+    /// Rejects every call with `PERMISSION_DENIED` ([`Auth::DenyAll`]).
+    pub fn deny_all(self) -> Script {
+        self.auth(Auth::DenyAll)
+    }
+
+    /// Rejects every call with `UNAUTHENTICATED` ([`Auth::Unauthenticated`]).
+    pub fn unauthenticated(self) -> Script {
+        self.auth(Auth::Unauthenticated)
+    }
+
+    /// Whether to keep request payloads in [`Attempt::payload`] (default true; turn off for
+    /// benchmarks that push a lot of data).
+    pub fn record_payloads(mut self, record: bool) -> Script {
+        self.record_payloads = record;
+        self
+    }
+}
+
+/// One attempt (one HTTP/2 request) the server received.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    /// The method called.
+    pub method: Method,
+    /// The request `:path`.
+    pub path: String,
+    /// 1-based number of attempts the server has seen for this path, this one included.
+    pub number: u32,
+    /// All request headers as received (`grpc-timeout`, `grpc-previous-rpc-attempts`,
+    /// `te`, `content-type`, custom metadata...).
+    pub headers: HeaderMap,
+    /// `Say`: the request payload. `Collect`/`Chat`: the concatenated data read so far.
+    /// `Count`: empty. Empty when recording is off.
+    pub payload: Bytes,
+    /// `Say`: the request text.
+    pub text: String,
+    /// `Count`: the request's `start_after`.
+    pub start_after: Option<u64>,
+    /// `Collect`/`Chat`: request messages read so far.
+    pub chunks: u64,
+    /// When the request headers arrived (tokio time).
+    pub arrived: Instant,
+}
+
+impl Attempt {
+    /// The `grpc-previous-rpc-attempts` header parsed as a number, if present and numeric.
+    pub fn previous_rpc_attempts(&self) -> Option<u32> {
+        self.header("grpc-previous-rpc-attempts")?.parse().ok()
+    }
+
+    /// The `grpc-timeout` header, if present (e.g. `"999m"`).
+    pub fn grpc_timeout(&self) -> Option<&str> {
+        self.header("grpc-timeout")
+    }
+
+    /// A header's value as text, if present and visible ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)?.to_str().ok()
+    }
+}
+
+struct AttemptRec {
+    method: Method,
+    path: String,
+    number: u32,
+    headers: HeaderMap,
+    payload: BytesMut,
+    text: String,
+    start_after: Option<u64>,
+    chunks: u64,
+    arrived: Instant,
+}
+
+impl AttemptRec {
+    fn snapshot(&self) -> Attempt {
+        Attempt {
+            method: self.method,
+            path: self.path.clone(),
+            number: self.number,
+            headers: self.headers.clone(),
+            payload: Bytes::copy_from_slice(&self.payload),
+            text: self.text.clone(),
+            start_after: self.start_after,
+            chunks: self.chunks,
+            arrived: self.arrived,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct AttemptTag {
+    index: usize,
+    number: u32,
+}
+
+struct Inner {
+    attempts: Vec<AttemptRec>,
+    per_path: HashMap<String, u32>,
+    queues: HashMap<Method, VecDeque<Action>>,
+    defaults: HashMap<Method, Action>,
+    auth: Auth,
+    record_payloads: bool,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    /// Total number of attempts recorded; bumped on every arrival.
+    arrivals: watch::Sender<usize>,
+    /// Cancelled when the server starts shutting down: hung handlers give up.
+    draining: CancellationToken,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn arrive(&self, path: &str, headers: HeaderMap) -> (AttemptTag, Auth) {
+        let (tag, auth, total) = {
+            let mut inner = self.lock();
+            let number = {
+                let n = inner.per_path.entry(path.to_owned()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let index = inner.attempts.len();
+            inner.attempts.push(AttemptRec {
+                method: Method::from_path(path),
+                path: path.to_owned(),
+                number,
+                headers,
+                payload: BytesMut::new(),
+                text: String::new(),
+                start_after: None,
+                chunks: 0,
+                arrived: Instant::now(),
+            });
+            (
+                AttemptTag { index, number },
+                inner.auth,
+                inner.attempts.len(),
+            )
+        };
+        self.arrivals.send_replace(total);
+        (tag, auth)
+    }
+
+    fn next_action(&self, method: Method) -> Action {
+        let mut inner = self.lock();
+        if let Some(a) = inner.queues.get_mut(&method).and_then(VecDeque::pop_front) {
+            return a;
+        }
+        inner.defaults.get(&method).cloned().unwrap_or(Action::Ok)
+    }
+
+    fn update(&self, tag: Option<AttemptTag>, f: impl FnOnce(&mut AttemptRec, bool)) {
+        if let Some(tag) = tag {
+            let mut inner = self.lock();
+            let record = inner.record_payloads;
+            if let Some(rec) = inner.attempts.get_mut(tag.index) {
+                f(rec, record);
+            }
+        }
+    }
+
+    fn add_chunk(&self, tag: Option<AttemptTag>, data: &[u8]) {
+        self.update(tag, |rec, record| {
+            rec.chunks += 1;
+            if record {
+                rec.payload.extend_from_slice(data);
+            }
+        });
+    }
+
+    /// Resolves delays and hangs into a terminal action.
+    async fn resolve(&self, mut action: Action) -> Action {
+        loop {
+            match action {
+                Action::Delay(d, next) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => action = *next,
+                        _ = self.draining.cancelled() => return Action::Fail(shutting_down()),
+                    }
+                }
+                Action::Hang => {
+                    self.draining.cancelled().await;
+                    return Action::Fail(shutting_down());
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("scripted server shutting down")
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[derive(Clone)]
+struct EchoSvc {
+    shared: Arc<Shared>,
+}
+
+fn tag_of<T>(req: &Request<T>) -> Option<AttemptTag> {
+    req.extensions().get::<AttemptTag>().copied()
+}
+
+#[tonic::async_trait]
+impl Echo for EchoSvc {
+    async fn say(&self, request: Request<SayRequest>) -> Result<Response<SayReply>, Status> {
+        let tag = tag_of(&request);
+        let action = self.shared.next_action(Method::Say);
+        let msg = request.into_inner();
+        self.shared.update(tag, |rec, record| {
+            if record {
+                rec.payload.extend_from_slice(&msg.payload);
+            }
+            rec.text.clone_from(&msg.text);
+        });
+        match self.shared.resolve(action).await {
+            Action::Fail(status)
+            | Action::StreamThenFail { status, .. }
+            | Action::ReadThenFail { status, .. } => Err(status),
+            Action::StreamThenHang { .. } => {
+                self.shared.draining.cancelled().await;
+                Err(shutting_down())
+            }
+            _ => Ok(Response::new(SayReply {
+                payload: msg.payload,
+                text: msg.text,
+                attempt: tag.map_or(0, |t| t.number),
+            })),
+        }
+    }
+
+    type CountStream = BoxStream<Numbered>;
+
+    async fn count(
+        &self,
+        request: Request<CountRequest>,
+    ) -> Result<Response<Self::CountStream>, Status> {
+        let tag = tag_of(&request);
+        let action = self.shared.next_action(Method::Count);
+        let msg = request.into_inner();
+        self.shared
+            .update(tag, |rec, _| rec.start_after = Some(msg.start_after));
+        let padding = Bytes::from(vec![0u8; msg.padding_len as usize]);
+        let range = (msg.start_after.saturating_add(1))..=msg.count;
+        let messages = move |limit: u64| {
+            let padding = padding.clone();
+            stream::iter(
+                range
+                    .clone()
+                    .take(usize::try_from(limit).unwrap_or(usize::MAX)),
+            )
+            .map(move |seq| {
+                Ok(Numbered {
+                    seq,
+                    padding: padding.clone(),
+                })
+            })
+        };
+        let draining = self.shared.draining.clone();
+        let out: BoxStream<Numbered> = match self.shared.resolve(action).await {
+            Action::Fail(status) | Action::ReadThenFail { status, .. } => return Err(status),
+            Action::StreamThenFail {
+                messages: k,
+                status,
+            } => Box::pin(messages(k).chain(stream::once(async move { Err(status) }))),
+            Action::StreamThenEnd { messages: k } => Box::pin(messages(k)),
+            Action::StreamThenHang { messages: k } => {
+                Box::pin(messages(k).chain(stream::once(async move {
+                    draining.cancelled().await;
+                    Err(shutting_down())
+                })))
+            }
+            _ => Box::pin(messages(u64::MAX)),
+        };
+        Ok(Response::new(out))
+    }
+
+    async fn collect(
+        &self,
+        request: Request<Streaming<Chunk>>,
+    ) -> Result<Response<CollectReply>, Status> {
+        let tag = tag_of(&request);
+        let action = self.shared.next_action(Method::Collect);
+        let mut inbound = request.into_inner();
+        let (limit, fail) = match self.shared.resolve(action).await {
+            Action::Fail(status) | Action::StreamThenFail { status, .. } => return Err(status),
+            Action::ReadThenFail { chunks, status } => (chunks, Some(status)),
+            Action::StreamThenHang { .. } => {
+                self.shared.draining.cancelled().await;
+                return Err(shutting_down());
+            }
+            _ => (None, None),
+        };
+        let mut total = 0u64;
+        let mut chunks = 0u64;
+        let mut hash = Fnv1a64::new();
+        while limit.is_none_or(|l| chunks < l) {
+            let next = tokio::select! {
+                n = inbound.message() => n?,
+                _ = self.shared.draining.cancelled() => return Err(shutting_down()),
+            };
+            let Some(chunk) = next else { break };
+            self.shared.add_chunk(tag, &chunk.data);
+            total += chunk.data.len() as u64;
+            chunks += 1;
+            hash = hash.update(&chunk.data);
+        }
+        if let Some(status) = fail {
+            return Err(status);
+        }
+        Ok(Response::new(CollectReply {
+            total_bytes: total,
+            chunks: u32::try_from(chunks).unwrap_or(u32::MAX),
+            checksum: hash.finish(),
+        }))
+    }
+
+    type ChatStream = BoxStream<Chunk>;
+
+    async fn chat(
+        &self,
+        request: Request<Streaming<Chunk>>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        let tag = tag_of(&request);
+        let action = self.shared.next_action(Method::Chat);
+        let inbound = request.into_inner();
+        // (echo limit, what happens after the limit)
+        let (limit, after) = match self.shared.resolve(action).await {
+            Action::Fail(status) => return Err(status),
+            Action::StreamThenFail { messages, status } => (messages, After::Fail(status)),
+            Action::StreamThenEnd { messages } => (messages, After::End),
+            Action::StreamThenHang { messages } => (messages, After::Hang),
+            Action::ReadThenFail { chunks, status } => {
+                (chunks.unwrap_or(u64::MAX), After::ReadFail(status))
+            }
+            _ => (u64::MAX, After::End),
+        };
+        let state = ChatState {
+            inbound,
+            shared: self.shared.clone(),
+            tag,
+            sent: 0,
+            limit,
+            after: Some(after),
+        };
+        Ok(Response::new(Box::pin(stream::unfold(state, chat_step))))
+    }
+}
+
+enum After {
+    End,
+    Fail(Status),
+    Hang,
+    /// Read (without echoing) and then fail.
+    ReadFail(Status),
+}
+
+struct ChatState {
+    inbound: Streaming<Chunk>,
+    shared: Arc<Shared>,
+    tag: Option<AttemptTag>,
+    sent: u64,
+    limit: u64,
+    after: Option<After>,
+}
+
+async fn chat_step(mut st: ChatState) -> Option<(Result<Chunk, Status>, ChatState)> {
+    let echo = !matches!(st.after, Some(After::ReadFail(_)));
+    while st.sent < st.limit {
+        let next = tokio::select! {
+            n = st.inbound.message() => n,
+            _ = st.shared.draining.cancelled() => Err(shutting_down()),
+        };
+        match next {
+            Ok(Some(chunk)) => {
+                st.shared.add_chunk(st.tag, &chunk.data);
+                st.sent += 1;
+                if echo {
+                    return Some((Ok(chunk), st));
+                }
+            }
+            Ok(None) => break,
+            Err(status) => {
+                st.after = None;
+                return Some((Err(status), st));
+            }
+        }
+    }
+    match st.after.take()? {
+        After::End => None,
+        After::Fail(status) | After::ReadFail(status) => Some((Err(status), st)),
+        After::Hang => {
+            st.shared.draining.cancelled().await;
+            Some((Err(shutting_down()), st))
+        }
+    }
+}
+
+// ---- the gate layer: records every attempt and applies `Auth` before routing ----
+
+#[derive(Clone)]
+struct GateLayer {
+    shared: Arc<Shared>,
+}
+
+impl<S> tower::Layer<S> for GateLayer {
+    type Service = Gate<S>;
+    fn layer(&self, inner: S) -> Gate<S> {
+        Gate {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Gate<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Gate<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+    ReqBody: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        let (tag, auth) = self.shared.arrive(req.uri().path(), req.headers().clone());
+        match auth {
+            Auth::Allow => {
+                req.extensions_mut().insert(tag);
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(inner.call(req))
+            }
+            Auth::DenyAll => {
+                let resp = Status::permission_denied("denied by scripted server").into_http();
+                Box::pin(std::future::ready(Ok(resp)))
+            }
+            Auth::Unauthenticated => {
+                let resp =
+                    Status::unauthenticated("unauthenticated by scripted server").into_http();
+                Box::pin(std::future::ready(Ok(resp)))
+            }
+        }
+    }
+}
+
+// ---- killable connections, so dropping the server really drops its connections ----
+
+struct KillableIo {
+    inner: TcpStream,
+    killed: Pin<Box<WaitForCancellationFutureOwned>>,
+    dead: bool,
+}
+
+impl KillableIo {
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if !self.dead && self.killed.as_mut().poll(cx).is_ready() {
+            self.dead = true;
+        }
+        if self.dead {
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "scripted server killed",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl AsyncRead for KillableIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for KillableIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Connected for KillableIo {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+/// A real tonic server for the `Echo` service on loopback, following a [`Script`].
+///
+/// Dropping it kills it abruptly: the listener closes and every open connection is dropped
+/// (clients see the connection die). [`ScriptedServer::shutdown`] stops it gracefully instead.
+pub struct ScriptedServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    graceful: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    kill: CancellationToken,
+}
+
+impl fmt::Debug for ScriptedServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScriptedServer")
+            .field("addr", &self.addr)
+            .field("attempts", &self.attempt_count())
+            .finish()
+    }
+}
+
+impl ScriptedServer {
+    /// Starts a server on an ephemeral loopback port (`127.0.0.1:0`).
+    ///
+    /// # Panics
+    /// If binding the loopback port fails.
+    pub async fn start(script: Script) -> ScriptedServer {
+        ScriptedServer::start_on(LOOPBACK_ANY, script)
+            .await
+            .expect("bind 127.0.0.1:0")
+    }
+
+    /// Starts a server on `addr` (e.g. the address of a server that was shut down, to
+    /// simulate a restart). Fails if the address is in use.
+    pub async fn start_on(addr: SocketAddr, script: Script) -> io::Result<ScriptedServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (arrivals, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                attempts: Vec::new(),
+                per_path: HashMap::new(),
+                queues: script.queues,
+                defaults: script.defaults,
+                auth: script.auth,
+                record_payloads: script.record_payloads,
+            }),
+            arrivals,
+            draining: CancellationToken::new(),
+        });
+        let kill = CancellationToken::new();
+        let incoming = {
+            let kill = kill.clone();
+            stream::unfold(listener, move |listener| {
+                let kill = kill.clone();
+                async move {
+                    let item = listener.accept().await.map(|(stream, _)| {
+                        let _ = stream.set_nodelay(true);
+                        KillableIo {
+                            inner: stream,
+                            killed: Box::pin(kill.cancelled_owned()),
+                            dead: false,
+                        }
+                    });
+                    Some((item, listener))
+                }
+            })
+        };
+        let (tx, rx) = oneshot::channel::<()>();
+        let svc = EchoServer::new(EchoSvc {
+            shared: shared.clone(),
+        })
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024);
+        let router = Server::builder()
+            .layer(GateLayer {
+                shared: shared.clone(),
+            })
+            .add_service(svc);
+        let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = rx.await;
+        }));
+        Ok(ScriptedServer {
+            addr,
+            shared,
+            graceful: Some(tx),
+            task: Some(task),
+            kill,
+        })
+    }
+
+    /// The bound address (`127.0.0.1:port`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn uri(&self) -> http::Uri {
+        uri_for(self.addr)
+    }
+
+    /// Appends `action` to `method`'s queue.
+    pub fn push(&self, method: Method, action: Action) {
+        self.shared
+            .lock()
+            .queues
+            .entry(method)
+            .or_default()
+            .push_back(action);
+    }
+
+    /// Sets the action `method` performs once its queue is empty.
+    pub fn set_default(&self, method: Method, action: Action) {
+        self.shared.lock().defaults.insert(method, action);
+    }
+
+    /// Drops the queued (not yet consumed) actions of `method`.
+    pub fn clear_queue(&self, method: Method) {
+        self.shared.lock().queues.remove(&method);
+    }
+
+    /// Changes the server-wide gate for subsequent attempts.
+    pub fn set_auth(&self, auth: Auth) {
+        self.shared.lock().auth = auth;
+    }
+
+    /// Every attempt received so far, in arrival order.
+    pub fn attempts(&self) -> Vec<Attempt> {
+        self.shared
+            .lock()
+            .attempts
+            .iter()
+            .map(AttemptRec::snapshot)
+            .collect()
+    }
+
+    /// The attempts received so far for `method`, in arrival order.
+    pub fn attempts_for(&self, method: Method) -> Vec<Attempt> {
+        self.shared
+            .lock()
+            .attempts
+            .iter()
+            .filter(|a| a.method == method)
+            .map(AttemptRec::snapshot)
+            .collect()
+    }
+
+    /// Number of attempts received so far (all methods).
+    pub fn attempt_count(&self) -> usize {
+        self.shared.lock().attempts.len()
+    }
+
+    /// Number of attempts received so far for `method`.
+    pub fn attempt_count_for(&self, method: Method) -> usize {
+        self.shared
+            .lock()
+            .attempts
+            .iter()
+            .filter(|a| a.method == method)
+            .count()
+    }
+
+    /// Waits until at least `n` attempts (all methods) have arrived.
+    pub async fn wait_attempts(&self, n: usize) {
+        let mut rx = self.shared.arrivals.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = rx.wait_for(|&total| total >= n).await;
+    }
+
+    /// Waits until at least `n` attempts for `method` have arrived.
+    pub async fn wait_attempts_for(&self, method: Method, n: usize) {
+        let mut rx = self.shared.arrivals.subscribe();
+        let _ = rx.wait_for(|_| self.attempt_count_for(method) >= n).await;
+    }
+
+    /// Graceful shutdown: stops accepting, sends GOAWAY on every connection, lets in-flight
+    /// calls finish (hung and silent calls, and open `Chat`s, end with `UNAVAILABLE`
+    /// "scripted server shutting down"), and waits until all connections have closed.
+    pub async fn shutdown(mut self) {
+        self.shared.draining.cancel();
+        if let Some(tx) = self.graceful.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Abrupt stop, the same as dropping: listener closed, connections dropped at once.
+    pub fn kill(self) {
+        drop(self);
+    }
+}
+
+impl Drop for ScriptedServer {
+    fn drop(&mut self) {
+        self.kill.cancel();
+        self.shared.draining.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
