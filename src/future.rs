@@ -111,6 +111,16 @@ enum Next {
     GiveUp(BoxError),
 }
 
+/// How an attempt's failure relates to its time limits.
+enum Timeout {
+    /// Within its time: the failure is decided on as it is.
+    None(Failure),
+    /// The attempt's own timeout passed: it failed, and may be retried.
+    Attempt(Failure),
+    /// The call's deadline passed: the caller gets this error.
+    CallDeadline(BoxError),
+}
+
 impl<S, B> ResponseFuture<S>
 where
     S: Service<Request<Body>, Response = Response<B>>,
@@ -183,7 +193,7 @@ where
         let mut this = self.project();
         let _entered = this.span.enter();
         loop {
-            let (failure, forced) = match this.state.as_mut().project() {
+            let timeout = match this.state.as_mut().project() {
                 StateProj::Attempt { future } => match future.poll(cx) {
                     Poll::Ready(Ok(response)) => match classify_response(response) {
                         Classified::Pass(response) => {
@@ -191,35 +201,28 @@ where
                             this.state.set(State::Done);
                             return Poll::Ready(Ok(response));
                         }
-                        Classified::Failed(failure) => (failure, None),
+                        Classified::Failed(failure) => Timeout::None(failure),
                     },
                     Poll::Ready(Err(error)) => {
                         let failure = classify_service_error(error.into());
                         if failure.kind == FailureKind::TransportTimeout {
-                            // The transport enforces the same deadline we sent it; when it wins
-                            // the race, the timeout is still ours.
-                            match this.call.timed_out(Instant::now()) {
-                                Some(timeout) => timeout,
-                                None => (failure, None),
-                            }
+                            // The transport enforces the deadline we sent it; when it wins the
+                            // race against our timer, the timeout is still ours.
+                            this.call.timed_out(Instant::now(), failure)
                         } else {
-                            (failure, None)
+                            Timeout::None(failure)
                         }
                     }
                     Poll::Pending => {
-                        let expired = this.call.attempt_deadline.is_some()
-                            && this
-                                .timer
-                                .as_mut()
-                                .as_pin_mut()
-                                .is_some_and(|timer| timer.poll(cx).is_ready());
-                        match expired
-                            .then(|| this.call.timed_out(Instant::now()))
-                            .flatten()
-                        {
-                            Some(timeout) => timeout,
-                            None => return Poll::Pending,
+                        let Some(timer) = this.timer.as_mut().as_pin_mut() else {
+                            return Poll::Pending;
+                        };
+                        if this.call.attempt_deadline.is_none() || timer.poll(cx).is_pending() {
+                            return Poll::Pending;
                         }
+                        let now = Instant::now();
+                        let failure = this.call.attempt_timeout_failure();
+                        this.call.timed_out(now, failure)
                     }
                 },
                 StateProj::Backoff => {
@@ -230,32 +233,29 @@ where
                     continue;
                 }
                 StateProj::Ready => match ready!(this.call.service.poll_ready(cx)) {
-                    Ok(()) => {
-                        let now = Instant::now();
-                        match this.call.next_request(now) {
-                            Some(request) => {
-                                let future = this.call.service.call(request);
-                                if let Some(at) = this.call.attempt_deadline {
-                                    arm(this.timer.as_mut(), at);
-                                }
-                                this.state.set(State::Attempt { future });
-                                continue;
+                    Ok(()) => match this.call.next_request(Instant::now()) {
+                        Some(request) => {
+                            let future = this.call.service.call(request);
+                            if let Some(at) = this.call.attempt_deadline {
+                                arm(this.timer.as_mut(), at);
                             }
-                            None => {
-                                // The request outgrew the buffer after the decision to retry.
-                                let error = this.call.give_up_on_last(StopReason::BufferLimit);
-                                this.state.set(State::Done);
-                                return Poll::Ready(Err(error));
-                            }
+                            this.state.set(State::Attempt { future });
+                            continue;
                         }
-                    }
+                        None => {
+                            // The request outgrew the buffer after the decision to retry.
+                            let error = this.call.give_up_on_last(StopReason::BufferLimit);
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(error));
+                        }
+                    },
                     Err(error) => {
                         // The service cannot take the attempt: count it as one that failed
                         // before it was sent.
                         this.call.attempt_started = Instant::now();
                         this.call.sent += 1;
                         this.call.attempts += 1;
-                        (classify_service_error(error.into()), None)
+                        Timeout::None(classify_service_error(error.into()))
                     }
                 },
                 StateProj::Done => {
@@ -264,7 +264,13 @@ where
                     ));
                 }
             };
-            match this.call.after_failure(failure, forced) {
+            let next = match timeout {
+                Timeout::None(failure) | Timeout::Attempt(failure) => {
+                    this.call.after_failure(failure)
+                }
+                Timeout::CallDeadline(error) => Next::GiveUp(error),
+            };
+            match next {
                 Next::Retry(delay) if delay.is_zero() => this.state.set(State::Ready),
                 Next::Retry(delay) => {
                     arm(this.timer.as_mut(), Instant::now() + delay);
@@ -339,31 +345,34 @@ impl<S> Call<S> {
         Some(request)
     }
 
-    /// The attempt's timer fired: the call's deadline (stop) or the attempt's timeout (retry).
-    /// `None` if neither has really passed.
-    fn timed_out(&self, now: Instant) -> Option<(Failure, Option<StopReason>)> {
-        if self.deadline.is_some_and(|deadline| now >= deadline) {
-            let message = format!(
-                "deadline of {:?} exceeded",
-                self.deadline.map(|d| d - self.started).unwrap_or_default()
-            );
-            let failure = Failure::local(
+    /// Which time limit, if any, a failure at `now` hit: the call's deadline (stop, with the last
+    /// real outcome) or the attempt's own timeout (a failure to decide on).
+    fn timed_out(&mut self, now: Instant, failure: Failure) -> Timeout {
+        if let Some(deadline) = self.deadline.filter(|deadline| now >= *deadline) {
+            let message = format!("deadline of {:?} exceeded", deadline - self.started);
+            let cut = Failure::local(
                 Code::DeadlineExceeded,
                 FailureKind::DeadlineExceeded,
                 message,
             );
-            return Some((failure, Some(StopReason::Deadline)));
+            self.record(&cut, now);
+            // The attempt that the deadline cut has no outcome of its own; an earlier attempt's
+            // says more about why the call failed than "deadline exceeded" does.
+            let failure = self.last_failure.take().unwrap_or(cut);
+            return Timeout::CallDeadline(self.give_up(failure, StopReason::Deadline));
         }
         if self.attempt_deadline.is_some_and(|end| now >= end) {
-            let message = format!(
-                "attempt timed out after {:?}",
-                self.policy().attempt_timeout().unwrap_or_default()
-            );
-            let failure =
-                Failure::local(Code::DeadlineExceeded, FailureKind::AttemptTimeout, message);
-            return Some((failure, None));
+            return Timeout::Attempt(self.attempt_timeout_failure());
         }
-        None
+        Timeout::None(failure)
+    }
+
+    fn attempt_timeout_failure(&self) -> Failure {
+        let message = format!(
+            "attempt timed out after {:?}",
+            self.policy().attempt_timeout().unwrap_or_default()
+        );
+        Failure::local(Code::DeadlineExceeded, FailureKind::AttemptTimeout, message)
     }
 
     fn passed(&mut self) {
@@ -374,27 +383,21 @@ impl<S> Call<S> {
         }
     }
 
-    fn after_failure(&mut self, failure: Failure, forced: Option<StopReason>) -> Next {
+    fn after_failure(&mut self, failure: Failure) -> Next {
         let now = Instant::now();
         self.record(&failure, now);
         if self.policy().retryable_codes().contains(failure.code()) {
             self.shared.gate.on_retryable_failure();
         }
-        let decision = match forced {
-            Some(reason) => Decision::Stop(reason),
-            None => decide(
-                self.policy(),
-                &failure,
-                Progress {
-                    attempts: self.attempts,
-                    backoff_step: self.backoff_step,
-                    transparent_used: self.transparent_used,
-                    replayable: self.body.replayable(),
-                    remaining: self.deadline.map(|d| d.saturating_duration_since(now)),
-                    random: self.shared.jitter.next_unit(),
-                },
-            ),
+        let progress = Progress {
+            attempts: self.attempts,
+            backoff_step: self.backoff_step,
+            transparent_used: self.transparent_used,
+            replayable: self.body.replayable(),
+            remaining: self.deadline.map(|d| d.saturating_duration_since(now)),
+            random: self.shared.jitter.next_unit(),
         };
+        let decision = decide(self.policy(), &failure, progress);
         // The throttle is asked last, once the retry is otherwise certain: a budget spends a
         // token when asked.
         let decision = match decision {
