@@ -192,16 +192,16 @@ impl fmt::Display for CallHistory {
         let kind = self.last().map_or("no attempt", |a| a.kind.as_str());
         write!(
             f,
-            "{} failed ({kind}) after {count} attempt{} in {:?}; stopped: {}",
+            "{} failed ({kind}) after {count} attempt{} in {:.1?}; stopped: {}",
             self.path,
             if count == 1 { "" } else { "s" },
             self.elapsed,
             self.stop,
         )?;
         for attempt in &self.attempts {
-            write!(f, "\n  #{} at +{:?}", attempt.number, attempt.started_at)?;
+            write!(f, "\n  #{} at +{:.1?}", attempt.number, attempt.started_at)?;
             if !attempt.delay_before.is_zero() {
-                write!(f, " (after {:?} backoff)", attempt.delay_before)?;
+                write!(f, " (after {:.1?} backoff)", attempt.delay_before)?;
             }
             if attempt.transparent {
                 f.write_str(" (transparent retry)")?;

@@ -61,5 +61,10 @@ pub use crate::policy::{
 pub use crate::service::Retry;
 pub use crate::throttle::RetryThrottle;
 
+/// The README's examples, compiled and checked as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// The error type of the retrying service: tonic turns it back into a [`tonic::Status`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
