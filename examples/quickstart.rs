@@ -34,9 +34,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
 
     // A server whose `Say` fails twice with UNAVAILABLE before it answers.
-    let server = ScriptedServer::start(
-        Script::new().then_n(Method::Say, 2, Action::fail(tonic::Code::Unavailable, "warming up")),
-    )
+    let server = ScriptedServer::start(Script::new().then_n(
+        Method::Say,
+        2,
+        Action::fail(tonic::Code::Unavailable, "warming up"),
+    ))
     .await;
     println!("server listening on {}\n", server.addr());
 
@@ -65,7 +67,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         text: "hello".into(),
     };
     let reply = echo.say(request.clone()).await?.into_inner();
-    println!("   OK: {:?}, answered on attempt {}", reply.text, reply.attempt);
+    println!(
+        "   OK: {:?}, answered on attempt {}",
+        reply.text, reply.attempt
+    );
     for attempt in server.attempts_for(Method::Say) {
         println!(
             "   server saw attempt {} (grpc-previous-rpc-attempts: {})",

@@ -57,7 +57,7 @@ pub(crate) fn classify_response<B>(response: http::Response<B>) -> Classified<ht
             None => Classified::Pass(response),
             Some(status) => {
                 let kind = kind_of_status(status.code(), status.message());
-                let pushback = pushback(headers);
+                let pushback = pushback(headers, &status);
                 Classified::Failed(Failure {
                     status,
                     kind,

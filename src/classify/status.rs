@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
+use tonic_types::{RetryInfo, StatusExt};
 
 /// `grpc-status-details-bin` is base64 with or without padding (the gRPC spec allows both).
 const DETAILS_BASE64: GeneralPurpose = GeneralPurpose::new(
@@ -73,12 +74,23 @@ pub(crate) enum Pushback {
     Stop,
 }
 
-/// Reads `grpc-retry-pushback-ms`: a non-negative decimal number of milliseconds.
-pub(crate) fn pushback(headers: &HeaderMap) -> Pushback {
-    let Some(value) = headers.get(GRPC_RETRY_PUSHBACK_MS) else {
+/// The server's word on when to retry: `grpc-retry-pushback-ms` (a non-negative decimal number
+/// of milliseconds) first, else a `google.rpc.RetryInfo` in the status details. Details that do
+/// not decode are ignored.
+pub(crate) fn pushback(headers: &HeaderMap, status: &Status) -> Pushback {
+    if let Some(value) = headers.get(GRPC_RETRY_PUSHBACK_MS) {
+        return parse_pushback(value.as_bytes());
+    }
+    if status.details().is_empty() {
         return Pushback::None;
-    };
-    parse_pushback(value.as_bytes())
+    }
+    match status.get_details_retry_info() {
+        Some(RetryInfo {
+            retry_delay: Some(delay),
+            ..
+        }) => Pushback::Wait(delay),
+        _ => Pushback::None,
+    }
 }
 
 pub(crate) fn parse_pushback(value: &[u8]) -> Pushback {
@@ -128,6 +140,28 @@ mod tests {
     }
 
     #[test]
+    fn retry_info_is_read_from_details_and_pushback_wins() {
+        let details = tonic_types::ErrorDetails::with_retry_info(Some(Duration::from_millis(500)));
+        let status = Status::with_error_details(Code::Unavailable, "slow down", details);
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            pushback(&headers, &status),
+            Pushback::Wait(Duration::from_millis(500))
+        );
+        headers.insert(GRPC_RETRY_PUSHBACK_MS, "20".parse().unwrap());
+        assert_eq!(
+            pushback(&headers, &status),
+            Pushback::Wait(Duration::from_millis(20))
+        );
+        let garbage = Status::with_details(
+            Code::Unavailable,
+            "",
+            Bytes::from_static(b"\xff\x01garbage"),
+        );
+        assert_eq!(pushback(&HeaderMap::new(), &garbage), Pushback::None);
+    }
+
+    #[test]
     fn invalid_details_are_dropped_not_a_panic() {
         let mut headers = HeaderMap::new();
         headers.insert(GRPC_STATUS, "14".parse().unwrap());
@@ -155,8 +189,9 @@ mod tests {
                     headers.insert(name, value);
                 }
             }
-            let _ = trailers_only_status(&headers);
-            let _ = pushback(&headers);
+            if let Some(status) = trailers_only_status(&headers) {
+                let _ = pushback(&headers, &status);
+            }
             let _ = parse_pushback(&pushback_value);
         }
     }

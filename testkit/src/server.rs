@@ -107,6 +107,17 @@ pub enum Action {
     Hang,
     /// Wait this long (tokio time, so `tokio::time::pause` applies), then perform the action.
     Delay(Duration, Box<Action>),
+    /// `Say`: fail with `status` in `percent` of attempts, drawn from a seeded sequence the
+    /// server keeps (SplitMix64 from seed 0), except that an attempt whose
+    /// `grpc-previous-rpc-attempts` is at least `spare_after` always succeeds. Elsewhere: OK.
+    FailSometimes {
+        /// The share of attempts that fail, 0..=100.
+        percent: u32,
+        /// Attempts with this many previous attempts or more succeed.
+        spare_after: u32,
+        /// The status of a failed attempt.
+        status: Status,
+    },
 }
 
 impl Action {
@@ -371,6 +382,8 @@ struct Inner {
     defaults: HashMap<Method, Action>,
     auth: Auth,
     record_payloads: bool,
+    /// State of the SplitMix64 sequence behind [`Action::FailSometimes`].
+    random: u64,
 }
 
 struct Shared {
@@ -414,6 +427,16 @@ impl Shared {
         };
         self.arrivals.send_replace(total);
         (tag, auth)
+    }
+
+    /// The next number of the seeded sequence, uniform in 0..100.
+    fn next_percentile(&self) -> u32 {
+        let mut inner = self.lock();
+        inner.random = inner.random.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = inner.random;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) % 100) as u32
     }
 
     fn next_action(&self, method: Method) -> Action {
@@ -482,7 +505,25 @@ fn tag_of<T>(req: &Request<T>) -> Option<AttemptTag> {
 impl Echo for EchoSvc {
     async fn say(&self, request: Request<SayRequest>) -> Result<Response<SayReply>, Status> {
         let tag = tag_of(&request);
-        let action = self.shared.next_action(Method::Say);
+        let mut action = self.shared.next_action(Method::Say);
+        if let Action::FailSometimes {
+            percent,
+            spare_after,
+            status,
+        } = action
+        {
+            let previous: u32 = request
+                .metadata()
+                .get("grpc-previous-rpc-attempts")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0);
+            let fail = previous < spare_after && self.shared.next_percentile() < percent;
+            action = if fail {
+                Action::Fail(status)
+            } else {
+                Action::Ok
+            };
+        }
         let msg = request.into_inner();
         self.shared.update(tag, |rec, record| {
             if record {
@@ -845,6 +886,7 @@ impl ScriptedServer {
                 defaults: script.defaults,
                 auth: script.auth,
                 record_payloads: script.record_payloads,
+                random: 0,
             }),
             arrivals,
             draining: CancellationToken::new(),
