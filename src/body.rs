@@ -273,7 +273,7 @@ impl HttpBody for ReplayBody {
 
     fn size_hint(&self) -> SizeHint {
         // Every attempt sends the whole request, so the caller's hint holds for each.
-        lock(&self.shared).size_hint.clone()
+        lock(&self.shared).size_hint
     }
 }
 

@@ -43,7 +43,7 @@ pub fn code_from_name(name: &str) -> Option<Code> {
 }
 
 /// The code for a number, if it is one of the 17 defined codes.
-pub fn code_from_number(number: i64) -> Option<Code> {
+pub(crate) fn code_from_number(number: i64) -> Option<Code> {
     usize::try_from(number)
         .ok()
         .and_then(|index| TABLE.get(index))

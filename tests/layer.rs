@@ -475,3 +475,47 @@ async fn client_stream_is_replayed_whole_after_a_partial_read() {
     assert_eq!(reply.checksum, tonic_retry_testkit::fnv1a64(&all));
     assert_eq!(server.attempt_count_for(Method::Collect), 2);
 }
+
+#[tokio::test]
+async fn composes_with_tonic_interceptors_on_either_side() {
+    use tonic::service::InterceptorLayer;
+
+    let server = ScriptedServer::start(
+        Script::new().then(Method::Say, Action::fail(Code::Unavailable, "once")),
+    )
+    .await;
+    let layer = layer_with(quick_policy().build().unwrap());
+    let stamp = |name: &'static str| {
+        move |mut request: Request<()>| {
+            request.metadata_mut().insert(name, "yes".parse().unwrap());
+            Ok(request)
+        }
+    };
+    let channel = ServiceBuilder::new()
+        .layer(InterceptorLayer::new(stamp("x-once-per-call")))
+        .layer(layer.clone())
+        .layer(InterceptorLayer::new(stamp("x-every-attempt")))
+        .service(lazy_channel(server.addr()));
+    let mut client = EchoClient::new(channel);
+
+    client.say(say(b"x")).await.unwrap();
+
+    let attempts = server.attempts_for(Method::Say);
+    assert_eq!(attempts.len(), 2);
+    for attempt in &attempts {
+        assert_eq!(attempt.header("x-once-per-call"), Some("yes"));
+        assert_eq!(attempt.header("x-every-attempt"), Some("yes"));
+    }
+
+    // A client-side interceptor that refuses the call fails fast through the layer too.
+    let refuse = |_request: Request<()>| Err(Status::permission_denied("no token"));
+    let channel = ServiceBuilder::new()
+        .layer(layer.clone())
+        .layer(InterceptorLayer::new(refuse))
+        .service(lazy_channel(server.addr()));
+    let status = EchoClient::new(channel).say(say(b"x")).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(status.message(), "no token");
+    assert_eq!(history(&status).stop_reason(), StopReason::FailFast);
+    assert_eq!(server.attempt_count(), 2, "the refused call never left the client");
+}

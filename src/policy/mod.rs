@@ -139,17 +139,9 @@ impl fmt::Debug for RetryPolicy {
 }
 
 /// Builds a [`RetryPolicy`]; [`build`](RetryPolicyBuilder::build) validates every field.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RetryPolicyBuilder {
     policy: RetryPolicy,
-}
-
-impl Default for RetryPolicyBuilder {
-    fn default() -> Self {
-        RetryPolicyBuilder {
-            policy: RetryPolicy::default(),
-        }
-    }
 }
 
 impl RetryPolicyBuilder {
