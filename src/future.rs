@@ -74,7 +74,6 @@ struct Call<S> {
     service: S,
     shared: Arc<Shared>,
     policy: usize,
-    path: Uri,
     head: RequestHead,
     body: ReplayHandle,
     started: Instant,
@@ -145,7 +144,6 @@ where
         let mut call = Call {
             service,
             policy,
-            path: parts.uri.clone(),
             head: RequestHead {
                 method: parts.method.clone(),
                 uri: parts.uri.clone(),
@@ -488,7 +486,7 @@ impl<S> Call<S> {
             .is_some()
             .then_some(status);
         caller_status.set_source(Arc::new(CallHistory {
-            path: self.path.path().trim_start_matches('/').to_owned(),
+            path: self.head.uri.path().trim_start_matches('/').to_owned(),
             attempts: std::mem::take(&mut self.history),
             stop: reason,
             elapsed: Instant::now() - self.started,
@@ -504,7 +502,7 @@ where
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("path", &self.call.path)
+            .field("path", &self.call.head.uri.path())
             .field("attempts", &self.call.sent)
             .finish_non_exhaustive()
     }
