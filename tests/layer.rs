@@ -523,5 +523,45 @@ async fn composes_with_tonic_interceptors_on_either_side() {
     assert_eq!(status.code(), Code::PermissionDenied);
     assert_eq!(status.message(), "no token");
     assert_eq!(history(&status).stop_reason(), StopReason::FailFast);
-    assert_eq!(server.attempt_count(), 2, "the refused call never left the client");
+    assert_eq!(
+        server.attempt_count(),
+        2,
+        "the refused call never left the client"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_retried_transparently_once() {
+    let no_retries = RetryLayer::builder()
+        .default_policy(RetryPolicy::no_retries())
+        .build()
+        .unwrap();
+
+    let server = tonic_retry_testkit::RefusingServer::start(1).await;
+    let mut client = client(lazy_channel(server.addr()), &no_retries);
+    client.say(say(b"x")).await.unwrap();
+    assert_eq!(server.streams(), 2);
+    assert_eq!(no_retries.metrics().transparent_retries(), 1);
+    assert_eq!(no_retries.metrics().retries(), 0);
+
+    // Only once per call: a second refusal is an ordinary never-sent failure, and this policy
+    // allows no retries.
+    let server = tonic_retry_testkit::RefusingServer::start(2).await;
+    let mut client = self::client(lazy_channel(server.addr()), &no_retries);
+    let status = client.say(say(b"x")).await.unwrap_err();
+    let history = history(&status);
+    assert_eq!(history.stop_reason(), StopReason::AttemptsExhausted);
+    let kinds: Vec<_> = history
+        .attempts()
+        .iter()
+        .map(|a| (a.kind(), a.transparent()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (FailureKind::RefusedStream, false),
+            (FailureKind::RefusedStream, true)
+        ]
+    );
+    assert_eq!(server.streams(), 2);
 }

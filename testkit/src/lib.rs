@@ -34,10 +34,12 @@
 
 mod connector;
 mod proxy;
+mod raw_h2;
 mod server;
 
 pub use connector::{ConnectAction, ConnectError, ScriptedConnector};
 pub use proxy::{CutMode, FaultProxy, ProxyStats};
+pub use raw_h2::RefusingServer;
 pub use server::{Action, Attempt, Auth, Method, Script, ScriptedServer};
 
 use std::net::{Ipv4Addr, SocketAddr};
