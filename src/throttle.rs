@@ -6,6 +6,7 @@
 //! fraction of recent requests. Either can gate this layer's retries.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use tower::retry::budget::Budget;
@@ -21,6 +22,9 @@ const SCALE: u32 = 1000;
 /// `token_ratio`; retries (never first attempts) are allowed only while the bucket holds more
 /// than half of `max_tokens`. Lock-free: one atomic, fixed-point arithmetic.
 ///
+/// Clones share the bucket: pass one to the layer and to resumable streams so that they draw on
+/// the same tokens.
+///
 /// ```
 /// use tonic_retry::RetryThrottle;
 ///
@@ -32,7 +36,12 @@ const SCALE: u32 = 1000;
 /// assert!(!throttle.allows_retry(), "5 of 10 tokens left is not more than half");
 /// # Ok::<(), tonic_retry::ConfigError>(())
 /// ```
+#[derive(Clone)]
 pub struct RetryThrottle {
+    bucket: Arc<Bucket>,
+}
+
+struct Bucket {
     milli_tokens: AtomicU32,
     max: u32,
     ratio: u32,
@@ -58,48 +67,53 @@ impl RetryThrottle {
             ));
         }
         let max = (max_tokens * f64::from(SCALE)).round() as u32;
-        Ok(RetryThrottle {
-            milli_tokens: AtomicU32::new(max),
-            max,
-            ratio: ratio as u32,
-        })
+        Ok(RetryThrottle::from_bucket(max, ratio as u32))
+    }
+
+    fn from_bucket(max: u32, ratio: u32) -> RetryThrottle {
+        RetryThrottle {
+            bucket: Arc::new(Bucket {
+                milli_tokens: AtomicU32::new(max),
+                max,
+                ratio,
+            }),
+        }
     }
 
     /// gRPC's usual setting: 10 tokens, 0.1 back per success.
     pub fn grpc_default() -> RetryThrottle {
-        RetryThrottle {
-            milli_tokens: AtomicU32::new(10 * SCALE),
-            max: 10 * SCALE,
-            ratio: SCALE / 10,
-        }
+        RetryThrottle::from_bucket(10 * SCALE, SCALE / 10)
     }
 
     /// Tokens in the bucket now.
     pub fn tokens(&self) -> f64 {
-        f64::from(self.milli_tokens.load(Ordering::Relaxed)) / f64::from(SCALE)
+        f64::from(self.bucket.milli_tokens.load(Ordering::Relaxed)) / f64::from(SCALE)
     }
 
     /// Whether a retry may be sent now.
     pub fn allows_retry(&self) -> bool {
-        self.milli_tokens.load(Ordering::Relaxed) > self.max / 2
+        self.bucket.milli_tokens.load(Ordering::Relaxed) > self.bucket.max / 2
     }
 
     /// An attempt failed with a retryable code: take a token.
     pub fn record_failure(&self) {
-        let _ = self
-            .milli_tokens
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tokens| {
-                Some(tokens.saturating_sub(SCALE))
-            });
+        let _ =
+            self.bucket
+                .milli_tokens
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tokens| {
+                    Some(tokens.saturating_sub(SCALE))
+                });
     }
 
     /// An attempt succeeded: give back `token_ratio`.
     pub fn record_success(&self) {
-        let _ = self
-            .milli_tokens
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tokens| {
-                (tokens < self.max).then(|| (tokens + self.ratio).min(self.max))
-            });
+        let Bucket { max, ratio, .. } = *self.bucket;
+        let _ =
+            self.bucket
+                .milli_tokens
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tokens| {
+                    (tokens < max).then(|| (tokens + ratio).min(max))
+                });
     }
 }
 
@@ -107,8 +121,14 @@ impl fmt::Debug for RetryThrottle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryThrottle")
             .field("tokens", &self.tokens())
-            .field("max_tokens", &(f64::from(self.max) / f64::from(SCALE)))
-            .field("token_ratio", &(f64::from(self.ratio) / f64::from(SCALE)))
+            .field(
+                "max_tokens",
+                &(f64::from(self.bucket.max) / f64::from(SCALE)),
+            )
+            .field(
+                "token_ratio",
+                &(f64::from(self.bucket.ratio) / f64::from(SCALE)),
+            )
             .finish()
     }
 }
@@ -216,5 +236,13 @@ mod tests {
             "token_ratio"
         );
         assert!(RetryThrottle::new(1000.0, 0.001).is_ok());
+    }
+
+    #[test]
+    fn clones_share_the_bucket() {
+        let throttle = RetryThrottle::grpc_default();
+        let clone = throttle.clone();
+        clone.record_failure();
+        assert_eq!(throttle.tokens(), 9.0);
     }
 }
