@@ -41,6 +41,7 @@ mod kind;
 mod layer;
 mod metrics;
 mod policy;
+mod resume;
 mod service;
 mod throttle;
 
@@ -57,6 +58,10 @@ pub use crate::metrics::Counters;
 pub use crate::policy::{
     DEFAULT_BUFFER_LIMIT, DEFAULT_FAIL_FAST_CODES, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRYABLE_CODES,
     RetryPolicy, RetryPolicyBuilder,
+};
+pub use crate::resume::{
+    DEFAULT_MAX_FAILED_REOPENS, OpenedStream, ReopenRecord, ReopenThrottle, ResumableStream,
+    ResumeHistory, ResumePolicy, ResumePolicyBuilder,
 };
 pub use crate::service::Retry;
 pub use crate::throttle::RetryThrottle;

@@ -1,0 +1,197 @@
+//! What the caller learns when a resumable stream gives up: the failures in a row that led to
+//! it, each with its kind, time and the backoff that followed.
+
+use std::error::Error;
+use std::fmt;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+use crate::code::code_name;
+use crate::history::StopReason;
+use crate::kind::FailureKind;
+
+/// One failure of a resumable stream, and the reopen it led to (if any).
+#[derive(Debug, Clone)]
+pub struct ReopenRecord {
+    pub(crate) failure: u32,
+    pub(crate) code: Code,
+    pub(crate) message: String,
+    pub(crate) kind: FailureKind,
+    pub(crate) at: Duration,
+    pub(crate) delivered: u64,
+    pub(crate) delay: Option<Duration>,
+}
+
+impl ReopenRecord {
+    /// This failure's number in its run of failures in a row: 1 for the failure that broke a
+    /// flowing stream (or the first open), 2 for the first reopen that failed too, and so on.
+    pub fn failure(&self) -> u32 {
+        self.failure
+    }
+
+    /// The status code the stream (or the attempt to open it) ended with.
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    /// The status message the stream ended with.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The kind of failure, named from the status's source chain or its code.
+    pub fn kind(&self) -> FailureKind {
+        self.kind
+    }
+
+    /// When the failure happened, counted from the creation of the stream.
+    pub fn at(&self) -> Duration {
+        self.at
+    }
+
+    /// Messages this open of the call delivered before it failed (0 for a failed reopen).
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// The backoff waited before reopening, or `None` if the stream was not reopened after
+    /// this failure (it gave up).
+    pub fn delay(&self) -> Option<Duration> {
+        self.delay
+    }
+}
+
+impl fmt::Display for ReopenRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "failure #{} at +{:?} after {} message{}: {} {}",
+            self.failure,
+            self.at,
+            self.delivered,
+            if self.delivered == 1 { "" } else { "s" },
+            code_name(self.code),
+            self.kind,
+        )?;
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        match self.delay {
+            Some(delay) => write!(f, "; reopened after {delay:?}"),
+            None => f.write_str("; not reopened"),
+        }
+    }
+}
+
+/// The history of a resumable stream that gave up, attached to the last error [`Status`] it
+/// yields.
+///
+/// The `Status` keeps the last failure's code and message unchanged; this history is its
+/// [`source`](std::error::Error::source). Read it with [`ResumeHistory::of`]:
+///
+/// ```
+/// # fn handle(status: tonic::Status) {
+/// use tonic_retry::ResumeHistory;
+///
+/// if let Some(history) = ResumeHistory::of(&status) {
+///     eprintln!("{history}");
+///     for failure in history.failures() {
+///         eprintln!("{}: {} ({:?} backoff)", failure.kind(), failure.code(), failure.delay());
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct ResumeHistory {
+    pub(crate) failures: Vec<ReopenRecord>,
+    pub(crate) stop: StopReason,
+    pub(crate) reopens: u64,
+    pub(crate) delivered: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) cause: Option<Status>,
+}
+
+impl ResumeHistory {
+    /// The history attached to `status` by a resumable stream, if any.
+    pub fn of(status: &Status) -> Option<&ResumeHistory> {
+        let mut source = status.source();
+        while let Some(err) = source {
+            if let Some(history) = err.downcast_ref::<ResumeHistory>() {
+                return Some(history);
+            }
+            source = err.source();
+        }
+        None
+    }
+
+    /// The failures in a row that ended the stream, oldest first; the last is the one the
+    /// caller's status reports. Earlier runs, each ended by a message getting through, are not
+    /// kept.
+    pub fn failures(&self) -> &[ReopenRecord] {
+        &self.failures
+    }
+
+    /// The last failure.
+    pub fn last(&self) -> Option<&ReopenRecord> {
+        self.failures.last()
+    }
+
+    /// Why the stream stopped reopening: [`StopReason::AttemptsExhausted`] when the bound on
+    /// failed reopens was reached, [`StopReason::Throttled`], [`StopReason::BackoffExhausted`],
+    /// or [`StopReason::NotRetryable`] / [`StopReason::FailFast`] for a status that ends the
+    /// stream after failed reopens.
+    pub fn stop_reason(&self) -> StopReason {
+        self.stop
+    }
+
+    /// Reopens made over the stream's whole life.
+    pub fn reopens(&self) -> u64 {
+        self.reopens
+    }
+
+    /// Messages delivered over the stream's whole life.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Time from the creation of the stream to giving up.
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+
+    /// What to check next, for the last failure's kind.
+    pub fn hint(&self) -> &'static str {
+        self.last()
+            .map_or("no failure was recorded", |failure| failure.kind.hint())
+    }
+}
+
+impl fmt::Display for ResumeHistory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = self.last().map_or("no failure", |r| r.kind.as_str());
+        write!(
+            f,
+            "resumable stream failed ({kind}) after {} reopen{} and {} message{} in {:?}; \
+             stopped: {}",
+            self.reopens,
+            if self.reopens == 1 { "" } else { "s" },
+            self.delivered,
+            if self.delivered == 1 { "" } else { "s" },
+            self.elapsed,
+            self.stop,
+        )?;
+        for failure in &self.failures {
+            write!(f, "\n  {failure}")?;
+        }
+        write!(f, "\n  hint: {}", self.hint())
+    }
+}
+
+impl Error for ResumeHistory {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.cause
+            .as_ref()
+            .map(|status| status as &(dyn Error + 'static))
+    }
+}

@@ -1,0 +1,570 @@
+//! The resumable stream: a `pin-project` state machine around the user's factory of calls.
+//!
+//! ```text
+//!  Start ──factory(cursor)──> Opening ──headers──> Streaming ──message──> (yield, stay)
+//!    ^                          │                     │ └──clean end──> Done
+//!    │                          └──────error/idle─────┤
+//!    │                                                v
+//!    └──── timer fires ──── Backoff <──reopen── decide ──give up / not retryable──> Done
+//! ```
+//!
+//! One `Sleep`, pinned in the struct, is the backoff timer in `Backoff` and the idle timer in
+//! `Opening` and `Streaming`. The idle timer is not touched per message: a message only stores
+//! the time it arrived, and when the timer fires it moves itself to that time plus the idle
+//! timeout if a message came since it was armed. Nothing is allocated per message.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_core::{FusedStream, Stream};
+use pin_project::pin_project;
+use tokio::time::{Instant, Sleep, sleep_until};
+use tonic::{Response, Status, Streaming};
+
+use crate::backoff::Jitter;
+use crate::code::code_name;
+use crate::history::StopReason;
+use crate::kind::FailureKind;
+use crate::resume::classify::{Verdict, classify_status};
+use crate::resume::history::{ReopenRecord, ResumeHistory};
+use crate::resume::policy::ResumePolicy;
+
+/// What the future of a [`ResumableStream`]'s factory yields on success: the opened call's
+/// stream of messages.
+///
+/// Implemented for [`tonic::Streaming<T>`] and for the [`tonic::Response<Streaming<T>>`] a
+/// generated client's streaming method returns, so a factory can return either. Implement it
+/// for another stream of `Result<T, Status>` to resume that.
+pub trait OpenedStream {
+    /// The type of the messages.
+    type Message;
+    /// The stream of messages.
+    type Stream: Stream<Item = Result<Self::Message, Status>>;
+
+    /// The stream of messages of the opened call.
+    fn into_stream(self) -> Self::Stream;
+}
+
+impl<T> OpenedStream for Streaming<T> {
+    type Message = T;
+    type Stream = Streaming<T>;
+
+    fn into_stream(self) -> Streaming<T> {
+        self
+    }
+}
+
+impl<T> OpenedStream for Response<Streaming<T>> {
+    type Message = T;
+    type Stream = Streaming<T>;
+
+    fn into_stream(self) -> Streaming<T> {
+        self.into_inner()
+    }
+}
+
+#[pin_project(project = StateProj)]
+enum State<Fut, S> {
+    /// The call is to be opened (first poll, or the backoff is over).
+    Start,
+    /// The factory's future is opening the call.
+    Opening {
+        #[pin]
+        future: Fut,
+    },
+    /// Messages flow.
+    Streaming {
+        #[pin]
+        stream: S,
+    },
+    /// Waiting on the timer before reopening.
+    Backoff,
+    /// Ended: a clean end, a status that ends the stream, or given up.
+    Done,
+}
+
+impl<Fut, S> State<Fut, S> {
+    fn name(&self) -> &'static str {
+        match self {
+            State::Start => "Start",
+            State::Opening { .. } => "Opening",
+            State::Streaming { .. } => "Streaming",
+            State::Backoff => "Backoff",
+            State::Done => "Done",
+        }
+    }
+}
+
+/// A streaming call that reopens itself after a transport failure and resumes after the last
+/// message the caller received: nothing lost, nothing delivered twice.
+///
+/// It is built from a *factory*, called with the cursor of the last delivered message (`None`
+/// before the first) to open the call, and a *cursor function* that takes the cursor from a
+/// message. When the stream fails in a way the [`ResumePolicy`] reopens (a transport end, a
+/// retryable code, the idle timeout), the factory is called again with the last cursor after a
+/// backoff; the server is expected to send only what follows it. The same wrapper serves
+/// server-streaming and bidirectional calls: for a bidirectional call the factory builds a fresh
+/// outbound stream each time.
+///
+/// After [`max_failed_reopens`](crate::ResumePolicyBuilder::max_failed_reopens) reopens in a
+/// row that deliver nothing, it yields the last error, unchanged in code and message, with a
+/// [`ResumeHistory`] as its source, and ends. A status the server sent on purpose (say
+/// INVALID_ARGUMENT), a fail-fast code and a clean end end the stream at once.
+///
+/// It is lazy: nothing is called until it is first polled, which must happen inside a Tokio
+/// runtime (its timer is Tokio's). It holds its timer and the factory's future inline, so it is
+/// not `Unpin`: pin it (`std::pin::pin!`, `tokio::pin!` or `Box::pin`) before calling
+/// `StreamExt::next`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use tonic_retry_testkit::pb::{echo_client::EchoClient, CountRequest};
+/// # use tonic_retry_testkit::{Action, Script, ScriptedServer};
+/// # // A server whose first stream breaks off with UNAVAILABLE after 400 messages.
+/// # let server = ScriptedServer::start(Script::new().count(Action::stream_then_fail(
+/// #     400, tonic::Code::Unavailable, "restarting"))).await;
+/// # let addr = server.uri().to_string();
+/// use futures::StreamExt;
+/// use tonic_retry::{ResumableStream, ResumePolicy};
+///
+/// let client = EchoClient::connect(addr).await?;
+/// let policy = ResumePolicy::builder()
+///     .idle_timeout(std::time::Duration::from_secs(30))
+///     .build()?;
+/// let mut numbers = std::pin::pin!(ResumableStream::with_policy(
+///     policy,
+///     // Open the call, asking for what follows the cursor (`None` the first time).
+///     move |cursor: Option<u64>| {
+///         let mut client = client.clone();
+///         async move {
+///             let start_after = cursor.unwrap_or(0);
+///             client.count(CountRequest { start_after, count: 1_000, padding_len: 0 }).await
+///         }
+///     },
+///     // The cursor of a message.
+///     |message| message.seq,
+/// ));
+/// let mut last = 0;
+/// while let Some(message) = numbers.next().await {
+///     let message = message?; // only errors the policy does not reopen on reach here
+///     assert_eq!(message.seq, last + 1, "nothing lost, nothing twice");
+///     last = message.seq;
+/// }
+/// assert_eq!(last, 1_000);
+/// assert_eq!(numbers.reopens(), 1);
+/// # Ok(()) }
+/// ```
+#[pin_project]
+pub struct ResumableStream<F, Fut, R, K, C>
+where
+    R: OpenedStream,
+{
+    #[pin]
+    state: State<Fut, R::Stream>,
+    #[pin]
+    timer: Option<Sleep>,
+    factory: F,
+    cursor_fn: K,
+    ctl: Control<C>,
+}
+
+/// The bookkeeping of a stream, apart from its pinned parts.
+struct Control<C> {
+    policy: ResumePolicy,
+    jitter: Jitter,
+    cursor: Option<C>,
+    /// Set at the first poll.
+    started: Option<Instant>,
+    /// When a message (or the response headers) last arrived; kept only with an idle timeout.
+    last_activity: Option<Instant>,
+    /// Failures in a row since a message last arrived.
+    failures: u32,
+    reopens: u64,
+    delivered: u64,
+    /// Messages the current open of the call delivered.
+    delivered_here: u64,
+    /// The current run of failures in a row.
+    history: Vec<ReopenRecord>,
+}
+
+/// What to do after a failure.
+enum Next {
+    Reopen(Duration),
+    End(Status),
+}
+
+impl<F, Fut, R, K, C> ResumableStream<F, Fut, R, K, C>
+where
+    F: FnMut(Option<C>) -> Fut,
+    Fut: Future<Output = Result<R, Status>>,
+    R: OpenedStream,
+    K: FnMut(&R::Message) -> C,
+    C: Clone,
+{
+    /// A stream with the default [`ResumePolicy`], opened by `factory` and resumed from the
+    /// cursor `cursor` takes from each message.
+    pub fn new(factory: F, cursor: K) -> Self {
+        ResumableStream::with_policy(ResumePolicy::default(), factory, cursor)
+    }
+
+    /// A stream reopened by `policy`, opened by `factory` and resumed from the cursor `cursor`
+    /// takes from each message.
+    pub fn with_policy(policy: ResumePolicy, factory: F, cursor: K) -> Self {
+        let jitter = match policy.jitter_seed {
+            Some(seed) => Jitter::seeded(seed),
+            None => Jitter::from_entropy(),
+        };
+        ResumableStream {
+            state: State::Start,
+            timer: None,
+            factory,
+            cursor_fn: cursor,
+            ctl: Control {
+                policy,
+                jitter,
+                cursor: None,
+                started: None,
+                last_activity: None,
+                failures: 0,
+                reopens: 0,
+                delivered: 0,
+                delivered_here: 0,
+                history: Vec::new(),
+            },
+        }
+    }
+
+    /// Starts after `cursor` instead of from the beginning: the first open gets
+    /// `Some(cursor)`. For resuming from a position saved elsewhere.
+    #[must_use]
+    pub fn starting_after(mut self, cursor: C) -> Self {
+        self.ctl.cursor = Some(cursor);
+        self
+    }
+}
+
+impl<F, Fut, R, K, C> ResumableStream<F, Fut, R, K, C>
+where
+    R: OpenedStream,
+{
+    /// How many times the call was reopened so far.
+    pub fn reopens(&self) -> u64 {
+        self.ctl.reopens
+    }
+
+    /// Failures in a row since a message last arrived (0 while messages flow).
+    pub fn consecutive_failures(&self) -> u32 {
+        self.ctl.failures
+    }
+
+    /// Messages delivered so far.
+    pub fn delivered(&self) -> u64 {
+        self.ctl.delivered
+    }
+
+    /// The cursor of the last delivered message: where a reopen resumes.
+    pub fn cursor(&self) -> Option<&C> {
+        self.ctl.cursor.as_ref()
+    }
+
+    /// The policy the stream follows.
+    pub fn policy(&self) -> &ResumePolicy {
+        &self.ctl.policy
+    }
+}
+
+impl<F, Fut, R, K, C> Stream for ResumableStream<F, Fut, R, K, C>
+where
+    F: FnMut(Option<C>) -> Fut,
+    Fut: Future<Output = Result<R, Status>>,
+    R: OpenedStream,
+    K: FnMut(&R::Message) -> C,
+    C: Clone,
+{
+    type Item = Result<R::Message, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
+        loop {
+            let (failure, kind) = match this.state.as_mut().project() {
+                StateProj::Start => {
+                    let future = (this.factory)(this.ctl.cursor.clone());
+                    this.state.set(State::Opening { future });
+                    this.ctl.arm_idle(this.timer.as_mut());
+                    continue;
+                }
+                StateProj::Opening { future } => match future.poll(cx) {
+                    Poll::Ready(Ok(opened)) => {
+                        this.state.set(State::Streaming {
+                            stream: opened.into_stream(),
+                        });
+                        this.ctl.delivered_here = 0;
+                        this.ctl.touch();
+                        continue;
+                    }
+                    Poll::Ready(Err(status)) => (status, None),
+                    Poll::Pending => {
+                        ready!(this.ctl.poll_idle(this.timer.as_mut(), cx));
+                        this.ctl.idle_failure()
+                    }
+                },
+                StateProj::Streaming { stream } => match stream.poll_next(cx) {
+                    Poll::Ready(Some(Ok(message))) => {
+                        this.ctl.cursor = Some((this.cursor_fn)(&message));
+                        this.ctl.on_message();
+                        return Poll::Ready(Some(Ok(message)));
+                    }
+                    Poll::Ready(Some(Err(status))) => (status, None),
+                    Poll::Ready(None) => {
+                        this.state.set(State::Done);
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending => {
+                        ready!(this.ctl.poll_idle(this.timer.as_mut(), cx));
+                        this.ctl.idle_failure()
+                    }
+                },
+                StateProj::Backoff => {
+                    if let Some(timer) = this.timer.as_mut().as_pin_mut() {
+                        ready!(timer.poll(cx));
+                    }
+                    this.state.set(State::Start);
+                    continue;
+                }
+                StateProj::Done => return Poll::Ready(None),
+            };
+            match this.ctl.on_failure(failure, kind) {
+                Next::Reopen(delay) if delay.is_zero() => this.state.set(State::Start),
+                Next::Reopen(delay) => {
+                    set_timer(this.timer.as_mut(), Instant::now() + delay);
+                    this.state.set(State::Backoff);
+                }
+                Next::End(status) => {
+                    this.state.set(State::Done);
+                    return Poll::Ready(Some(Err(status)));
+                }
+            }
+        }
+    }
+}
+
+impl<F, Fut, R, K, C> FusedStream for ResumableStream<F, Fut, R, K, C>
+where
+    F: FnMut(Option<C>) -> Fut,
+    Fut: Future<Output = Result<R, Status>>,
+    R: OpenedStream,
+    K: FnMut(&R::Message) -> C,
+    C: Clone,
+{
+    fn is_terminated(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+}
+
+impl<F, Fut, R, K, C> fmt::Debug for ResumableStream<F, Fut, R, K, C>
+where
+    R: OpenedStream,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResumableStream")
+            .field("state", &self.state.name())
+            .field("reopens", &self.ctl.reopens)
+            .field("consecutive_failures", &self.ctl.failures)
+            .field("delivered", &self.ctl.delivered)
+            .field("policy", &self.ctl.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Moves the timer to `deadline`, creating it the first time. `Sleep::reset` does not allocate.
+fn set_timer(mut timer: Pin<&mut Option<Sleep>>, deadline: Instant) {
+    if let Some(sleep) = timer.as_mut().as_pin_mut() {
+        sleep.reset(deadline);
+        return;
+    }
+    // Once per stream: the `Sleep` lives inline in the pinned stream, not in a box.
+    timer.set(Some(sleep_until(deadline)));
+}
+
+impl<C> Control<C> {
+    fn now_since_start(&self) -> Duration {
+        self.started
+            .map_or(Duration::ZERO, |started| Instant::now() - started)
+    }
+
+    /// A call is being opened: start the idle timer, if there is one.
+    fn arm_idle(&mut self, timer: Pin<&mut Option<Sleep>>) {
+        if self.started.is_none() {
+            self.started = Some(Instant::now());
+        }
+        if let Some(idle) = self.policy.idle_timeout {
+            let now = Instant::now();
+            self.last_activity = Some(now);
+            set_timer(timer, now + idle);
+        }
+    }
+
+    /// Something arrived: the idle timeout counts from now.
+    fn touch(&mut self) {
+        if self.policy.idle_timeout.is_some() {
+            self.last_activity = Some(Instant::now());
+        }
+    }
+
+    fn on_message(&mut self) {
+        self.delivered += 1;
+        self.delivered_here += 1;
+        self.touch();
+        if self.failures > 0 {
+            tracing::debug!(
+                reopens = self.reopens,
+                after_failures = self.failures,
+                "resumable stream flowing again"
+            );
+            self.failures = 0;
+            self.history.clear();
+            if let Some(throttle) = &self.policy.throttle {
+                throttle.record_success();
+            }
+        }
+    }
+
+    /// Ready when the idle timeout has run out; pending otherwise (or with no idle timeout).
+    fn poll_idle(&mut self, mut timer: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> Poll<()> {
+        let (Some(idle), Some(last)) = (self.policy.idle_timeout, self.last_activity) else {
+            return Poll::Pending;
+        };
+        loop {
+            let Some(mut sleep) = timer.as_mut().as_pin_mut() else {
+                return Poll::Pending;
+            };
+            ready!(sleep.as_mut().poll(cx));
+            let deadline = last + idle;
+            if deadline <= sleep.deadline() {
+                return Poll::Ready(());
+            }
+            // A message arrived since the timer was armed: count from it.
+            sleep.reset(deadline);
+        }
+    }
+
+    fn idle_failure(&self) -> (Status, Option<FailureKind>) {
+        let idle = self.policy.idle_timeout.unwrap_or_default();
+        let status = Status::unavailable(format!(
+            "no message within the idle timeout of {idle:?}: the connection may be half-open \
+             or the server stalled"
+        ));
+        (status, Some(FailureKind::AttemptTimeout))
+    }
+
+    /// The stream (or the attempt to open it) ended with `status`: reopen, or end with the
+    /// status to yield. `forced` is the kind of a failure this crate decided on (the idle
+    /// timeout), which always asks for a reopen.
+    fn on_failure(&mut self, status: Status, forced: Option<FailureKind>) -> Next {
+        let verdict = match forced {
+            Some(kind) => Verdict::Reopen(kind),
+            None => classify_status(&status, &self.policy),
+        };
+        let kind = match verdict {
+            Verdict::End(reason, kind) => {
+                if self.history.is_empty() {
+                    // A status the server sent with nothing failing before it: as it came.
+                    return Next::End(status);
+                }
+                self.failures += 1;
+                self.record(&status, kind, None);
+                return Next::End(self.give_up(status, reason));
+            }
+            Verdict::Reopen(kind) => kind,
+        };
+        self.failures += 1;
+        let failed_reopens = self.failures - 1;
+        let throttle = self.policy.throttle.as_ref();
+        if let Some(throttle) = throttle {
+            throttle.record_failure();
+        }
+        let stop = if failed_reopens >= self.policy.max_failed_reopens {
+            Some(StopReason::AttemptsExhausted)
+        } else if throttle.is_some_and(|throttle| !throttle.allows_reopen()) {
+            Some(StopReason::Throttled)
+        } else {
+            None
+        };
+        let delay = match stop {
+            Some(_) => None,
+            None => self
+                .policy
+                .backoff
+                .delay(self.failures, self.jitter.next_unit()),
+        };
+        self.record(&status, kind, delay);
+        let Some(delay) = delay else {
+            let reason = stop.unwrap_or(StopReason::BackoffExhausted);
+            return Next::End(self.give_up(status, reason));
+        };
+        self.reopens += 1;
+        tracing::info!(
+            reopen = self.reopens,
+            failure = self.failures,
+            delivered = self.delivered_here,
+            code = code_name(status.code()),
+            kind = %kind,
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            message = status.message(),
+            "reopening resumable stream"
+        );
+        if let (Some(hook), Some(record)) = (&self.policy.on_reopen, self.history.last()) {
+            hook(record);
+        }
+        Next::Reopen(delay)
+    }
+
+    fn record(&mut self, status: &Status, kind: FailureKind, delay: Option<Duration>) {
+        let record = ReopenRecord {
+            failure: self.failures,
+            code: status.code(),
+            message: status.message().to_owned(),
+            kind,
+            at: self.now_since_start(),
+            delivered: self.delivered_here,
+            delay,
+        };
+        self.delivered_here = 0;
+        self.history.push(record);
+    }
+
+    /// The caller's error: the last failure's status, unchanged, with the history as its source.
+    fn give_up(&mut self, status: Status, stop: StopReason) -> Status {
+        tracing::debug!(
+            reopens = self.reopens,
+            failures = self.failures,
+            code = code_name(status.code()),
+            reason = %stop,
+            "resumable stream giving up"
+        );
+        let mut caller = Status::with_details_and_metadata(
+            status.code(),
+            status.message().to_owned(),
+            Bytes::copy_from_slice(status.details()),
+            status.metadata().clone(),
+        );
+        let cause = std::error::Error::source(&status)
+            .is_some()
+            .then_some(status);
+        caller.set_source(Arc::new(ResumeHistory {
+            failures: std::mem::take(&mut self.history),
+            stop,
+            reopens: self.reopens,
+            delivered: self.delivered,
+            elapsed: self.now_since_start(),
+            cause,
+        }));
+        caller
+    }
+}
