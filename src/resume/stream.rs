@@ -512,7 +512,7 @@ impl<C> Control<C> {
         tracing::info!(
             reopen = self.reopens,
             failure = self.failures,
-            delivered = self.delivered_here,
+            delivered = self.delivered,
             code = code_name(status.code()),
             kind = %kind,
             delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
