@@ -118,6 +118,26 @@ impl RetryLayerBuilder {
         self
     }
 
+    /// Adds the policies and retry throttling of a gRPC service config (see
+    /// [`ServiceConfig::apply`](crate::ServiceConfig::apply)); validation happened when the config
+    /// was parsed.
+    ///
+    /// ```
+    /// use tonic_retry::{RetryLayer, ServiceConfig};
+    ///
+    /// let config: ServiceConfig = r#"{"methodConfig": [{
+    ///     "name": [{"service": "helloworld.Greeter"}],
+    ///     "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
+    ///                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#
+    ///     .parse()?;
+    /// let layer = RetryLayer::builder().service_config(&config).build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
+    pub fn service_config(self, config: &crate::ServiceConfig) -> Self {
+        config.apply(self)
+    }
+
     /// Seeds the jitter, so that a test can replay the exact same delays.
     pub fn jitter_seed(mut self, seed: u64) -> Self {
         self.jitter_seed = Some(seed);

@@ -43,6 +43,7 @@ mod metrics;
 mod policy;
 mod resume;
 mod service;
+mod service_config;
 mod throttle;
 
 pub use crate::backoff::{Backoff, ExponentialBackoff};
@@ -64,6 +65,9 @@ pub use crate::resume::{
     ResumeHistory, ResumePolicy, ResumePolicyBuilder,
 };
 pub use crate::service::Retry;
+pub use crate::service_config::{
+    MethodConfig, MethodName, RetryPolicyConfig, RetryThrottling, ServiceConfig,
+};
 pub use crate::throttle::RetryThrottle;
 
 /// The README's examples, compiled and checked as doctests.

@@ -15,6 +15,7 @@ use crate::error::ConfigError;
 
 pub(crate) use self::decide::{Decision, Progress, decide};
 pub(crate) use self::table::{PolicyTable, PolicyTableBuilder, split_path};
+pub(crate) use self::table::{validate_method, validate_service};
 
 /// The codes retried by default: UNAVAILABLE only, as in gRPC's own examples.
 pub const DEFAULT_RETRYABLE_CODES: CodeSet = CodeSet::of(&[Code::Unavailable]);

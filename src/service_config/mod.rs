@@ -1,0 +1,649 @@
+//! The standard gRPC service config (JSON): `methodConfig[]` with `name[]`, `retryPolicy` and
+//! `timeout`, and the top-level `retryThrottling` of gRFC A6.
+//!
+//! Parsing lives in `parse`, writing in `write`, protobuf JSON durations in `duration`; this file
+//! holds the typed configuration and its conversion into a [`RetryLayerBuilder`].
+
+mod duration;
+mod parse;
+mod write;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tonic::Code;
+
+use crate::backoff::ExponentialBackoff;
+use crate::code::CodeSet;
+use crate::error::ConfigError;
+use crate::layer::RetryLayerBuilder;
+use crate::policy::{
+    DEFAULT_FAIL_FAST_CODES, DEFAULT_MAX_ATTEMPTS, RetryPolicy, validate_method, validate_service,
+};
+use crate::throttle::RetryThrottle;
+
+use self::duration::{MAX_DURATION, format_duration};
+
+/// A gRPC service config: the JSON that gRPC clients in other languages take through
+/// `WithDefaultServiceConfig` or from their name resolver, typed and validated.
+///
+/// Paste the config your other clients use and give it to
+/// [`RetryLayerBuilder::service_config`]:
+///
+/// ```
+/// use tonic_retry::{RetryLayer, ServiceConfig};
+///
+/// let config = ServiceConfig::from_json(r#"{
+///   "loadBalancingConfig": [{ "round_robin": {} }],
+///   "methodConfig": [{
+///     "name": [{ "service": "helloworld.Greeter" }],
+///     "timeout": "5s",
+///     "retryPolicy": {
+///       "maxAttempts": 4,
+///       "initialBackoff": "0.1s",
+///       "maxBackoff": "1s",
+///       "backoffMultiplier": 2,
+///       "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"]
+///     }
+///   }],
+///   "retryThrottling": { "maxTokens": 10, "tokenRatio": 0.1 }
+/// }"#)?;
+///
+/// let layer = RetryLayer::builder().service_config(&config).build()?;
+/// // tower::ServiceBuilder::new().layer(layer).service(channel)
+/// # let _ = layer;
+/// # Ok::<(), tonic_retry::ConfigError>(())
+/// ```
+///
+/// # What is read, and how strictly
+///
+/// - `methodConfig[]`: each entry needs at least one `name` (`{"service": "pkg.Svc"}` for a whole
+///   service, `{"service": "pkg.Svc", "method": "M"}` for one method, `{}` for the default); a
+///   `method` without a `service` is an error, and so is a name used twice anywhere in the
+///   config. Names must be well formed (`package.Service`, `Method`). gRPC skips an entry
+///   without names; this parser rejects it, since it applies to nothing and is most likely a
+///   typo.
+/// - `retryPolicy`: all five fields are required (gRFC A6): `maxAttempts` >= 2 (above the cap,
+///   [`DEFAULT_MAX_ATTEMPTS`] unless [`from_json_with_cap`](Self::from_json_with_cap) says
+///   otherwise, it is capped with a `tracing` warning), `initialBackoff` and `maxBackoff` > 0,
+///   `backoffMultiplier` > 0, `retryableStatusCodes` non-empty, without OK. Unlike grpc-go,
+///   which drops an invalid retry policy with a log line, this parser rejects the config.
+/// - `maxBackoff` below `initialBackoff` is an error. gRFC A6 is silent and grpc-go accepts it
+///   (every delay is then `maxBackoff`); here it is almost certainly a slip, and
+///   [`ExponentialBackoff`] rejects it too.
+/// - `timeout`: the per-call default timeout, > 0. It is kept on [`MethodConfig::timeout`] and
+///   [`ServiceConfig::timeout_for`]; the layer does not apply it to calls yet (a call's own
+///   `grpc-timeout` is its deadline).
+/// - `retryThrottling`: `maxTokens` in (0, 1000], `tokenRatio` in (0, 1000] with at most three
+///   decimal places (gRFC A6).
+/// - Durations are protobuf JSON strings: `"1s"`, `"0.1s"`, `".01s"`, `"1.000000001s"`; at most
+///   nine fractional digits, a final `s`, never negative. Codes are names in any case
+///   (`"UNAVAILABLE"`, `"unavailable"`) or numbers 1..=16.
+/// - Unknown fields are ignored, at every level, as grpc-go ignores them: real configs carry
+///   `loadBalancingConfig`, `waitForReady`, `maxRequestMessageBytes`, `perAttemptRecvTimeout`
+///   and more. Fields are matched as grpc-go's JSON decoder matches them: by exact name, else
+///   ignoring ASCII case (`"MaxAttempts"` works); `null` is the same as absent. A
+///   `hedgingPolicy` is ignored with a warning: this crate does not hedge.
+///
+/// Every error is a [`ConfigError`] whose [`field`](ConfigError::field) is the exact path, such as
+/// `methodConfig[2].retryPolicy.backoffMultiplier`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ServiceConfig {
+    method_configs: Vec<MethodConfig>,
+    retry_throttling: Option<RetryThrottling>,
+}
+
+impl ServiceConfig {
+    /// An empty config: no method configs, no throttling.
+    pub fn new() -> ServiceConfig {
+        ServiceConfig::default()
+    }
+
+    /// Parses and validates a service config, capping `maxAttempts` at
+    /// [`DEFAULT_MAX_ATTEMPTS`] (5, as gRPC does).
+    pub fn from_json(json: &str) -> Result<ServiceConfig, ConfigError> {
+        ServiceConfig::from_json_with_cap(json, DEFAULT_MAX_ATTEMPTS)
+    }
+
+    /// Parses and validates a service config, capping `maxAttempts` at `max_attempts_cap`
+    /// (gRPC's channel option of the same purpose). A value above the cap is lowered to it and a
+    /// `tracing` warning names its path; a cap below 2 is taken as 2.
+    ///
+    /// ```
+    /// use tonic_retry::ServiceConfig;
+    ///
+    /// let json = r#"{"methodConfig": [{"name": [{}], "retryPolicy": {
+    ///     "maxAttempts": 8, "initialBackoff": "0.1s", "maxBackoff": "1s",
+    ///     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#;
+    /// let attempts = |config: ServiceConfig| {
+    ///     config.method_configs()[0].retry_policy().unwrap().max_attempts()
+    /// };
+    /// assert_eq!(attempts(ServiceConfig::from_json(json)?), 5);
+    /// assert_eq!(attempts(ServiceConfig::from_json_with_cap(json, 10)?), 8);
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
+    pub fn from_json_with_cap(
+        json: &str,
+        max_attempts_cap: u32,
+    ) -> Result<ServiceConfig, ConfigError> {
+        parse::parse(json, max_attempts_cap.max(2))
+    }
+
+    /// The config as pretty-printed JSON, fields in gRFC A6's order. Parsing it again gives an
+    /// equal config (as long as no `maxAttempts` exceeds the parser's cap).
+    pub fn to_json(&self) -> String {
+        write::write(self)
+    }
+
+    /// Adds a method config. Its names must not repeat a name already in the config; the error
+    /// names both places (`methodConfig[1].name[0]`, first at `methodConfig[0].name[2]`).
+    pub fn with_method_config(
+        mut self,
+        config: MethodConfig,
+    ) -> Result<ServiceConfig, ConfigError> {
+        let index = self.method_configs.len();
+        for (j, name) in config.names.iter().enumerate() {
+            if let Some(first) = self.place_of(name) {
+                return Err(
+                    duplicate(name, &first).within(&format!("methodConfig[{index}].name[{j}]"))
+                );
+            }
+        }
+        self.method_configs.push(config);
+        Ok(self)
+    }
+
+    /// Sets gRFC A6 retry throttling.
+    pub fn with_retry_throttling(mut self, throttling: RetryThrottling) -> ServiceConfig {
+        self.retry_throttling = Some(throttling);
+        self
+    }
+
+    /// The method configs, in order.
+    pub fn method_configs(&self) -> &[MethodConfig] {
+        &self.method_configs
+    }
+
+    /// The retry throttling, if the config sets one.
+    pub fn retry_throttling(&self) -> Option<RetryThrottling> {
+        self.retry_throttling
+    }
+
+    /// The method config for a call, by gRPC's matching: `service/method`, then the service,
+    /// then the default name. `path` is a request path (`/package.Service/Method`) or the same
+    /// without the leading slash.
+    pub fn lookup(&self, path: &str) -> Option<&MethodConfig> {
+        let path = path.strip_prefix('/').unwrap_or(path);
+        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        let find = |wanted: &MethodName| {
+            self.method_configs
+                .iter()
+                .find(|config| config.names.contains(wanted))
+        };
+        let exact = MethodName {
+            service: Some(service.to_owned()),
+            method: Some(method.to_owned()),
+        };
+        let whole = MethodName {
+            service: Some(service.to_owned()),
+            method: None,
+        };
+        find(&exact)
+            .or_else(|| find(&whole))
+            .or_else(|| find(&MethodName::default()))
+    }
+
+    /// The per-call default `timeout` of the method config a call matches, if it sets one.
+    ///
+    /// The layer does not enforce it yet; a caller can pass it to `tonic::Request::set_timeout`.
+    pub fn timeout_for(&self, path: &str) -> Option<Duration> {
+        self.lookup(path).and_then(MethodConfig::timeout)
+    }
+
+    /// Adds every named policy to `builder`: the default name becomes
+    /// [`default_policy`](RetryLayerBuilder::default_policy), a service name
+    /// [`service`](RetryLayerBuilder::service), a method name
+    /// [`method`](RetryLayerBuilder::method). Each `retryPolicy` becomes a [`RetryPolicy`] (see
+    /// [`RetryPolicyConfig::to_policy`]); an entry without one becomes
+    /// [`RetryPolicy::no_retries`], as in gRPC. `retryThrottling` becomes the builder's
+    /// [`RetryThrottle`].
+    ///
+    /// Calls the config does not name keep the builder's default policy (retrying UNAVAILABLE,
+    /// unless set otherwise); add `{"name": [{}]}` without a `retryPolicy` to the config for
+    /// gRPC's behaviour, where they are not retried. A name also given to the builder directly
+    /// is configured twice, and [`build`](RetryLayerBuilder::build) says so.
+    pub fn apply(&self, mut builder: RetryLayerBuilder) -> RetryLayerBuilder {
+        for config in &self.method_configs {
+            let policy = config.to_policy();
+            for name in &config.names {
+                builder = match (&name.service, &name.method) {
+                    (None, _) => builder.default_policy(policy.clone()),
+                    (Some(service), None) => builder.service(service, policy.clone()),
+                    (Some(service), Some(method)) => {
+                        builder.method(&format!("{service}/{method}"), policy.clone())
+                    }
+                };
+            }
+        }
+        if let Some(throttling) = self.retry_throttling {
+            builder = builder.throttle(throttling.to_throttle());
+        }
+        builder
+    }
+
+    /// Where `name` is first used, as a path.
+    fn place_of(&self, name: &MethodName) -> Option<String> {
+        self.method_configs
+            .iter()
+            .enumerate()
+            .find_map(|(i, config)| {
+                let j = config.names.iter().position(|other| other == name)?;
+                Some(format!("methodConfig[{i}].name[{j}]"))
+            })
+    }
+}
+
+impl FromStr for ServiceConfig {
+    type Err = ConfigError;
+
+    /// The same as [`ServiceConfig::from_json`].
+    fn from_str(json: &str) -> Result<ServiceConfig, ConfigError> {
+        ServiceConfig::from_json(json)
+    }
+}
+
+fn duplicate(name: &MethodName, first: &str) -> ConfigError {
+    ConfigError::new(
+        "",
+        name.to_json(),
+        format!("is configured twice (first at {first})"),
+    )
+}
+
+/// One `methodConfig` entry: the names it applies to, its retry policy and its timeout.
+///
+/// ```
+/// use std::time::Duration;
+/// use tonic::Code;
+/// use tonic_retry::{MethodConfig, MethodName, RetryPolicyConfig, ServiceConfig};
+///
+/// let config = MethodConfig::new([
+///     MethodName::service("helloworld.Greeter")?,
+///     MethodName::method("helloworld.Admin", "Reload")?,
+/// ])?
+/// .with_timeout(Duration::from_secs(5))?
+/// .with_retry_policy(RetryPolicyConfig::new(
+///     3,
+///     Duration::from_millis(100),
+///     Duration::from_secs(1),
+///     2.0,
+///     [Code::Unavailable],
+/// )?);
+/// let config = ServiceConfig::new().with_method_config(config)?;
+/// assert_eq!(ServiceConfig::from_json(&config.to_json())?, config);
+/// # Ok::<(), tonic_retry::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct MethodConfig {
+    names: Vec<MethodName>,
+    retry_policy: Option<RetryPolicyConfig>,
+    timeout: Option<Duration>,
+}
+
+impl MethodConfig {
+    /// A method config for `names`, with no retry policy and no timeout. There must be at least
+    /// one name, none twice.
+    pub fn new(names: impl IntoIterator<Item = MethodName>) -> Result<MethodConfig, ConfigError> {
+        let names: Vec<MethodName> = names.into_iter().collect();
+        if names.is_empty() {
+            return Err(ConfigError::new(
+                "name",
+                "[]",
+                "must list at least one name (an entry without names applies to nothing)",
+            ));
+        }
+        for (j, name) in names.iter().enumerate() {
+            if let Some(i) = names[..j].iter().position(|other| other == name) {
+                return Err(duplicate(name, &format!("name[{i}]")).within(&format!("name[{j}]")));
+            }
+        }
+        Ok(MethodConfig {
+            names,
+            retry_policy: None,
+            timeout: None,
+        })
+    }
+
+    /// Sets the retry policy.
+    pub fn with_retry_policy(mut self, policy: RetryPolicyConfig) -> MethodConfig {
+        self.retry_policy = Some(policy);
+        self
+    }
+
+    /// Sets the per-call default timeout: more than zero, at most protobuf's largest duration
+    /// (10,000 years).
+    pub fn with_timeout(mut self, timeout: Duration) -> Result<MethodConfig, ConfigError> {
+        check_duration("timeout", timeout)?;
+        self.timeout = Some(timeout);
+        Ok(self)
+    }
+
+    /// The names this config applies to.
+    pub fn names(&self) -> &[MethodName] {
+        &self.names
+    }
+
+    /// The retry policy; `None` means the calls are not retried.
+    pub fn retry_policy(&self) -> Option<&RetryPolicyConfig> {
+        self.retry_policy.as_ref()
+    }
+
+    /// The per-call default timeout (`timeout`), if set. The layer does not enforce it yet.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The [`RetryPolicy`] for these calls: the retry policy's, or
+    /// [`RetryPolicy::no_retries`] when there is none.
+    pub fn to_policy(&self) -> RetryPolicy {
+        self.retry_policy
+            .as_ref()
+            .map_or_else(RetryPolicy::no_retries, RetryPolicyConfig::to_policy)
+    }
+}
+
+/// One entry of a method config's `name` list: a method, a whole service, or the default.
+///
+/// ```
+/// use tonic_retry::MethodName;
+///
+/// let name = MethodName::method("helloworld.Greeter", "SayHello")?;
+/// assert_eq!(name.to_string(), "helloworld.Greeter/SayHello");
+/// assert!(MethodName::default().is_default());
+/// assert!(MethodName::service("not a service").is_err());
+/// # Ok::<(), tonic_retry::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct MethodName {
+    service: Option<String>,
+    method: Option<String>,
+}
+
+impl MethodName {
+    /// Every method of `service`, a fully qualified name such as `helloworld.Greeter`.
+    pub fn service(service: &str) -> Result<MethodName, ConfigError> {
+        validate_service(service)?;
+        Ok(MethodName {
+            service: Some(service.to_owned()),
+            method: None,
+        })
+    }
+
+    /// One method: `service` such as `helloworld.Greeter`, `method` such as `SayHello`.
+    pub fn method(service: &str, method: &str) -> Result<MethodName, ConfigError> {
+        validate_service(service)?;
+        validate_method(method)?;
+        Ok(MethodName {
+            service: Some(service.to_owned()),
+            method: Some(method.to_owned()),
+        })
+    }
+
+    /// The service, unless this is the default name.
+    pub fn service_name(&self) -> Option<&str> {
+        self.service.as_deref()
+    }
+
+    /// The method, if this names one method.
+    pub fn method_name(&self) -> Option<&str> {
+        self.method.as_deref()
+    }
+
+    /// Whether this is the default name (`{}`), which matches every call no other name does.
+    pub fn is_default(&self) -> bool {
+        self.service.is_none()
+    }
+
+    /// The name as a JSON object: `{"service":"pkg.Svc","method":"M"}`.
+    fn to_json(&self) -> String {
+        let mut out = String::from("{");
+        if let Some(service) = &self.service {
+            out.push_str("\"service\":");
+            out.push_str(&write::string(service));
+        }
+        if let Some(method) = &self.method {
+            out.push_str(",\"method\":");
+            out.push_str(&write::string(method));
+        }
+        out.push('}');
+        out
+    }
+}
+
+impl fmt::Display for MethodName {
+    /// `package.Service/Method`, `package.Service`, or `(default)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.service, &self.method) {
+            (None, _) => f.write_str("(default)"),
+            (Some(service), None) => f.write_str(service),
+            (Some(service), Some(method)) => write!(f, "{service}/{method}"),
+        }
+    }
+}
+
+/// A method config's `retryPolicy` (gRFC A6), validated.
+///
+/// Errors name the JSON fields (`maxAttempts`, `initialBackoff`, ...), so that the parser can
+/// place them in the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicyConfig {
+    max_attempts: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    backoff_multiplier: f64,
+    retryable_status_codes: CodeSet,
+}
+
+impl RetryPolicyConfig {
+    /// A retry policy. `max_attempts` counts the first attempt and must be at least 2 (it is not
+    /// capped here: the cap is the parser's); both backoffs more than zero, `max_backoff` at
+    /// least `initial_backoff`; the multiplier finite and more than zero; at least one
+    /// retryable code, and not OK.
+    pub fn new(
+        max_attempts: u32,
+        initial_backoff: Duration,
+        max_backoff: Duration,
+        backoff_multiplier: f64,
+        retryable_status_codes: impl IntoIterator<Item = Code>,
+    ) -> Result<RetryPolicyConfig, ConfigError> {
+        if max_attempts < 2 {
+            return Err(ConfigError::new(
+                "maxAttempts",
+                max_attempts.to_string(),
+                "must be >= 2",
+            ));
+        }
+        check_duration("initialBackoff", initial_backoff)?;
+        check_duration("maxBackoff", max_backoff)?;
+        if max_backoff < initial_backoff {
+            return Err(ConfigError::new(
+                "maxBackoff",
+                write::string(&format_duration(max_backoff)),
+                format!(
+                    "must be >= initialBackoff ({})",
+                    format_duration(initial_backoff)
+                ),
+            ));
+        }
+        if !(backoff_multiplier.is_finite() && backoff_multiplier > 0.0) {
+            return Err(ConfigError::new(
+                "backoffMultiplier",
+                backoff_multiplier.to_string(),
+                "must be > 0",
+            ));
+        }
+        let codes: CodeSet = retryable_status_codes.into_iter().collect();
+        if codes.is_empty() {
+            return Err(ConfigError::new(
+                "retryableStatusCodes",
+                "[]",
+                "must not be empty",
+            ));
+        }
+        if codes.contains(Code::Ok) {
+            return Err(ConfigError::new(
+                "retryableStatusCodes",
+                codes.to_string(),
+                "must not contain OK",
+            ));
+        }
+        Ok(RetryPolicyConfig {
+            max_attempts,
+            initial_backoff,
+            max_backoff,
+            backoff_multiplier,
+            retryable_status_codes: codes,
+        })
+    }
+
+    /// `maxAttempts`: attempts per call, the first included.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// `initialBackoff`: the base delay before the first retry.
+    pub fn initial_backoff(&self) -> Duration {
+        self.initial_backoff
+    }
+
+    /// `maxBackoff`: the largest base delay.
+    pub fn max_backoff(&self) -> Duration {
+        self.max_backoff
+    }
+
+    /// `backoffMultiplier`: the growth of the base delay per retry.
+    pub fn backoff_multiplier(&self) -> f64 {
+        self.backoff_multiplier
+    }
+
+    /// `retryableStatusCodes`.
+    pub fn retryable_status_codes(&self) -> CodeSet {
+        self.retryable_status_codes
+    }
+
+    /// The [`RetryPolicy`]: these attempts, an [`ExponentialBackoff`] with A6 jitter, these
+    /// retryable codes. The fail-fast codes (UNIMPLEMENTED, PERMISSION_DENIED, UNAUTHENTICATED)
+    /// still fail fast even when listed as retryable, as everywhere in this crate: retrying
+    /// cannot fix a missing method or a caller who is not allowed. Such a listing is reported
+    /// with a warning, never dropped silently.
+    pub fn to_policy(&self) -> RetryPolicy {
+        let backoff = ExponentialBackoff::new(
+            self.initial_backoff,
+            self.max_backoff,
+            self.backoff_multiplier,
+        )
+        .unwrap_or_else(|err| unreachable!("validated by RetryPolicyConfig::new: {err}"));
+        let retryable = self.retryable_status_codes;
+        let never_retried: CodeSet = DEFAULT_FAIL_FAST_CODES
+            .iter()
+            .filter(|code| retryable.contains(*code))
+            .collect();
+        if !never_retried.is_empty() {
+            tracing::warn!(
+                codes = %never_retried,
+                "retryableStatusCodes lists fail-fast codes; tonic-retry never retries them"
+            );
+        }
+        RetryPolicy::builder()
+            .max_attempts(self.max_attempts)
+            .backoff(backoff)
+            .retryable_codes(retryable.iter())
+            .build()
+            .unwrap_or_else(|err| unreachable!("validated by RetryPolicyConfig::new: {err}"))
+    }
+}
+
+/// gRFC A6 retry throttling (`retryThrottling`): a token bucket of `maxTokens`, one token taken
+/// per failure, `tokenRatio` given back per success; retries only while more than half is left.
+///
+/// ```
+/// use tonic_retry::RetryThrottling;
+///
+/// let throttling = RetryThrottling::new(10.0, 0.1)?;
+/// assert_eq!(throttling.max_tokens(), 10.0);
+/// assert!(RetryThrottling::new(10.0, 0.0001).is_err(), "at most three decimal places");
+/// let throttle = throttling.to_throttle();
+/// assert_eq!(throttle.tokens(), 10.0);
+/// # Ok::<(), tonic_retry::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryThrottling {
+    max_tokens: f64,
+    token_ratio: f64,
+}
+
+impl RetryThrottling {
+    /// `max_tokens` in (0, 1000]; `token_ratio` in (0, 1000] with at most three decimal places.
+    pub fn new(max_tokens: f64, token_ratio: f64) -> Result<RetryThrottling, ConfigError> {
+        if !(max_tokens > 0.0 && max_tokens <= 1000.0) {
+            return Err(ConfigError::new(
+                "maxTokens",
+                max_tokens.to_string(),
+                "must be in (0, 1000]",
+            ));
+        }
+        if !(token_ratio > 0.0 && token_ratio <= 1000.0) {
+            return Err(ConfigError::new(
+                "tokenRatio",
+                token_ratio.to_string(),
+                "must be in (0, 1000]",
+            ));
+        }
+        let thousandths = token_ratio * 1000.0;
+        if (thousandths - thousandths.round()).abs() > 1e-6 {
+            return Err(ConfigError::new(
+                "tokenRatio",
+                token_ratio.to_string(),
+                "must have at most 3 decimal places",
+            ));
+        }
+        Ok(RetryThrottling {
+            max_tokens,
+            token_ratio,
+        })
+    }
+
+    /// `maxTokens`: the size of the bucket, which starts full.
+    pub fn max_tokens(&self) -> f64 {
+        self.max_tokens
+    }
+
+    /// `tokenRatio`: the tokens each success gives back.
+    pub fn token_ratio(&self) -> f64 {
+        self.token_ratio
+    }
+
+    /// A fresh [`RetryThrottle`] with these settings, for
+    /// [`RetryLayerBuilder::throttle`].
+    pub fn to_throttle(&self) -> RetryThrottle {
+        RetryThrottle::new(self.max_tokens, self.token_ratio)
+            .unwrap_or_else(|err| unreachable!("validated by RetryThrottling::new: {err}"))
+    }
+}
+
+/// A positive duration that protobuf can represent.
+fn check_duration(field: &str, duration: Duration) -> Result<(), ConfigError> {
+    let written = || write::string(&format_duration(duration));
+    if duration.is_zero() {
+        return Err(ConfigError::new(field, written(), "must be > 0"));
+    }
+    if duration > MAX_DURATION {
+        return Err(ConfigError::new(
+            field,
+            written(),
+            format!("must be at most {}", format_duration(MAX_DURATION)),
+        ));
+    }
+    Ok(())
+}
