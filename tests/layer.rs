@@ -565,3 +565,71 @@ async fn a_refused_stream_is_retried_transparently_once() {
     );
     assert_eq!(server.streams(), 2);
 }
+
+#[tokio::test]
+async fn a_client_stream_over_the_limit_is_sent_once_intact() {
+    let server = ScriptedServer::start(Script::new().collect(Action::ReadThenFail {
+        chunks: None,
+        status: Status::unavailable("read it all, then failed"),
+    }))
+    .await;
+    let layer = layer_with(quick_policy().buffer_limit(4 * 1024).build().unwrap());
+    let mut client = client(lazy_channel(server.addr()), &layer);
+    let chunks: Vec<Chunk> = (0..64u8)
+        .map(|i| Chunk {
+            data: vec![i; 1024].into(),
+        })
+        .collect();
+    let all: Vec<u8> = chunks.iter().flat_map(|c| c.data.to_vec()).collect();
+
+    let status = client
+        .collect(futures::stream::iter(chunks))
+        .await
+        .unwrap_err();
+
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(history(&status).stop_reason(), StopReason::BufferLimit);
+    let attempts = server.attempts_for(Method::Collect);
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].payload.as_ref(), all.as_slice());
+}
+
+#[tokio::test]
+async fn the_layer_wide_buffer_limit_bounds_replay_too() {
+    let server =
+        ScriptedServer::start(Script::new().say(Action::fail(Code::Unavailable, "busy"))).await;
+    let layer = RetryLayer::builder()
+        .default_policy(quick_policy().build().unwrap())
+        .channel_buffer_limit(1024)
+        .build()
+        .unwrap();
+    let mut client = client(lazy_channel(server.addr()), &layer);
+
+    let status = client.say(say(&[7; 4096])).await.unwrap_err();
+
+    assert_eq!(history(&status).stop_reason(), StopReason::BufferLimit);
+    assert_eq!(server.attempts_for(Method::Say)[0].payload.len(), 4096);
+}
+
+#[tokio::test]
+async fn a_bidi_call_refused_before_it_commits_is_replayed() {
+    let server =
+        ScriptedServer::start(Script::new().chat(Action::fail(Code::Unavailable, "not yet"))).await;
+    let layer = layer_with(quick_policy().build().unwrap());
+    let mut client = client(lazy_channel(server.addr()), &layer);
+    let outbound = futures::stream::iter((0..3u8).map(|i| Chunk {
+        data: vec![i; 10].into(),
+    }));
+
+    let replies: Vec<Chunk> = client
+        .chat(outbound)
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|chunk| chunk.unwrap())
+        .collect()
+        .await;
+
+    assert_eq!(replies.len(), 3);
+    assert_eq!(server.attempt_count_for(Method::Chat), 2);
+}
