@@ -133,11 +133,16 @@ where
         let policy = shared.policies.lookup(parts.uri.path());
         let span = call_span(parts.uri.path());
         let now = Instant::now();
-        let deadline = parts
+        let caller_timeout = parts
             .headers
             .get(GRPC_TIMEOUT)
-            .and_then(|value| parse_grpc_timeout(value.as_bytes()))
-            .and_then(|timeout| now.checked_add(timeout));
+            .and_then(|value| parse_grpc_timeout(value.as_bytes()));
+        let policy_timeout = shared.policies.policy(policy).call_timeout();
+        let timeout = match (caller_timeout, policy_timeout) {
+            (Some(caller), Some(policy)) => Some(caller.min(policy)),
+            (caller, policy) => caller.or(policy),
+        };
+        let deadline = timeout.and_then(|timeout| now.checked_add(timeout));
         let buffer_limit = shared.policies.policy(policy).buffer_limit();
         let body = ReplayHandle::new(body, buffer_limit, Arc::clone(&shared.buffer_budget));
         let first_body = body.first_attempt();
@@ -166,7 +171,8 @@ where
             history: Vec::new(),
             shared,
         };
-        call.arm_attempt(now, &mut parts.headers, false);
+        // The server learns a deadline the policy set, as it learns the caller's own.
+        call.arm_attempt(now, &mut parts.headers, timeout != caller_timeout);
         let future = call
             .service
             .call(Request::from_parts(parts, Body::new(first_body)));
@@ -302,8 +308,8 @@ impl<S> Call<S> {
     }
 
     /// Sets when the attempt starting `now` must end, and tells the server in `grpc-timeout`
-    /// when that is sooner than the caller's own header says.
-    fn arm_attempt(&mut self, now: Instant, headers: &mut HeaderMap, retry: bool) {
+    /// when the caller's own header no longer says it (`rewrite`, or a per-attempt timeout).
+    fn arm_attempt(&mut self, now: Instant, headers: &mut HeaderMap, rewrite: bool) {
         let attempt_end = self
             .policy()
             .attempt_timeout()
@@ -313,7 +319,7 @@ impl<S> Call<S> {
             (call, attempt) => call.or(attempt),
         };
         if let Some(end) = self.attempt_deadline
-            && (retry || attempt_end.is_some())
+            && (rewrite || attempt_end.is_some())
         {
             headers.insert(
                 GRPC_TIMEOUT,

@@ -987,3 +987,40 @@ proptest! {
         prop_assert!(RetryLayer::builder().service_config(&config).build().is_ok());
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_config_timeout_is_the_deadline_of_calls_without_one() {
+    use tonic_retry_testkit::pb::SayRequest;
+    use tonic_retry_testkit::pb::echo_client::EchoClient;
+    use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};
+
+    let server = ScriptedServer::start(Script::new().then(Method::Say, Action::Hang)).await;
+    let config = ServiceConfig::from_json(
+        r#"{"methodConfig": [{"name": [{"service": "tonic_retry.test.Echo"}], "timeout": "0.3s"}]}"#,
+    )
+    .unwrap();
+    let layer = RetryLayer::builder().service_config(&config).build().unwrap();
+    let channel = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(lazy_channel(server.addr()));
+    let mut client = EchoClient::new(channel);
+
+    let started = tokio::time::Instant::now();
+    let status = client.say(SayRequest::default()).await.unwrap_err();
+
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(350),
+        "{elapsed:?}"
+    );
+    assert_eq!(server.attempts()[0].grpc_timeout(), Some("300000u"));
+
+    // A caller's shorter deadline wins.
+    let mut request = tonic::Request::new(SayRequest::default());
+    request.set_timeout(Duration::from_millis(100));
+    server.push(Method::Say, Action::Hang);
+    let started = tokio::time::Instant::now();
+    client.say(request).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(150));
+}

@@ -62,6 +62,7 @@ pub struct RetryPolicy {
     retryable: CodeSet,
     fail_fast: CodeSet,
     attempt_timeout: Option<Duration>,
+    call_timeout: Option<Duration>,
     buffer_limit: usize,
 }
 
@@ -105,6 +106,11 @@ impl RetryPolicy {
         self.attempt_timeout
     }
 
+    /// The deadline given to calls that carry none (or a later one), if any.
+    pub fn call_timeout(&self) -> Option<Duration> {
+        self.call_timeout
+    }
+
     /// The largest request body, in bytes, kept for replay.
     pub fn buffer_limit(&self) -> usize {
         self.buffer_limit
@@ -121,6 +127,7 @@ impl Default for RetryPolicy {
             retryable: DEFAULT_RETRYABLE_CODES,
             fail_fast: DEFAULT_FAIL_FAST_CODES,
             attempt_timeout: None,
+            call_timeout: None,
             buffer_limit: DEFAULT_BUFFER_LIMIT,
         }
     }
@@ -134,6 +141,7 @@ impl fmt::Debug for RetryPolicy {
             .field("retryable", &self.retryable)
             .field("fail_fast", &self.fail_fast)
             .field("attempt_timeout", &self.attempt_timeout)
+            .field("call_timeout", &self.call_timeout)
             .field("buffer_limit", &self.buffer_limit)
             .finish()
     }
@@ -143,6 +151,13 @@ impl fmt::Debug for RetryPolicy {
 #[derive(Debug, Clone, Default)]
 pub struct RetryPolicyBuilder {
     policy: RetryPolicy,
+}
+
+impl From<RetryPolicy> for RetryPolicyBuilder {
+    /// A builder starting from an existing policy, to change some of its fields.
+    fn from(policy: RetryPolicy) -> Self {
+        RetryPolicyBuilder { policy }
+    }
 }
 
 impl RetryPolicyBuilder {
@@ -178,6 +193,13 @@ impl RetryPolicyBuilder {
         self
     }
 
+    /// A deadline for calls that carry none: the service config's `timeout`. A call whose own
+    /// `grpc-timeout` is shorter keeps it; the server is told the deadline in `grpc-timeout`.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.call_timeout = Some(timeout);
+        self
+    }
+
     /// The largest request, in bytes, kept for replay; a larger one is sent once, unbuffered.
     pub fn buffer_limit(mut self, bytes: usize) -> Self {
         self.policy.buffer_limit = bytes;
@@ -201,6 +223,11 @@ impl RetryPolicyBuilder {
             && timeout.is_zero()
         {
             return Err(ConfigError::new("attempt_timeout", "0s", "must be > 0"));
+        }
+        if let Some(timeout) = policy.call_timeout
+            && timeout.is_zero()
+        {
+            return Err(ConfigError::new("call_timeout", "0s", "must be > 0"));
         }
         Ok(policy)
     }

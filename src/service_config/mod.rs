@@ -19,7 +19,8 @@ use crate::code::CodeSet;
 use crate::error::ConfigError;
 use crate::layer::RetryLayerBuilder;
 use crate::policy::{
-    DEFAULT_FAIL_FAST_CODES, DEFAULT_MAX_ATTEMPTS, RetryPolicy, validate_method, validate_service,
+    DEFAULT_FAIL_FAST_CODES, DEFAULT_MAX_ATTEMPTS, RetryPolicy, RetryPolicyBuilder,
+    validate_method, validate_service,
 };
 use crate::throttle::RetryThrottle;
 
@@ -72,9 +73,9 @@ use self::duration::{MAX_DURATION, format_duration};
 /// - `maxBackoff` below `initialBackoff` is an error. gRFC A6 is silent and grpc-go accepts it
 ///   (every delay is then `maxBackoff`); here it is almost certainly a slip, and
 ///   [`ExponentialBackoff`] rejects it too.
-/// - `timeout`: the per-call default timeout, > 0. It is kept on [`MethodConfig::timeout`] and
-///   [`ServiceConfig::timeout_for`]; the layer does not apply it to calls yet (a call's own
-///   `grpc-timeout` is its deadline).
+/// - `timeout`: the per-call default timeout, > 0. The layer gives it to calls as their
+///   deadline ([`RetryPolicyBuilder::call_timeout`](crate::RetryPolicyBuilder::call_timeout)); a
+///   call whose own `grpc-timeout` is shorter keeps it.
 /// - `retryThrottling`: `maxTokens` in (0, 1000], `tokenRatio` in (0, 1000] with at most three
 ///   decimal places (gRFC A6).
 /// - Durations are protobuf JSON strings: `"1s"`, `"0.1s"`, `".01s"`, `"1.000000001s"`; at most
@@ -196,7 +197,6 @@ impl ServiceConfig {
 
     /// The per-call default `timeout` of the method config a call matches, if it sets one.
     ///
-    /// The layer does not enforce it yet; a caller can pass it to `tonic::Request::set_timeout`.
     pub fn timeout_for(&self, path: &str) -> Option<Duration> {
         self.lookup(path).and_then(MethodConfig::timeout)
     }
@@ -339,17 +339,25 @@ impl MethodConfig {
         self.retry_policy.as_ref()
     }
 
-    /// The per-call default timeout (`timeout`), if set. The layer does not enforce it yet.
+    /// The per-call default timeout (`timeout`), if set.
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
     }
 
     /// The [`RetryPolicy`] for these calls: the retry policy's, or
-    /// [`RetryPolicy::no_retries`] when there is none.
+    /// [`RetryPolicy::no_retries`] when there is none, with the `timeout` as its call timeout.
     pub fn to_policy(&self) -> RetryPolicy {
-        self.retry_policy
+        let policy = self
+            .retry_policy
             .as_ref()
-            .map_or_else(RetryPolicy::no_retries, RetryPolicyConfig::to_policy)
+            .map_or_else(RetryPolicy::no_retries, RetryPolicyConfig::to_policy);
+        match self.timeout {
+            Some(timeout) => RetryPolicyBuilder::from(policy)
+                .call_timeout(timeout)
+                .build()
+                .unwrap_or_else(|err| unreachable!("validated by MethodConfig: {err}")),
+            None => policy,
+        }
     }
 }
 
