@@ -90,13 +90,15 @@ impl FailureKind {
                 "connection refused",
                 "nothing listens on that address and port: check that the server is running and \
                  bound to this address (not only to 127.0.0.1 or only to IPv6), and that the port \
-                 is right",
+                 is right (nc -zv HOST PORT)",
                 true,
             ),
             NetworkUnreachable => (
                 "network unreachable",
-                "this host has no route to that network; for an IPv6 address the host likely has \
-                 no IPv6 route: try the IPv4 address, or check the routing table and firewall",
+                "this host has no route to that network: for an IPv6 address (ipv6:[...]) the \
+                 host most likely has no IPv6 route and the IPv4 address may work (prefer IPv4, \
+                 or fix the route: ip -6 route, ping6); for IPv4, check the routing table, VPN \
+                 and firewall",
                 true,
             ),
             HostUnreachable => (
@@ -186,20 +188,25 @@ impl FailureKind {
             UnknownService => (
                 "unknown service",
                 "the server does not serve this service: the client stubs and the server disagree \
-                 (compare the .proto package and service names on both sides, list the server's \
-                 services with reflection, e.g. grpcurl ADDR list)",
+                 (compare the .proto package and service names on both sides; list the server's \
+                 services with reflection: grpcurl -plaintext ADDR list, or \
+                 tonic_retry::diagnose)",
                 false,
             ),
             UnknownMethod => (
                 "unknown method",
                 "the server serves the service but not this method: the client's .proto is newer \
-                 or older than the server's",
+                 or older than the server's (list its methods with reflection: grpcurl -plaintext \
+                 ADDR describe SERVICE)",
                 false,
             ),
             Unimplemented => (
                 "unimplemented",
-                "the server (or a proxy answering HTTP 404) does not implement this call: check \
-                 the path and that the stubs match the server",
+                "the server (or a proxy answering HTTP 404) does not implement this call; tonic \
+                 servers answer an unknown service and an unknown method alike, with an empty \
+                 message: tell them apart with reflection (grpcurl -plaintext ADDR list, then \
+                 grpcurl -plaintext ADDR describe SERVICE, or tonic_retry::diagnose) and compare \
+                 with the client's .proto",
                 false,
             ),
             PermissionDenied => (

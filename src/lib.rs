@@ -34,6 +34,8 @@ mod body;
 mod classify;
 mod code;
 mod deadline;
+#[cfg(feature = "diagnose")]
+pub mod diagnose;
 mod error;
 mod future;
 mod history;

@@ -102,9 +102,12 @@ fn classify_io(err: &io::Error, connecting: bool) -> Option<TransportCause> {
         NetworkUnreachable | NetworkDown => cause(FailureKind::NetworkUnreachable, true),
         HostUnreachable => cause(FailureKind::HostUnreachable, true),
         AddrNotAvailable => cause(FailureKind::NoAddressReachable, true),
-        TimedOut if connecting => cause(FailureKind::ConnectTimeout, true),
+        TimedOut if connecting || is_connect_timeout(err) => {
+            cause(FailureKind::ConnectTimeout, true)
+        }
         TimedOut => cause(FailureKind::TransportTimeout, false),
         ConnectionReset | ConnectionAborted => cause(FailureKind::ConnectionReset, connecting),
+        BrokenPipe if is_h2_eof(err) => cause(FailureKind::StreamEnded, connecting),
         BrokenPipe => cause(FailureKind::BrokenPipe, connecting),
         UnexpectedEof | NotConnected => cause(FailureKind::StreamEnded, connecting),
         _ if looks_like_dns_failure(err) => cause(FailureKind::DnsFailure, true),
@@ -117,6 +120,21 @@ fn classify_io(err: &io::Error, connecting: bool) -> Option<TransportCause> {
         }
     };
     Some(named)
+}
+
+/// `Endpoint::connect_timeout` expired: tonic's connector (hyper-timeout) reports it as an
+/// `io::Error` of kind `TimedOut` wrapping tokio's `Elapsed`, with no `ConnectError` around it.
+/// (hyper-timeout's read and write timeouts carry no inner error, and tonic sets none.)
+fn is_connect_timeout(err: &io::Error) -> bool {
+    err.get_ref()
+        .is_some_and(|inner| inner.is::<tokio::time::error::Elapsed>())
+}
+
+/// h2 fails every open stream with a `BrokenPipe` of its own ("stream closed because of a broken
+/// pipe") when the connection reaches end of file: the peer closed it mid-call. That is a stream
+/// that ended, not a write into a closed socket (which carries the OS error, EPIPE).
+fn is_h2_eof(err: &io::Error) -> bool {
+    err.raw_os_error().is_none() && err.to_string().contains("closed because of a broken pipe")
 }
 
 /// Resolver failures have no error kind of their own: the standard library, hyper-util and
@@ -190,6 +208,45 @@ mod tests {
         assert_eq!(
             classify_error(&connect),
             cause(FailureKind::ConnectTimeout, true)
+        );
+    }
+
+    #[test]
+    fn tonic_connect_timeout_is_a_connect_timeout() {
+        // What `Endpoint::connect_timeout` produces (observed with tonic 0.14.9).
+        let elapsed = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(async {
+                tokio::time::timeout(std::time::Duration::ZERO, std::future::pending::<()>()).await
+            })
+            .unwrap_err();
+        let err = io::Error::new(io::ErrorKind::TimedOut, elapsed);
+        assert_eq!(
+            classify_error(&err),
+            cause(FailureKind::ConnectTimeout, true)
+        );
+        // A bare timeout on an established connection is not.
+        assert_eq!(
+            classify_error(&io(io::ErrorKind::TimedOut)),
+            cause(FailureKind::TransportTimeout, false)
+        );
+    }
+
+    #[test]
+    fn h2_end_of_file_is_a_stream_that_ended_not_a_broken_pipe() {
+        // h2 fails open streams this way when the peer closes the connection (FIN) mid-call.
+        let eof = io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "stream closed because of a broken pipe",
+        );
+        assert_eq!(classify_error(&eof), cause(FailureKind::StreamEnded, false));
+        let epipe = io::Error::from_raw_os_error(32);
+        assert_eq!(epipe.kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!(
+            classify_error(&epipe),
+            cause(FailureKind::BrokenPipe, false)
         );
     }
 

@@ -39,7 +39,7 @@ mod server;
 
 pub use connector::{ConnectAction, ConnectError, ScriptedConnector};
 pub use proxy::{CutMode, FaultProxy, ProxyStats};
-pub use raw_h2::RefusingServer;
+pub use raw_h2::{GoAwayServer, RefusingServer};
 pub use server::{Action, Attempt, Auth, Method, Script, ScriptedServer};
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -52,6 +52,11 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub mod pb {
     tonic::include_proto!("tonic_retry.test");
 }
+
+/// The encoded `google.protobuf.FileDescriptorSet` of `proto/echo.proto`, as server reflection
+/// serves it (see [`Script::reflection`]).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/echo_descriptor.bin"));
 
 /// The loopback address with port 0 (`127.0.0.1:0`): bind here to get an ephemeral port.
 pub const LOOPBACK_ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);

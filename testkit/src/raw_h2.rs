@@ -85,3 +85,88 @@ impl Drop for RefusingServer {
         self.task.abort();
     }
 }
+
+/// An HTTP/2 server on 127.0.0.1 that answers the first request of each connection with
+/// `GOAWAY(last stream id 0, reason)` and nothing else, the way a server going away under load
+/// behaves: the request was never processed. It speaks raw frames (not the `h2` crate), so the
+/// GOAWAY is sent only once the request's HEADERS arrived, and the connection stays open
+/// afterwards (the client sees the GOAWAY, not an end of file).
+#[derive(Debug)]
+pub struct GoAwayServer {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl GoAwayServer {
+    /// Starts the server.
+    pub async fn start(reason: h2::Reason) -> GoAwayServer {
+        let listener = TcpListener::bind(LOOPBACK_ANY)
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("local_addr of a bound listener");
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(go_away_on_first_headers(socket, u32::from(reason)));
+            }
+        });
+        GoAwayServer { addr, task }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for GoAwayServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads the client preface and frames; answers SETTINGS, and the first HEADERS with GOAWAY.
+async fn go_away_on_first_headers(mut socket: tokio::net::TcpStream, reason: u32) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SETTINGS: u8 = 0x4;
+    const HEADERS: u8 = 0x1;
+    const GOAWAY: u8 = 0x7;
+    let frame = |kind: u8, flags: u8, payload: &[u8]| {
+        let len = u32::try_from(payload.len()).unwrap_or(0).to_be_bytes();
+        let mut out = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 0];
+        out.extend_from_slice(payload);
+        out
+    };
+    let mut preface = [0u8; 24];
+    if socket.read_exact(&mut preface).await.is_err()
+        || socket.write_all(&frame(SETTINGS, 0, &[])).await.is_err()
+    {
+        return;
+    }
+    let mut sent_goaway = false;
+    loop {
+        let mut head = [0u8; 9];
+        if socket.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if socket.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        let reply = match head[3] {
+            SETTINGS if head[4] & 0x1 == 0 => frame(SETTINGS, 0x1, &[]),
+            HEADERS if !sent_goaway => {
+                sent_goaway = true;
+                let mut body = 0u32.to_be_bytes().to_vec();
+                body.extend_from_slice(&reason.to_be_bytes());
+                frame(GOAWAY, 0, &body)
+            }
+            _ => continue,
+        };
+        if socket.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}

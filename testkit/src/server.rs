@@ -225,6 +225,8 @@ pub struct Script {
     defaults: HashMap<Method, Action>,
     auth: Auth,
     record_payloads: bool,
+    health: bool,
+    reflection: bool,
 }
 
 impl Script {
@@ -289,6 +291,23 @@ impl Script {
     /// Rejects every call with `UNAUTHENTICATED` ([`Auth::Unauthenticated`]).
     pub fn unauthenticated(self) -> Script {
         self.auth(Auth::Unauthenticated)
+    }
+
+    /// Also serves the standard health service `grpc.health.v1.Health` (tonic-health), with the
+    /// server (`""`) and `tonic_retry.test.Echo` SERVING. The [`Auth`] gate applies to it too.
+    pub fn health(mut self) -> Script {
+        self.health = true;
+        self
+    }
+
+    /// Also serves server reflection (tonic-reflection, both `grpc.reflection.v1` and
+    /// `v1alpha`), describing `proto/echo.proto` ([`crate::FILE_DESCRIPTOR_SET`]): it lists
+    /// `tonic_retry.test.Echo` and `tonic_retry.test.Other` (which is described but not served,
+    /// like a stale registration), `grpc.health.v1.Health` when [`Script::health`] is on too,
+    /// and the reflection services themselves.
+    pub fn reflection(mut self) -> Script {
+        self.reflection = true;
+        self
     }
 
     /// Whether to keep request payloads in [`Attempt::payload`] (default true; turn off for
@@ -850,6 +869,7 @@ pub struct ScriptedServer {
     graceful: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     kill: CancellationToken,
+    health: Option<tonic_health::server::HealthReporter>,
 }
 
 impl fmt::Debug for ScriptedServer {
@@ -915,11 +935,40 @@ impl ScriptedServer {
         })
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
+        let health = if script.health {
+            let (reporter, service) = tonic_health::server::health_reporter();
+            reporter.set_serving::<EchoServer<EchoSvc>>().await;
+            Some((reporter, service))
+        } else {
+            None
+        };
+        let (health_reporter, health_service) = health.unzip();
+        let (reflection_v1, reflection_v1alpha) = if script.reflection {
+            let with_health = script.health;
+            let builder = || {
+                let builder = tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET);
+                if with_health {
+                    builder
+                        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                } else {
+                    builder
+                }
+            };
+            let v1 = builder().build_v1().map_err(io::Error::other)?;
+            let v1alpha = builder().build_v1alpha().map_err(io::Error::other)?;
+            (Some(v1), Some(v1alpha))
+        } else {
+            (None, None)
+        };
         let router = Server::builder()
             .layer(GateLayer {
                 shared: shared.clone(),
             })
-            .add_service(svc);
+            .add_service(svc)
+            .add_optional_service(health_service)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha);
         let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = rx.await;
         }));
@@ -929,7 +978,14 @@ impl ScriptedServer {
             graceful: Some(tx),
             task: Some(task),
             kill,
+            health: health_reporter,
         })
+    }
+
+    /// The health reporter, when the server serves the health service ([`Script::health`]):
+    /// change what `grpc.health.v1.Health` answers.
+    pub fn health_reporter(&self) -> Option<&tonic_health::server::HealthReporter> {
+        self.health.as_ref()
     }
 
     /// The bound address (`127.0.0.1:port`).
