@@ -42,6 +42,8 @@ pub enum FailureKind {
     TransportTimeout,
     /// The per-attempt timeout of the retry policy expired.
     AttemptTimeout,
+    /// A stream delivered no message within its idle timeout: likely a half-open connection.
+    IdleTimeout,
     /// The call's deadline expired.
     DeadlineExceeded,
     /// The server does not serve the service ("unknown service X"): client stubs and server
@@ -178,6 +180,14 @@ impl FailureKind {
                 "attempt timeout",
                 "one attempt took longer than the per-attempt timeout; the server may be hanging \
                  on some requests",
+                false,
+            ),
+            IdleTimeout => (
+                "idle timeout",
+                "no message arrived within the idle timeout: the connection is likely half-open \
+                 (a NAT, firewall or load balancer dropped it without FIN or RST), or the server \
+                 stalled; enable HTTP/2 keepalive on the endpoint so that dead connections are \
+                 detected and replaced",
                 false,
             ),
             DeadlineExceeded => (

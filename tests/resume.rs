@@ -334,7 +334,7 @@ async fn stall_trips_the_idle_timeout_and_resumes() {
         assert!(outcome.error.is_none(), "{:?}", outcome.error);
         outcome.check_exactly_once(20_000);
         let first = &outcome.reopen_log[0];
-        assert_eq!(first.kind, FailureKind::AttemptTimeout);
+        assert_eq!(first.kind, FailureKind::IdleTimeout);
         assert!(first.message.contains("idle timeout"));
         let attempts = resumed_at(&server);
         assert_eq!(attempts[0], Some(0));

@@ -110,7 +110,12 @@ pub(crate) fn kind_of_status(code: Code, message: &str) -> FailureKind {
         Code::Unimplemented if message.starts_with("unknown service") => {
             FailureKind::UnknownService
         }
-        Code::Unimplemented if message.starts_with("unknown method") => FailureKind::UnknownMethod,
+        // grpc-go says "unknown method"; grpc-java and C-core say "Method not found".
+        Code::Unimplemented
+            if message.starts_with("unknown method") || message.starts_with("Method not found") =>
+        {
+            FailureKind::UnknownMethod
+        }
         Code::Unimplemented => FailureKind::Unimplemented,
         Code::PermissionDenied => FailureKind::PermissionDenied,
         Code::Unauthenticated => FailureKind::Unauthenticated,
@@ -179,6 +184,19 @@ mod tests {
             classify_response(response(200, &[("grpc-status", "0")])),
             Classified::Pass(_)
         ));
+    }
+
+    #[test]
+    fn unknown_method_in_every_wording() {
+        for message in [
+            "unknown method Say for service x.Y",
+            "Method not found: x.Y/Say",
+        ] {
+            assert_eq!(
+                kind_of_status(Code::Unimplemented, message),
+                FailureKind::UnknownMethod
+            );
+        }
     }
 
     #[test]

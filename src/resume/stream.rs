@@ -460,7 +460,7 @@ impl<C> Control<C> {
             "no message within the idle timeout of {idle:?}: the connection may be half-open \
              or the server stalled"
         ));
-        (status, Some(FailureKind::AttemptTimeout))
+        (status, Some(FailureKind::IdleTimeout))
     }
 
     /// The stream (or the attempt to open it) ended with `status`: reopen, or end with the

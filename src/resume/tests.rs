@@ -447,7 +447,7 @@ async fn idle_timeout_gives_up_too() {
         history
             .failures()
             .iter()
-            .all(|f| f.kind() == FailureKind::AttemptTimeout)
+            .all(|f| f.kind() == FailureKind::IdleTimeout)
     );
 }
 
