@@ -223,10 +223,12 @@ impl ResumePolicyBuilder {
         self
     }
 
-    /// A throttle shared with other streams (or the layer) that may veto reopens; a vetoed
-    /// reopen ends the stream with [`StopReason::Throttled`](crate::StopReason::Throttled).
-    pub fn throttle<T: ReopenThrottle>(mut self, throttle: Arc<T>) -> Self {
-        self.policy.throttle = Some(throttle);
+    /// A throttle that may veto reopens; a vetoed reopen ends the stream with
+    /// [`StopReason::Throttled`](crate::StopReason::Throttled). Clones of a
+    /// [`RetryThrottle`](crate::RetryThrottle) share one bucket, so the layer's throttle
+    /// (`layer.throttle().cloned()`) and every stream's can be the same.
+    pub fn throttle(mut self, throttle: impl ReopenThrottle) -> Self {
+        self.policy.throttle = Some(Arc::new(throttle));
         self
     }
 
@@ -312,7 +314,7 @@ mod tests {
 
     #[test]
     fn throttle_is_shared() {
-        let throttle = Arc::new(RetryThrottle::new(2.0, 1.0).unwrap());
+        let throttle = RetryThrottle::new(2.0, 1.0).unwrap();
         let policy = ResumePolicy::builder()
             .throttle(throttle.clone())
             .build()

@@ -454,7 +454,7 @@ async fn idle_timeout_gives_up_too() {
 #[tokio::test(start_paused = true)]
 async fn a_throttle_can_veto_reopens() {
     // 3 tokens: the first failure leaves 2 (> 1.5, a reopen is allowed), the second 1.
-    let throttle = Arc::new(RetryThrottle::new(3.0, 1.0).unwrap());
+    let throttle = RetryThrottle::new(3.0, 1.0).unwrap();
     let server = Server::new([
         Plan::Send(1, Then::Fail(reset())),
         Plan::FailOpen(refused()),
