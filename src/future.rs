@@ -17,12 +17,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Extensions, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use pin_project::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tonic::body::Body;
-use tonic::{Code, Status};
+use tonic::Code;
 use tower::Service;
 use tracing::Span;
 
@@ -30,7 +29,7 @@ use crate::BoxError;
 use crate::body::ReplayHandle;
 use crate::classify::{Classified, Failure, classify_response, classify_service_error};
 use crate::deadline::{GRPC_TIMEOUT, encode_grpc_timeout, parse_grpc_timeout};
-use crate::history::{AttemptRecord, CallHistory, StopReason};
+use crate::history::{AttemptRecord, CallHistory, StopReason, with_history};
 use crate::kind::FailureKind;
 use crate::layer::Shared;
 use crate::metrics::Counters;
@@ -481,24 +480,17 @@ impl<S> Call<S> {
             reason = %reason,
             "giving up"
         );
-        let status = failure.status;
-        let mut caller_status = Status::with_details_and_metadata(
-            status.code(),
-            status.message().to_owned(),
-            Bytes::copy_from_slice(status.details()),
-            status.metadata().clone(),
-        );
-        let cause = std::error::Error::source(&status)
-            .is_some()
-            .then_some(status);
-        caller_status.set_source(Arc::new(CallHistory {
-            path: self.head.uri.path().trim_start_matches('/').to_owned(),
-            attempts: std::mem::take(&mut self.history),
+        let path = self.head.uri.path().trim_start_matches('/').to_owned();
+        let attempts = std::mem::take(&mut self.history);
+        let elapsed = Instant::now() - self.started;
+        let status = with_history(failure.status, |cause| CallHistory {
+            path,
+            attempts,
             stop: reason,
-            elapsed: Instant::now() - self.started,
+            elapsed,
             cause,
-        }));
-        Box::new(caller_status)
+        });
+        Box::new(status)
     }
 }
 

@@ -2,8 +2,10 @@
 
 use std::error::Error;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tonic::{Code, Status};
 
 use crate::code::code_name;
@@ -144,14 +146,7 @@ pub struct CallHistory {
 impl CallHistory {
     /// The history attached to `status` by the retry layer, if any.
     pub fn of(status: &Status) -> Option<&CallHistory> {
-        let mut source = status.source();
-        while let Some(err) = source {
-            if let Some(history) = err.downcast_ref::<CallHistory>() {
-                return Some(history);
-            }
-            source = err.source();
-        }
-        None
+        find_in_sources(status)
     }
 
     /// The call's path, `package.Service/Method`.
@@ -213,6 +208,37 @@ impl fmt::Display for CallHistory {
         }
         write!(f, "\n  hint: {}", self.hint())
     }
+}
+
+/// The first error of type `T` in `status`'s source chain.
+pub(crate) fn find_in_sources<T: Error + 'static>(status: &Status) -> Option<&T> {
+    let mut source = status.source();
+    while let Some(err) = source {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        source = err.source();
+    }
+    None
+}
+
+/// The status the caller gets when retrying (or reopening) stops: `last`'s code, message,
+/// details and metadata unchanged, so `match status.code()` keeps working, with the history as
+/// its source. `history` receives `last` itself when `last` carries a source chain worth keeping
+/// (a transport error's).
+pub(crate) fn with_history<H>(last: Status, history: impl FnOnce(Option<Status>) -> H) -> Status
+where
+    H: Error + Send + Sync + 'static,
+{
+    let mut caller = Status::with_details_and_metadata(
+        last.code(),
+        last.message().to_owned(),
+        Bytes::copy_from_slice(last.details()),
+        last.metadata().clone(),
+    );
+    let cause = last.source().is_some().then_some(last);
+    caller.set_source(Arc::new(history(cause)));
+    caller
 }
 
 impl Error for CallHistory {

@@ -115,14 +115,7 @@ pub struct ResumeHistory {
 impl ResumeHistory {
     /// The history attached to `status` by a resumable stream, if any.
     pub fn of(status: &Status) -> Option<&ResumeHistory> {
-        let mut source = status.source();
-        while let Some(err) = source {
-            if let Some(history) = err.downcast_ref::<ResumeHistory>() {
-                return Some(history);
-            }
-            source = err.source();
-        }
-        None
+        crate::history::find_in_sources(status)
     }
 
     /// The failures in a row that ended the stream, oldest first; the last is the one the

@@ -16,11 +16,9 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_core::{FusedStream, Stream};
 use pin_project::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
@@ -28,7 +26,7 @@ use tonic::{Response, Status, Streaming};
 
 use crate::backoff::Jitter;
 use crate::code::code_name;
-use crate::history::StopReason;
+use crate::history::{StopReason, with_history};
 use crate::kind::FailureKind;
 use crate::resume::classify::{Verdict, classify_status};
 use crate::resume::history::{ReopenRecord, ResumeHistory};
@@ -548,23 +546,15 @@ impl<C> Control<C> {
             reason = %stop,
             "resumable stream giving up"
         );
-        let mut caller = Status::with_details_and_metadata(
-            status.code(),
-            status.message().to_owned(),
-            Bytes::copy_from_slice(status.details()),
-            status.metadata().clone(),
-        );
-        let cause = std::error::Error::source(&status)
-            .is_some()
-            .then_some(status);
-        caller.set_source(Arc::new(ResumeHistory {
-            failures: std::mem::take(&mut self.history),
+        let failures = std::mem::take(&mut self.history);
+        let (reopens, delivered, elapsed) = (self.reopens, self.delivered, self.now_since_start());
+        with_history(status, |cause| ResumeHistory {
+            failures,
             stop,
-            reopens: self.reopens,
-            delivered: self.delivered,
-            elapsed: self.now_since_start(),
+            reopens,
+            delivered,
+            elapsed,
             cause,
-        }));
-        caller
+        })
     }
 }
