@@ -273,3 +273,23 @@ async fn a_balanced_channel_with_one_refusing_endpoint_succeeds() {
     }
     assert_eq!(server.attempt_count(), 50);
 }
+
+#[tokio::test]
+async fn a_tower_budget_bounds_retries_instead() {
+    // Retries may add 20% to the calls of the last 10 s, plus a floor of one per second.
+    let budget = tower::retry::budget::TpsBudget::new(Duration::from_secs(10), 1, 0.2);
+    let layer = RetryLayer::builder()
+        .default_policy(immediate_policy())
+        .budget(budget)
+        .build()
+        .unwrap();
+
+    let attempts = storm(&layer, 100).await;
+
+    assert!(
+        attempts <= 100 + 20 + 10,
+        "{attempts} attempts for 100 calls"
+    );
+    assert!(attempts > 100, "the budget allows some retries");
+    assert!(layer.metrics().throttled() >= 90);
+}
