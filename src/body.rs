@@ -1,5 +1,9 @@
-//! The replayable request body: each attempt replays what earlier attempts read, then goes on
-//! reading the caller's body, so a failed attempt that read only part of the body (or none of it:
+//! The replayable request body.
+//!
+//! A unary (or server-streaming) request from a generated client is one message whose bytes are
+//! ready when the call starts: [`CallBody::new`] reads it at once, and every attempt sends the
+//! same `Bytes` (zero-copy), with no shared state at all. Any other body is replayed: each
+//! attempt replays what earlier attempts read, then goes on reading the caller's body, so a failed attempt that read only part of the body (or none of it:
 //! a refused connection reads nothing) loses nothing.
 //!
 //! The state lives behind one `Arc<Mutex<_>>` shared by the call's future and each attempt's body,
@@ -10,7 +14,7 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -53,6 +57,152 @@ impl BufferBudget {
     }
 }
 
+/// A call's request body, kept so that every attempt can send it.
+#[derive(Debug)]
+pub(crate) enum CallBody {
+    /// The whole request was ready when the call started.
+    Whole(WholeRequest),
+    /// The request streams (or was not ready): replayed through shared state.
+    Streamed(ReplayHandle),
+}
+
+/// A request read whole at the start of the call.
+#[derive(Debug)]
+pub(crate) struct WholeRequest {
+    /// The request, kept while another attempt may need it.
+    kept: Option<Bytes>,
+    /// A request too large to keep: the first attempt sends it, and there is no second.
+    once: Option<Bytes>,
+    /// The bytes reserved in the layer's budget (released on commit or drop).
+    reserved: usize,
+    budget: Arc<BufferBudget>,
+}
+
+impl CallBody {
+    /// Reads what of `body` is ready now (without waiting: a generated client's unary body is
+    /// ready at once) and keeps it for replay within `limit` and the layer's `budget`.
+    pub(crate) fn new(mut body: Body, limit: usize, budget: &Arc<BufferBudget>) -> CallBody {
+        let size_hint = body.size_hint();
+        if body.is_end_stream() {
+            return CallBody::whole(Bytes::new(), limit, budget);
+        }
+        // Polling with a no-op waker is sound: a body that is not ready registers the real
+        // waker when an attempt polls it again.
+        let mut cx = Context::from_waker(Waker::noop());
+        let first = match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(None) => return CallBody::whole(Bytes::new(), limit, budget),
+            Poll::Pending => None,
+            Poll::Ready(Some(frame)) => Some(frame),
+        };
+        let second = match &first {
+            Some(Ok(frame)) if frame.is_data() => match Pin::new(&mut body).poll_frame(&mut cx) {
+                Poll::Ready(None) => {
+                    let bytes = first
+                        .and_then(|frame| frame.ok()?.into_data().ok())
+                        .unwrap_or_default();
+                    return CallBody::whole(bytes, limit, budget);
+                }
+                Poll::Pending => None,
+                Poll::Ready(Some(frame)) => Some(frame),
+            },
+            _ => None,
+        };
+        CallBody::Streamed(ReplayHandle::with_prefetched(
+            [first, second],
+            Some(body),
+            size_hint,
+            limit,
+            Arc::clone(budget),
+        ))
+    }
+
+    fn whole(bytes: Bytes, limit: usize, budget: &Arc<BufferBudget>) -> CallBody {
+        let fits = bytes.len() <= limit && budget.try_reserve(bytes.len());
+        CallBody::Whole(WholeRequest {
+            reserved: if fits { bytes.len() } else { 0 },
+            kept: fits.then(|| bytes.clone()),
+            once: (!fits).then_some(bytes),
+            budget: Arc::clone(budget),
+        })
+    }
+
+    /// The first attempt's body.
+    pub(crate) fn first_attempt(&mut self) -> Body {
+        match self {
+            CallBody::Whole(whole) => {
+                let bytes = whole.once.take().or_else(|| whole.kept.clone());
+                whole_body(bytes.unwrap_or_default())
+            }
+            CallBody::Streamed(handle) => Body::new(handle.first_attempt()),
+        }
+    }
+
+    /// The next attempt's body, or `None` when the request can no longer be replayed.
+    pub(crate) fn next_attempt(&mut self) -> Option<Body> {
+        match self {
+            CallBody::Whole(whole) => whole.kept.clone().map(whole_body),
+            CallBody::Streamed(handle) => handle.next_attempt().map(Body::new),
+        }
+    }
+
+    /// Whether another attempt could send the whole request again.
+    pub(crate) fn replayable(&self) -> bool {
+        match self {
+            CallBody::Whole(whole) => whole.kept.is_some(),
+            CallBody::Streamed(handle) => handle.replayable(),
+        }
+    }
+
+    /// The call committed: free the buffer.
+    pub(crate) fn commit(&mut self) {
+        match self {
+            CallBody::Whole(whole) => {
+                whole.kept = None;
+                whole.budget.release(std::mem::take(&mut whole.reserved));
+            }
+            CallBody::Streamed(handle) => handle.commit(),
+        }
+    }
+}
+
+impl Drop for WholeRequest {
+    fn drop(&mut self) {
+        self.budget.release(self.reserved);
+    }
+}
+
+fn whole_body(bytes: Bytes) -> Body {
+    if bytes.is_empty() {
+        Body::empty()
+    } else {
+        Body::new(WholeBody(Some(bytes)))
+    }
+}
+
+/// One attempt's copy of a whole request: one data frame.
+#[derive(Debug)]
+struct WholeBody(Option<Bytes>);
+
+impl HttpBody for WholeBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        Poll::Ready(self.get_mut().0.take().map(|bytes| Ok(Frame::data(bytes))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.0.as_ref().map_or(0, |bytes| bytes.len() as u64))
+    }
+}
+
 /// The future's handle on the call's body: makes each attempt's body.
 #[derive(Debug)]
 pub(crate) struct ReplayHandle {
@@ -61,6 +211,8 @@ pub(crate) struct ReplayHandle {
 
 #[derive(Debug)]
 struct BodyState {
+    /// Frames read from the caller's body before the first attempt, oldest first.
+    prefetched: [Option<Result<Frame<Bytes>, Status>>; 2],
     /// The rest of the caller's body; `None` once it ended.
     source: Option<Body>,
     /// Everything read so far, while buffering. One chunk inline: a unary request is one chunk.
@@ -87,6 +239,22 @@ enum Mode {
 }
 
 impl BodyState {
+    /// The next frame of the caller's body: what was prefetched first, then the body itself.
+    fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if let Some(frame) = self.prefetched[0].take() {
+            self.prefetched.swap(0, 1);
+            return Poll::Ready(Some(frame));
+        }
+        match self.source.as_mut() {
+            Some(source) => Pin::new(source).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn source_ended(&self) -> bool {
+        self.prefetched[0].is_none() && self.source.is_none()
+    }
+
     fn chunk(&self, index: usize) -> Option<&Bytes> {
         match index {
             0 => self.first.as_ref(),
@@ -139,11 +307,23 @@ fn lock(shared: &Mutex<BodyState>) -> MutexGuard<'_, BodyState> {
 }
 
 impl ReplayHandle {
+    #[cfg(test)]
     pub(crate) fn new(body: Body, limit: usize, budget: Arc<BufferBudget>) -> ReplayHandle {
         let size_hint = body.size_hint();
         let source = (!body.is_end_stream()).then_some(body);
+        ReplayHandle::with_prefetched([None, None], source, size_hint, limit, budget)
+    }
+
+    fn with_prefetched(
+        prefetched: [Option<Result<Frame<Bytes>, Status>>; 2],
+        source: Option<Body>,
+        size_hint: SizeHint,
+        limit: usize,
+        budget: Arc<BufferBudget>,
+    ) -> ReplayHandle {
         ReplayHandle {
             shared: Arc::new(Mutex::new(BodyState {
+                prefetched,
                 source,
                 first: None,
                 more: Vec::new(),
@@ -223,7 +403,7 @@ impl HttpBody for ReplayBody {
             this.position += 1;
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
-        let Some(source) = state.source.as_mut() else {
+        if state.source_ended() {
             if !this.trailers_sent
                 && let Some(trailers) = state.trailers.clone()
             {
@@ -231,8 +411,8 @@ impl HttpBody for ReplayBody {
                 return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
             }
             return Poll::Ready(None);
-        };
-        let frame = match Pin::new(source).poll_frame(cx) {
+        }
+        let frame = match state.poll_source(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(frame) => frame,
         };
@@ -266,7 +446,7 @@ impl HttpBody for ReplayBody {
     fn is_end_stream(&self) -> bool {
         let state = lock(&self.shared);
         state.generation == self.generation
-            && state.source.is_none()
+            && state.source_ended()
             && self.position >= state.chunks()
             && (self.trailers_sent || state.trailers.is_none())
     }
@@ -296,6 +476,52 @@ mod tests {
 
     fn budget() -> Arc<BufferBudget> {
         Arc::new(BufferBudget::new(1 << 20))
+    }
+
+    async fn read_body(body: Body) -> Vec<u8> {
+        body.collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_ready_single_message_is_kept_whole_without_shared_state() {
+        let budget = budget();
+        let mut call = CallBody::new(body_of(&[b"unary"]), 1024, &budget);
+        assert!(matches!(call, CallBody::Whole(_)));
+        assert_eq!(read_body(call.first_attempt()).await, b"unary");
+        assert!(call.replayable());
+        assert_eq!(read_body(call.next_attempt().unwrap()).await, b"unary");
+        assert_eq!(budget.used(), 5);
+        call.commit();
+        assert_eq!(budget.used(), 0);
+        assert!(call.next_attempt().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_whole_request_over_the_limit_is_sent_once() {
+        let budget = budget();
+        let mut call = CallBody::new(body_of(&[b"too large"]), 4, &budget);
+        assert_eq!(read_body(call.first_attempt()).await, b"too large");
+        assert!(!call.replayable());
+        assert!(call.next_attempt().is_none());
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn frames_read_ahead_are_replayed_with_the_rest() {
+        let budget = budget();
+        let mut call = CallBody::new(body_of(&[b"ab", b"cd", b"ef"]), 1024, &budget);
+        assert!(matches!(call, CallBody::Streamed(_)));
+        assert_eq!(read_body(call.first_attempt()).await, b"abcdef");
+        assert_eq!(read_body(call.next_attempt().unwrap()).await, b"abcdef");
+        drop(call);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_stays_empty() {
+        let mut call = CallBody::new(Body::empty(), 1024, &budget());
+        assert!(call.first_attempt().is_end_stream());
+        assert!(call.next_attempt().unwrap().is_end_stream());
     }
 
     #[tokio::test]

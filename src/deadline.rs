@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 /// The request header that carries the call's timeout.
-pub(crate) const GRPC_TIMEOUT: &str = "grpc-timeout";
+pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// Parses a `grpc-timeout` value: at most eight ASCII digits and a unit (`H`, `M`, `S`, `m`, `u`,
 /// `n`). Anything else is `None`: the call then has no deadline, as in tonic.

@@ -13,20 +13,22 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::{Extensions, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use http::{
+    Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version,
+};
 use pin_project::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tonic::body::Body;
-use tonic::Code;
+use tonic::{Code, GrpcMethod};
 use tower::Service;
 use tracing::Span;
 
 use crate::BoxError;
-use crate::body::ReplayHandle;
+use crate::body::CallBody;
 use crate::classify::{Classified, Failure, classify_response, classify_service_error};
 use crate::deadline::{GRPC_TIMEOUT, encode_grpc_timeout, parse_grpc_timeout};
 use crate::history::{AttemptRecord, CallHistory, StopReason, with_history};
@@ -36,7 +38,8 @@ use crate::metrics::Counters;
 use crate::policy::{Decision, Progress, RetryPolicy, decide};
 
 /// The header that tells the server how many attempts came before this one (gRFC A6).
-const GRPC_PREVIOUS_RPC_ATTEMPTS: &str = "grpc-previous-rpc-attempts";
+const GRPC_PREVIOUS_RPC_ATTEMPTS: HeaderName =
+    HeaderName::from_static("grpc-previous-rpc-attempts");
 
 /// The future of a call made through [`Retry`](crate::Retry).
 #[pin_project]
@@ -70,11 +73,13 @@ enum State<F> {
 
 /// Everything about the call but its pinned parts.
 struct Call<S> {
-    service: S,
+    /// The service retries go through: a clone of `spare`, made at the first retry.
+    service: Option<S>,
+    spare: Arc<Mutex<S>>,
     shared: Arc<Shared>,
     policy: usize,
     head: RequestHead,
-    body: ReplayHandle,
+    body: CallBody,
     started: Instant,
     /// The call's deadline, from its `grpc-timeout`.
     deadline: Option<Instant>,
@@ -101,7 +106,40 @@ struct RequestHead {
     uri: Uri,
     version: Version,
     headers: HeaderMap,
-    extensions: Extensions,
+    extensions: SavedExtensions,
+}
+
+/// The request's extensions, kept for the retries. A generated client's request carries one,
+/// tonic's `GrpcMethod` (two static strings): keeping that one alone costs no allocation, where
+/// cloning the `Extensions` map costs three.
+enum SavedExtensions {
+    None,
+    GrpcMethod(GrpcMethod<'static>),
+    All(Extensions),
+}
+
+impl SavedExtensions {
+    fn save(extensions: &Extensions) -> SavedExtensions {
+        if extensions.is_empty() {
+            return SavedExtensions::None;
+        }
+        match extensions.get::<GrpcMethod<'static>>() {
+            Some(method) if extensions.len() == 1 => SavedExtensions::GrpcMethod(method.clone()),
+            _ => SavedExtensions::All(extensions.clone()),
+        }
+    }
+
+    fn restore(&self) -> Extensions {
+        match self {
+            SavedExtensions::None => Extensions::new(),
+            SavedExtensions::GrpcMethod(method) => {
+                let mut extensions = Extensions::new();
+                extensions.insert(method.clone());
+                extensions
+            }
+            SavedExtensions::All(extensions) => extensions.clone(),
+        }
+    }
 }
 
 enum Next {
@@ -124,7 +162,14 @@ where
     S: Service<Request<Body>, Response = Response<B>>,
     S::Error: Into<BoxError>,
 {
-    pub(crate) fn start(service: S, shared: Arc<Shared>, request: Request<Body>) -> Self {
+    /// Starts a call: its first attempt goes through `ready` (polled ready by the caller), its
+    /// retries through a clone of `spare`.
+    pub(crate) fn start(
+        ready: &mut S,
+        spare: Arc<Mutex<S>>,
+        shared: Arc<Shared>,
+        request: Request<Body>,
+    ) -> Self {
         Counters::bump(&shared.counters.calls);
         Counters::bump(&shared.counters.attempts);
         shared.gate.on_call();
@@ -134,7 +179,7 @@ where
         let now = Instant::now();
         let caller_timeout = parts
             .headers
-            .get(GRPC_TIMEOUT)
+            .get(&GRPC_TIMEOUT)
             .and_then(|value| parse_grpc_timeout(value.as_bytes()));
         let policy_timeout = shared.policies.policy(policy).call_timeout();
         let timeout = match (caller_timeout, policy_timeout) {
@@ -143,17 +188,18 @@ where
         };
         let deadline = timeout.and_then(|timeout| now.checked_add(timeout));
         let buffer_limit = shared.policies.policy(policy).buffer_limit();
-        let body = ReplayHandle::new(body, buffer_limit, Arc::clone(&shared.buffer_budget));
+        let mut body = CallBody::new(body, buffer_limit, &shared.buffer_budget);
         let first_body = body.first_attempt();
         let mut call = Call {
-            service,
+            service: None,
+            spare,
             policy,
             head: RequestHead {
                 method: parts.method.clone(),
                 uri: parts.uri.clone(),
                 version: parts.version,
                 headers: parts.headers.clone(),
-                extensions: parts.extensions.clone(),
+                extensions: SavedExtensions::save(&parts.extensions),
             },
             body,
             started: now,
@@ -172,9 +218,7 @@ where
         };
         // The server learns a deadline the policy set, as it learns the caller's own.
         call.arm_attempt(now, &mut parts.headers, timeout != caller_timeout);
-        let future = call
-            .service
-            .call(Request::from_parts(parts, Body::new(first_body)));
+        let future = ready.call(Request::from_parts(parts, first_body));
         let timer = call.attempt_deadline.map(sleep_until);
         ResponseFuture {
             state: State::Attempt { future },
@@ -187,7 +231,7 @@ where
 
 impl<S, B> Future for ResponseFuture<S>
 where
-    S: Service<Request<Body>, Response = Response<B>>,
+    S: Service<Request<Body>, Response = Response<B>> + Clone,
     S::Error: Into<BoxError>,
 {
     type Output = Result<Response<B>, BoxError>;
@@ -235,10 +279,10 @@ where
                     this.state.set(State::Ready);
                     continue;
                 }
-                StateProj::Ready => match ready!(this.call.service.poll_ready(cx)) {
+                StateProj::Ready => match ready!(this.call.retry_service().poll_ready(cx)) {
                     Ok(()) => match this.call.next_request(Instant::now()) {
                         Some(request) => {
-                            let future = this.call.service.call(request);
+                            let future = this.call.retry_service().call(request);
                             if let Some(at) = this.call.attempt_deadline {
                                 arm(this.timer.as_mut(), at);
                             }
@@ -297,8 +341,21 @@ fn arm(mut timer: Pin<&mut Option<Sleep>>, at: Instant) {
 }
 
 fn call_span(path: &str) -> Span {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return Span::none();
+    }
     let (service, method) = crate::policy::split_path(path).unwrap_or((path, ""));
     tracing::debug_span!("grpc_retry", rpc.service = service, rpc.method = method)
+}
+
+impl<S: Clone> Call<S> {
+    /// The service for retries, cloned from the spare when the first retry needs it: a call
+    /// that succeeds at once clones nothing.
+    fn retry_service(&mut self) -> &mut S {
+        let spare = &self.spare;
+        self.service
+            .get_or_insert_with(|| spare.lock().unwrap_or_else(PoisonError::into_inner).clone())
+    }
 }
 
 impl<S> Call<S> {
@@ -330,11 +387,11 @@ impl<S> Call<S> {
     /// The next attempt's request, or `None` when the request can no longer be replayed.
     fn next_request(&mut self, now: Instant) -> Option<Request<Body>> {
         let body = self.body.next_attempt()?;
-        let mut request = Request::new(Body::new(body));
+        let mut request = Request::new(body);
         *request.method_mut() = self.head.method.clone();
         *request.uri_mut() = self.head.uri.clone();
         *request.version_mut() = self.head.version;
-        *request.extensions_mut() = self.head.extensions.clone();
+        *request.extensions_mut() = self.head.extensions.restore();
         let mut headers = self.head.headers.clone();
         headers.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(self.sent));
         self.arm_attempt(now, &mut headers, true);

@@ -1,6 +1,6 @@
 //! The retrying service: hands each call to a [`ResponseFuture`] that drives its attempts.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -19,14 +19,23 @@ use crate::metrics::Counters;
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
     inner: S,
+    /// A clone of `inner` that calls clone again for their retries, so that a call that needs
+    /// none clones nothing (cloning a `Channel` is not free).
+    spare: Arc<Mutex<S>>,
     shared: Arc<Shared>,
 }
 
-impl<S> Retry<S> {
+impl<S: Clone> Retry<S> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Retry<S> {
-        Retry { inner, shared }
+        Retry {
+            spare: Arc::new(Mutex::new(inner.clone())),
+            inner,
+            shared,
+        }
     }
+}
 
+impl<S> Retry<S> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -52,10 +61,11 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> ResponseFuture<S> {
-        // The service that was polled ready makes the first attempt, and the future keeps it for
-        // the retries; this one is left with a fresh clone, to be polled ready for the next call.
-        let clone = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::start(ready, Arc::clone(&self.shared), request)
+        ResponseFuture::start(
+            &mut self.inner,
+            Arc::clone(&self.spare),
+            Arc::clone(&self.shared),
+            request,
+        )
     }
 }

@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 
 use crate::kind::FailureKind;
 
-pub(crate) use self::status::{Pushback, pushback, trailers_only_status};
+pub(crate) use self::status::{GRPC_STATUS, Pushback, pushback, trailers_only_status};
 pub(crate) use self::transport::{TransportCause, classify_error};
 
 /// One attempt's outcome, as far as retrying is concerned.
@@ -52,7 +52,7 @@ impl Failure {
 /// Classifies the response head of an attempt.
 pub(crate) fn classify_response<B>(response: http::Response<B>) -> Classified<http::Response<B>> {
     let headers = response.headers();
-    if headers.contains_key("grpc-status") {
+    if headers.contains_key(&GRPC_STATUS) {
         return match trailers_only_status(headers) {
             None => Classified::Pass(response),
             Some(status) => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 use tonic_types::{RetryInfo, StatusExt};
@@ -22,10 +22,11 @@ const DETAILS_BASE64: GeneralPurpose = GeneralPurpose::new(
         .with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-const GRPC_STATUS: &str = "grpc-status";
-const GRPC_MESSAGE: &str = "grpc-message";
-const GRPC_STATUS_DETAILS: &str = "grpc-status-details-bin";
-const GRPC_RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
+// Header names as constants: a `&str` name is parsed and validated again on every lookup.
+pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+const GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
+const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 
 /// The status of a Trailers-Only response head, or `None` when it is OK (or carries no status).
 ///
@@ -34,12 +35,12 @@ const GRPC_RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
 /// panicking, and a message that is not UTF-8 is decoded lossily instead of turning the code into
 /// UNKNOWN (the code decides whether to retry; a garbled message must not change it).
 pub(crate) fn trailers_only_status(headers: &HeaderMap) -> Option<Status> {
-    let code = Code::from_bytes(headers.get(GRPC_STATUS)?.as_bytes());
+    let code = Code::from_bytes(headers.get(&GRPC_STATUS)?.as_bytes());
     if code == Code::Ok {
         return None;
     }
     let message = headers
-        .get(GRPC_MESSAGE)
+        .get(&GRPC_MESSAGE)
         .map(|value| {
             percent_encoding::percent_decode(value.as_bytes())
                 .decode_utf8_lossy()
@@ -47,14 +48,14 @@ pub(crate) fn trailers_only_status(headers: &HeaderMap) -> Option<Status> {
         })
         .unwrap_or_default();
     let details = headers
-        .get(GRPC_STATUS_DETAILS)
+        .get(&GRPC_STATUS_DETAILS)
         .and_then(|value| DETAILS_BASE64.decode(value.as_bytes()).ok())
         .map(Bytes::from)
         .unwrap_or_default();
     let mut metadata = headers.clone();
-    metadata.remove(GRPC_STATUS);
-    metadata.remove(GRPC_MESSAGE);
-    metadata.remove(GRPC_STATUS_DETAILS);
+    metadata.remove(&GRPC_STATUS);
+    metadata.remove(&GRPC_MESSAGE);
+    metadata.remove(&GRPC_STATUS_DETAILS);
     Some(Status::with_details_and_metadata(
         code,
         message,
@@ -78,7 +79,7 @@ pub(crate) enum Pushback {
 /// of milliseconds) first, else a `google.rpc.RetryInfo` in the status details. Details that do
 /// not decode are ignored.
 pub(crate) fn pushback(headers: &HeaderMap, status: &Status) -> Pushback {
-    if let Some(value) = headers.get(GRPC_RETRY_PUSHBACK_MS) {
+    if let Some(value) = headers.get(&GRPC_RETRY_PUSHBACK_MS) {
         return parse_pushback(value.as_bytes());
     }
     if status.details().is_empty() {

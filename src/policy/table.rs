@@ -22,6 +22,9 @@ struct ServiceEntry {
 impl PolicyTable {
     /// The index of the policy for a request path such as `/package.Service/Method`.
     pub(crate) fn lookup(&self, path: &str) -> usize {
+        if self.services.is_empty() {
+            return 0;
+        }
         let Some((service, method)) = split_path(path) else {
             return 0;
         };

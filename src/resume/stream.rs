@@ -9,9 +9,10 @@
 //! ```
 //!
 //! One `Sleep`, pinned in the struct, is the backoff timer in `Backoff` and the idle timer in
-//! `Opening` and `Streaming`. The idle timer is not touched per message: a message only stores
-//! the time it arrived, and when the timer fires it moves itself to that time plus the idle
-//! timeout if a message came since it was armed. Nothing is allocated per message.
+//! `Opening` and `Streaming`. Neither the timer nor the clock is touched per message: a message
+//! only bumps a counter, and when the timer fires it re-arms itself for another idle period if
+//! the counter moved since it was armed. So a silent stream is detected between one and two idle
+//! periods after its last message, and nothing is allocated or read from the clock per message.
 
 use std::fmt;
 use std::future::Future;
@@ -179,8 +180,10 @@ struct Control<C> {
     cursor: Option<C>,
     /// Set at the first poll.
     started: Option<Instant>,
-    /// When a message (or the response headers) last arrived; kept only with an idle timeout.
-    last_activity: Option<Instant>,
+    /// Messages (and response headers) that arrived, as a counter: cheaper than a clock read.
+    activity: u64,
+    /// `activity` when the idle timer was last armed.
+    activity_at_arm: u64,
     /// Failures in a row since a message last arrived.
     failures: u32,
     reopens: u64,
@@ -228,7 +231,8 @@ where
                 jitter,
                 cursor: None,
                 started: None,
-                last_activity: None,
+                activity: 0,
+                activity_at_arm: 0,
                 failures: 0,
                 reopens: 0,
                 delivered: 0,
@@ -402,17 +406,14 @@ impl<C> Control<C> {
             self.started = Some(Instant::now());
         }
         if let Some(idle) = self.policy.idle_timeout {
-            let now = Instant::now();
-            self.last_activity = Some(now);
-            set_timer(timer, now + idle);
+            self.activity_at_arm = self.activity;
+            set_timer(timer, Instant::now() + idle);
         }
     }
 
-    /// Something arrived: the idle timeout counts from now.
+    /// Something arrived: the stream is not idle.
     fn touch(&mut self) {
-        if self.policy.idle_timeout.is_some() {
-            self.last_activity = Some(Instant::now());
-        }
+        self.activity = self.activity.wrapping_add(1);
     }
 
     fn on_message(&mut self) {
@@ -433,9 +434,10 @@ impl<C> Control<C> {
         }
     }
 
-    /// Ready when the idle timeout has run out; pending otherwise (or with no idle timeout).
+    /// Ready when a whole idle period passed with nothing arriving; pending otherwise (or with
+    /// no idle timeout).
     fn poll_idle(&mut self, mut timer: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> Poll<()> {
-        let (Some(idle), Some(last)) = (self.policy.idle_timeout, self.last_activity) else {
+        let Some(idle) = self.policy.idle_timeout else {
             return Poll::Pending;
         };
         loop {
@@ -443,12 +445,12 @@ impl<C> Control<C> {
                 return Poll::Pending;
             };
             ready!(sleep.as_mut().poll(cx));
-            let deadline = last + idle;
-            if deadline <= sleep.deadline() {
+            if self.activity == self.activity_at_arm {
                 return Poll::Ready(());
             }
-            // A message arrived since the timer was armed: count from it.
-            sleep.reset(deadline);
+            // Something arrived during the last period: watch another one.
+            self.activity_at_arm = self.activity;
+            sleep.reset(Instant::now() + idle);
         }
     }
 
