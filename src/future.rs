@@ -80,12 +80,15 @@ struct Call<S> {
     policy: usize,
     head: RequestHead,
     body: CallBody,
-    started: Instant,
-    /// The call's deadline, from its `grpc-timeout`.
+    /// When the call started, by the wall clock: for the history only. The timers use tokio's
+    /// clock, which is read only when the call has a deadline or an attempt timeout.
+    started: std::time::Instant,
+    /// The call's timeout and deadline, from its `grpc-timeout` or its policy.
+    timeout: Option<Duration>,
     deadline: Option<Instant>,
     /// When the attempt in flight must end: the call's deadline or the per-attempt timeout.
     attempt_deadline: Option<Instant>,
-    attempt_started: Instant,
+    attempt_started: std::time::Instant,
     /// Counted attempts sent (transparent retries are not counted).
     attempts: u32,
     /// All attempts sent.
@@ -176,7 +179,7 @@ where
         let (mut parts, body) = request.into_parts();
         let policy = shared.policies.lookup(parts.uri.path());
         let span = call_span(parts.uri.path());
-        let now = Instant::now();
+        let started = std::time::Instant::now();
         let caller_timeout = parts
             .headers
             .get(&GRPC_TIMEOUT)
@@ -186,7 +189,7 @@ where
             (Some(caller), Some(policy)) => Some(caller.min(policy)),
             (caller, policy) => caller.or(policy),
         };
-        let deadline = timeout.and_then(|timeout| now.checked_add(timeout));
+        let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
         let buffer_limit = shared.policies.policy(policy).buffer_limit();
         let mut body = CallBody::new(body, buffer_limit, &shared.buffer_budget);
         let first_body = body.first_attempt();
@@ -202,10 +205,11 @@ where
                 extensions: SavedExtensions::save(&parts.extensions),
             },
             body,
-            started: now,
+            started,
+            timeout,
             deadline,
             attempt_deadline: None,
-            attempt_started: now,
+            attempt_started: started,
             attempts: 1,
             sent: 1,
             backoff_step: 0,
@@ -217,7 +221,7 @@ where
             shared,
         };
         // The server learns a deadline the policy set, as it learns the caller's own.
-        call.arm_attempt(now, &mut parts.headers, timeout != caller_timeout);
+        call.arm_attempt(&mut parts.headers, timeout != caller_timeout);
         let future = ready.call(Request::from_parts(parts, first_body));
         let timer = call.attempt_deadline.map(sleep_until);
         ResponseFuture {
@@ -280,7 +284,7 @@ where
                     continue;
                 }
                 StateProj::Ready => match ready!(this.call.retry_service().poll_ready(cx)) {
-                    Ok(()) => match this.call.next_request(Instant::now()) {
+                    Ok(()) => match this.call.next_request() {
                         Some(request) => {
                             let future = this.call.retry_service().call(request);
                             if let Some(at) = this.call.attempt_deadline {
@@ -299,7 +303,7 @@ where
                     Err(error) => {
                         // The service cannot take the attempt: count it as one that failed
                         // before it was sent.
-                        this.call.attempt_started = Instant::now();
+                        this.call.attempt_started = std::time::Instant::now();
                         this.call.sent += 1;
                         this.call.attempts += 1;
                         Timeout::None(classify_service_error(error.into()))
@@ -363,13 +367,15 @@ impl<S> Call<S> {
         self.shared.policies.policy(self.policy)
     }
 
-    /// Sets when the attempt starting `now` must end, and tells the server in `grpc-timeout`
-    /// when the caller's own header no longer says it (`rewrite`, or a per-attempt timeout).
-    fn arm_attempt(&mut self, now: Instant, headers: &mut HeaderMap, rewrite: bool) {
-        let attempt_end = self
-            .policy()
-            .attempt_timeout()
-            .and_then(|timeout| now.checked_add(timeout));
+    /// Sets when the attempt starting now must end, and tells the server in `grpc-timeout` when
+    /// the caller's own header no longer says it (`rewrite`, or a per-attempt timeout).
+    fn arm_attempt(&mut self, headers: &mut HeaderMap, rewrite: bool) {
+        let attempt_timeout = self.policy().attempt_timeout();
+        if self.deadline.is_none() && attempt_timeout.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let attempt_end = attempt_timeout.and_then(|timeout| now.checked_add(timeout));
         self.attempt_deadline = match (self.deadline, attempt_end) {
             (Some(call), Some(attempt)) => Some(call.min(attempt)),
             (call, attempt) => call.or(attempt),
@@ -385,7 +391,7 @@ impl<S> Call<S> {
     }
 
     /// The next attempt's request, or `None` when the request can no longer be replayed.
-    fn next_request(&mut self, now: Instant) -> Option<Request<Body>> {
+    fn next_request(&mut self) -> Option<Request<Body>> {
         let body = self.body.next_attempt()?;
         let mut request = Request::new(body);
         *request.method_mut() = self.head.method.clone();
@@ -394,13 +400,13 @@ impl<S> Call<S> {
         *request.extensions_mut() = self.head.extensions.restore();
         let mut headers = self.head.headers.clone();
         headers.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(self.sent));
-        self.arm_attempt(now, &mut headers, true);
+        self.arm_attempt(&mut headers, true);
         *request.headers_mut() = headers;
         self.sent += 1;
         if !self.transparent {
             self.attempts += 1;
         }
-        self.attempt_started = now;
+        self.attempt_started = std::time::Instant::now();
         Counters::bump(&self.shared.counters.attempts);
         Some(request)
     }
@@ -408,14 +414,17 @@ impl<S> Call<S> {
     /// Which time limit, if any, a failure at `now` hit: the call's deadline (stop, with the last
     /// real outcome) or the attempt's own timeout (a failure to decide on).
     fn timed_out(&mut self, now: Instant, failure: Failure) -> Timeout {
-        if let Some(deadline) = self.deadline.filter(|deadline| now >= *deadline) {
-            let message = format!("deadline of {:?} exceeded", deadline - self.started);
+        if self.deadline.is_some_and(|deadline| now >= deadline) {
+            let message = format!(
+                "deadline of {:?} exceeded",
+                self.timeout.unwrap_or_default()
+            );
             let cut = Failure::local(
                 Code::DeadlineExceeded,
                 FailureKind::DeadlineExceeded,
                 message,
             );
-            self.record(&cut, now);
+            self.record(&cut);
             // The attempt that the deadline cut has no outcome of its own; an earlier attempt's
             // says more about why the call failed than "deadline exceeded" does.
             let failure = self.last_failure.take().unwrap_or(cut);
@@ -444,8 +453,7 @@ impl<S> Call<S> {
     }
 
     fn after_failure(&mut self, failure: Failure) -> Next {
-        let now = Instant::now();
-        self.record(&failure, now);
+        self.record(&failure);
         if self.policy().retryable_codes().contains(failure.code()) {
             self.shared.gate.on_retryable_failure();
         }
@@ -454,7 +462,9 @@ impl<S> Call<S> {
             backoff_step: self.backoff_step,
             transparent_used: self.transparent_used,
             replayable: self.body.replayable(),
-            remaining: self.deadline.map(|d| d.saturating_duration_since(now)),
+            remaining: self
+                .deadline
+                .map(|deadline| deadline.saturating_duration_since(Instant::now())),
             random: self.shared.jitter.next_unit(),
         };
         let decision = decide(self.policy(), &failure, progress);
@@ -500,7 +510,8 @@ impl<S> Call<S> {
         }
     }
 
-    fn record(&mut self, failure: &Failure, now: Instant) {
+    fn record(&mut self, failure: &Failure) {
+        let now = std::time::Instant::now();
         self.history.push(AttemptRecord {
             number: self.sent,
             code: failure.code(),
@@ -539,7 +550,7 @@ impl<S> Call<S> {
         );
         let path = self.head.uri.path().trim_start_matches('/').to_owned();
         let attempts = std::mem::take(&mut self.history);
-        let elapsed = Instant::now() - self.started;
+        let elapsed = self.started.elapsed();
         let status = with_history(failure.status, |cause| CallHistory {
             path,
             attempts,
