@@ -999,7 +999,10 @@ async fn the_config_timeout_is_the_deadline_of_calls_without_one() {
         r#"{"methodConfig": [{"name": [{"service": "tonic_retry.test.Echo"}], "timeout": "0.3s"}]}"#,
     )
     .unwrap();
-    let layer = RetryLayer::builder().service_config(&config).build().unwrap();
+    let layer = RetryLayer::builder()
+        .service_config(&config)
+        .build()
+        .unwrap();
     let channel = tower::ServiceBuilder::new()
         .layer(layer)
         .service(lazy_channel(server.addr()));
