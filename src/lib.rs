@@ -22,6 +22,16 @@
 //! When the layer gives up, the caller's [`tonic::Status`] carries the last attempt's code and
 //! message unchanged; [`CallHistory::of`] reads what was tried and why it stopped.
 //!
+//! Beyond the layer:
+//!
+//! - [`ServiceConfig`] reads the standard gRPC service-config JSON (`methodConfig`,
+//!   `retryPolicy`, `timeout`, `retryThrottling`) with strict validation.
+//! - [`RetryThrottle`] (gRFC A6's token bucket) or any tower retry budget bounds the retries.
+//! - [`ResumableStream`] reopens a streaming call that broke in the middle and resumes after the
+//!   last message delivered: nothing lost, nothing twice.
+//! - [`diagnose`] (feature `diagnose`) walks a target's layers: name resolution, TCP, the HTTP/2
+//!   and gRPC handshake, health and reflection.
+//!
 //! [tonic]: https://docs.rs/tonic
 
 #![forbid(unsafe_code)]
