@@ -33,6 +33,16 @@ fn immediate_policy() -> RetryPolicy {
         .unwrap()
 }
 
+/// A layer with the default policy but a millisecond backoff, so retries are quick.
+fn quick_layer() -> RetryLayer {
+    let backoff =
+        ExponentialBackoff::new(Duration::from_millis(1), Duration::from_millis(5), 2.0).unwrap();
+    RetryLayer::builder()
+        .default_policy(RetryPolicy::builder().backoff(backoff).build().unwrap())
+        .build()
+        .unwrap()
+}
+
 /// Makes `calls` calls one after another and returns how many attempts the server saw.
 async fn storm(layer: &RetryLayer, calls: usize) -> usize {
     let server = ScriptedServer::start(
@@ -124,22 +134,7 @@ async fn concurrent_calls_against_random_failures_all_succeed_within_the_policy(
         },
     ))
     .await;
-    let layer = RetryLayer::builder()
-        .default_policy(
-            RetryPolicy::builder()
-                .backoff(
-                    ExponentialBackoff::new(
-                        Duration::from_millis(1),
-                        Duration::from_millis(4),
-                        2.0,
-                    )
-                    .unwrap(),
-                )
-                .build()
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
+    let layer = quick_layer();
     let client = client(lazy_channel(server.addr()), &layer);
 
     let calls = (0..200).map(|_| {
@@ -250,22 +245,7 @@ async fn a_balanced_channel_with_one_refusing_endpoint_succeeds() {
         .into_iter()
         .map(|addr| Endpoint::from(uri_for(addr)));
     let channel = Channel::balance_list(endpoints);
-    let layer = RetryLayer::builder()
-        .default_policy(
-            RetryPolicy::builder()
-                .backoff(
-                    ExponentialBackoff::new(
-                        Duration::from_millis(1),
-                        Duration::from_millis(5),
-                        2.0,
-                    )
-                    .unwrap(),
-                )
-                .build()
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
+    let layer = quick_layer();
     let mut client = client(channel, &layer);
 
     for _ in 0..50 {
