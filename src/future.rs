@@ -549,10 +549,15 @@ impl<S> Call<S> {
             "giving up"
         );
         let path = self.head.uri.path().trim_start_matches('/').to_owned();
+        let target = match self.head.uri.authority() {
+            Some(authority) => Some(authority.to_string()),
+            None => self.shared.target.as_deref().map(str::to_owned),
+        };
         let attempts = std::mem::take(&mut self.history);
         let elapsed = self.started.elapsed();
         let status = with_history(failure.status, |cause| CallHistory {
             path,
+            target,
             attempts,
             stop: reason,
             elapsed,

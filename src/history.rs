@@ -137,6 +137,7 @@ impl AttemptRecord {
 #[derive(Debug)]
 pub struct CallHistory {
     pub(crate) path: String,
+    pub(crate) target: Option<String>,
     pub(crate) attempts: Vec<AttemptRecord>,
     pub(crate) stop: StopReason,
     pub(crate) elapsed: Duration,
@@ -152,6 +153,13 @@ impl CallHistory {
     /// The call's path, `package.Service/Method`.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// Where the call went, when the layer knows: the request's authority, or the target named
+    /// with [`RetryLayerBuilder::target`](crate::RetryLayerBuilder::target). A tonic `Channel`
+    /// adds the address below the layer, so without either the history cannot name it.
+    pub fn target(&self) -> Option<&str> {
+        self.target.as_deref()
     }
 
     /// Every attempt, in order.
@@ -185,10 +193,13 @@ impl fmt::Display for CallHistory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.attempts.len();
         let kind = self.last().map_or("no attempt", |a| a.kind.as_str());
+        f.write_str(&self.path)?;
+        if let Some(target) = &self.target {
+            write!(f, " to {target}")?;
+        }
         write!(
             f,
-            "{} failed ({kind}) after {count} attempt{} in {:.1?}; stopped: {}",
-            self.path,
+            " failed ({kind}) after {count} attempt{} in {:.1?}; stopped: {}",
             if count == 1 { "" } else { "s" },
             self.elapsed,
             self.stop,

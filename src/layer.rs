@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) buffer_budget: Arc<BufferBudget>,
     pub(crate) counters: Counters,
     pub(crate) gate: RetryGate,
+    /// A name for where the calls go, for the history.
+    pub(crate) target: Option<Box<str>>,
 }
 
 impl RetryLayer {
@@ -61,6 +63,7 @@ impl RetryLayer {
             jitter_seed: None,
             channel_buffer_limit: DEFAULT_CHANNEL_BUFFER_LIMIT,
             gate: RetryGate::Unlimited,
+            target: None,
         }
     }
 
@@ -96,6 +99,7 @@ pub struct RetryLayerBuilder {
     jitter_seed: Option<u64>,
     channel_buffer_limit: usize,
     gate: RetryGate,
+    target: Option<Box<str>>,
 }
 
 impl RetryLayerBuilder {
@@ -136,6 +140,14 @@ impl RetryLayerBuilder {
     /// ```
     pub fn service_config(self, config: &crate::ServiceConfig) -> Self {
         config.apply(self)
+    }
+
+    /// Names where the calls go (such as `"orders.internal:443"` or the endpoint's URI), so that
+    /// the history of a failed call can say it: a tonic `Channel` adds the address below the
+    /// layer, out of its sight.
+    pub fn target(mut self, target: impl Into<String>) -> Self {
+        self.target = Some(target.into().into_boxed_str());
+        self
     }
 
     /// Seeds the jitter, so that a test can replay the exact same delays.
@@ -180,6 +192,7 @@ impl RetryLayerBuilder {
                 buffer_budget: Arc::new(BufferBudget::new(self.channel_buffer_limit)),
                 counters: Counters::default(),
                 gate: self.gate,
+                target: self.target,
             }),
         })
     }

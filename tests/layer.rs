@@ -100,6 +100,11 @@ async fn unknown_service_fails_fast_even_when_listed_as_retryable() {
     assert_eq!(history.attempts().len(), 1);
     assert_eq!(history.stop_reason(), StopReason::FailFast);
     assert_eq!(history.path(), "tonic_retry.test.Other/Ping");
+    assert_eq!(
+        history.target(),
+        None,
+        "a Channel adds the address below the layer"
+    );
     assert_eq!(layer.metrics().fail_fast(), 1);
 }
 
@@ -632,4 +637,28 @@ async fn a_bidi_call_refused_before_it_commits_is_replayed() {
 
     assert_eq!(replies.len(), 3);
     assert_eq!(server.attempt_count_for(Method::Chat), 2);
+}
+
+#[tokio::test]
+async fn the_history_names_the_target_it_was_given() {
+    let addr = unused_addr();
+    let layer = RetryLayer::builder()
+        .default_policy(RetryPolicy::no_retries())
+        .target(format!("http://{addr}"))
+        .build()
+        .unwrap();
+    let mut client = client(lazy_channel(addr), &layer);
+
+    let status = client.say(say(b"x")).await.unwrap_err();
+
+    let history = history(&status);
+    assert_eq!(history.target(), Some(format!("http://{addr}").as_str()));
+    let text = history.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "tonic_retry.test.Echo/Say to http://{addr} failed (connection refused)"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("hint: nothing listens"), "{text}");
 }
