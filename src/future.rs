@@ -17,13 +17,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::{
-    Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version,
-};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use pin_project::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
+use tonic::Code;
 use tonic::body::Body;
-use tonic::{Code, GrpcMethod};
 use tower::Service;
 use tracing::Span;
 
@@ -31,6 +29,7 @@ use crate::BoxError;
 use crate::body::CallBody;
 use crate::classify::{Classified, Failure, classify_response, classify_service_error};
 use crate::deadline::{GRPC_TIMEOUT, encode_grpc_timeout, parse_grpc_timeout};
+use crate::head::RequestHead;
 use crate::history::{AttemptRecord, CallHistory, StopReason, with_history};
 use crate::kind::FailureKind;
 use crate::layer::Shared;
@@ -103,48 +102,6 @@ struct Call<S> {
     history: Vec<AttemptRecord>,
 }
 
-/// The request head, kept to build every attempt after the first.
-struct RequestHead {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-    extensions: SavedExtensions,
-}
-
-/// The request's extensions, kept for the retries. A generated client's request carries one,
-/// tonic's `GrpcMethod` (two static strings): keeping that one alone costs no allocation, where
-/// cloning the `Extensions` map costs three.
-enum SavedExtensions {
-    None,
-    GrpcMethod(GrpcMethod<'static>),
-    All(Extensions),
-}
-
-impl SavedExtensions {
-    fn save(extensions: &Extensions) -> SavedExtensions {
-        if extensions.is_empty() {
-            return SavedExtensions::None;
-        }
-        match extensions.get::<GrpcMethod<'static>>() {
-            Some(method) if extensions.len() == 1 => SavedExtensions::GrpcMethod(method.clone()),
-            _ => SavedExtensions::All(extensions.clone()),
-        }
-    }
-
-    fn restore(&self) -> Extensions {
-        match self {
-            SavedExtensions::None => Extensions::new(),
-            SavedExtensions::GrpcMethod(method) => {
-                let mut extensions = Extensions::new();
-                extensions.insert(method.clone());
-                extensions
-            }
-            SavedExtensions::All(extensions) => extensions.clone(),
-        }
-    }
-}
-
 enum Next {
     Retry(Duration),
     GiveUp(BoxError),
@@ -197,13 +154,7 @@ where
             service: None,
             spare,
             policy,
-            head: RequestHead {
-                method: parts.method.clone(),
-                uri: parts.uri.clone(),
-                version: parts.version,
-                headers: parts.headers.clone(),
-                extensions: SavedExtensions::save(&parts.extensions),
-            },
+            head: RequestHead::save(&parts),
             body,
             started,
             timeout,
@@ -392,16 +343,10 @@ impl<S> Call<S> {
 
     /// The next attempt's request, or `None` when the request can no longer be replayed.
     fn next_request(&mut self) -> Option<Request<Body>> {
-        let body = self.body.next_attempt()?;
-        let mut request = Request::new(body);
-        *request.method_mut() = self.head.method.clone();
-        *request.uri_mut() = self.head.uri.clone();
-        *request.version_mut() = self.head.version;
-        *request.extensions_mut() = self.head.extensions.restore();
-        let mut headers = self.head.headers.clone();
+        let mut request = self.head.request(self.body.next_attempt()?);
+        let headers = request.headers_mut();
         headers.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(self.sent));
-        self.arm_attempt(&mut headers, true);
-        *request.headers_mut() = headers;
+        self.arm_attempt(headers, true);
         self.sent += 1;
         if !self.transparent {
             self.attempts += 1;
@@ -548,8 +493,8 @@ impl<S> Call<S> {
             reason = %reason,
             "giving up"
         );
-        let path = self.head.uri.path().trim_start_matches('/').to_owned();
-        let target = match self.head.uri.authority() {
+        let path = self.head.uri().path().trim_start_matches('/').to_owned();
+        let target = match self.head.uri().authority() {
             Some(authority) => Some(authority.to_string()),
             None => self.shared.target.as_deref().map(str::to_owned),
         };
@@ -573,7 +518,7 @@ where
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("path", &self.call.head.uri.path())
+            .field("path", &self.call.head.uri().path())
             .field("attempts", &self.call.sent)
             .finish_non_exhaustive()
     }

@@ -48,6 +48,7 @@ mod deadline;
 pub mod diagnose;
 mod error;
 mod future;
+mod head;
 mod history;
 mod kind;
 mod layer;
