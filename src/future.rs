@@ -394,6 +394,8 @@ impl<S> Call<S> {
         self.shared.gate.on_success();
         if self.sent > 1 {
             tracing::debug!(attempt = self.sent, "call succeeded after retrying");
+        } else {
+            tracing::trace!(attempt = 1, "attempt passed");
         }
     }
 
