@@ -51,17 +51,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("server listening on {}\n", server.addr());
 
     // The layer: gRFC A6 defaults, with a shorter backoff so the demo is quick.
+    let policy = RetryPolicy::builder()
+        .max_attempts(5)
+        .backoff(ExponentialBackoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(400),
+            2.0,
+        )?)
+        .build()?;
     let layer = RetryLayer::builder()
-        .default_policy(
-            RetryPolicy::builder()
-                .max_attempts(5)
-                .backoff(ExponentialBackoff::new(
-                    Duration::from_millis(50),
-                    Duration::from_millis(400),
-                    2.0,
-                )?)
-                .build()?,
-        )
+        .default_policy(policy.clone())
+        // The channel hides the address from the layer: name it for the call histories.
+        .target(server.uri().to_string())
         .build()?;
     let channel = ServiceBuilder::new()
         .layer(layer.clone())
@@ -98,9 +99,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 3. Nothing listens: retried within the deadline, then diagnosed.
     println!("\n3. Echo/Say to a port where nothing listens, 400 ms deadline");
+    let nowhere = unused_addr();
     let nowhere = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(lazy_channel(unused_addr()));
+        .layer(
+            RetryLayer::builder()
+                .default_policy(policy)
+                .target(format!("http://{nowhere}"))
+                .build()?,
+        )
+        .service(lazy_channel(nowhere));
     let mut echo = EchoClient::new(nowhere);
     let mut request = Request::new(request);
     request.set_timeout(Duration::from_millis(400));

@@ -205,7 +205,11 @@ impl fmt::Display for CallHistory {
             self.stop,
         )?;
         for attempt in &self.attempts {
-            write!(f, "\n  #{} at +{:.1?}", attempt.number, attempt.started_at)?;
+            if attempt.started_at.is_zero() {
+                write!(f, "\n  #{} at the start", attempt.number)?;
+            } else {
+                write!(f, "\n  #{} at +{:.1?}", attempt.number, attempt.started_at)?;
+            }
             if !attempt.delay_before.is_zero() {
                 write!(f, " (after {:.1?} backoff)", attempt.delay_before)?;
             }
