@@ -439,6 +439,7 @@ impl<S> Call<S> {
                 );
                 self.transparent = transparent;
                 self.delay_before = delay;
+                self.shared.counters.add_retry_delay(delay);
                 if transparent {
                     self.transparent_used = true;
                     Counters::bump(&self.shared.counters.transparent_retries);

@@ -2,6 +2,7 @@
 //! exists.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Counts of what a layer did, shared by every clone of it. Relaxed atomics: cheap to bump on
 /// every call, and each count is exact, though two read one after the other may be a call apart.
@@ -14,6 +15,7 @@ pub struct Counters {
     pub(crate) throttled: AtomicU64,
     pub(crate) fail_fast: AtomicU64,
     pub(crate) exhausted: AtomicU64,
+    pub(crate) retry_delay_nanos: AtomicU64,
 }
 
 impl Counters {
@@ -50,6 +52,17 @@ impl Counters {
     /// Calls that used up their attempts.
     pub fn exhausted(&self) -> u64 {
         self.exhausted.load(Ordering::Relaxed)
+    }
+
+    /// Time spent waiting between attempts, all calls together: the sum of gRPC's per-call
+    /// `grpc.client.call.retry_delay` histogram.
+    pub fn retry_delay(&self) -> Duration {
+        Duration::from_nanos(self.retry_delay_nanos.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn add_retry_delay(&self, delay: Duration) {
+        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        self.retry_delay_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
     pub(crate) fn bump(counter: &AtomicU64) {

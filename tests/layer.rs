@@ -72,6 +72,12 @@ async fn unavailable_twice_then_ok() {
         (metrics.calls(), metrics.attempts(), metrics.retries()),
         (1, 3, 2)
     );
+    // Two backoffs of 1 ms and 2 ms, with jitter.
+    let delay = metrics.retry_delay();
+    assert!(
+        delay >= Duration::from_micros(2400) && delay <= Duration::from_micros(3600),
+        "{delay:?}"
+    );
 }
 
 #[tokio::test]
