@@ -426,6 +426,18 @@ async fn proxy_reset_unary_in_flight() {
     .unwrap();
 }
 
+/// Reads messages until the stream fails; returns how many arrived and the failure.
+async fn count_until_error<T>(stream: &mut tonic::Streaming<T>) -> (u64, Status) {
+    let mut got = 0;
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => got += 1,
+            Ok(None) => panic!("stream ended normally"),
+            Err(e) => return (got, e),
+        }
+    }
+}
+
 #[tokio::test]
 async fn proxy_cut_after_bytes() {
     timeout(LIMIT, async {
@@ -441,14 +453,7 @@ async fn proxy_cut_after_bytes() {
             padding_len: 500,
         };
         let mut stream = client.count(req).await.unwrap().into_inner();
-        let mut got = 0;
-        let err = loop {
-            match stream.message().await {
-                Ok(Some(_)) => got += 1,
-                Ok(None) => panic!("stream ended normally"),
-                Err(e) => break e,
-            }
-        };
+        let (got, err) = count_until_error(&mut stream).await;
         show(
             &format!("cut_next_after_bytes(RST) after {got} messages"),
             &err,
@@ -543,14 +548,7 @@ async fn proxy_cut_current_fin_refuse_next_and_drop() {
             padding_len: 500,
         };
         let mut stream = client.count(req).await.unwrap().into_inner();
-        let mut got = 0;
-        let err = loop {
-            match stream.message().await {
-                Ok(Some(_)) => got += 1,
-                Ok(None) => panic!("stream ended normally"),
-                Err(e) => break e,
-            }
-        };
+        let (got, err) = count_until_error(&mut stream).await;
         show(
             &format!("cut_current_after_bytes(FIN) after {got} messages"),
             &err,
