@@ -110,6 +110,11 @@ fn classify_io(err: &io::Error, connecting: bool) -> Option<TransportCause> {
         BrokenPipe if is_h2_eof(err) => cause(FailureKind::StreamEnded, connecting),
         BrokenPipe => cause(FailureKind::BrokenPipe, connecting),
         UnexpectedEof | NotConnected => cause(FailureKind::StreamEnded, connecting),
+        // tokio-util's framed codec (under h2) reports a connection that closed inside a frame
+        // as `Other` with this message: the stream ended mid-frame.
+        Other if err.to_string() == "bytes remaining on stream" => {
+            cause(FailureKind::StreamEnded, connecting)
+        }
         _ if looks_like_dns_failure(err) => cause(FailureKind::DnsFailure, true),
         _ => {
             // An `io::Error` may wrap the real cause (hyper-util and tonic wrap theirs).
@@ -189,6 +194,12 @@ mod tests {
             classify_error(&refused),
             cause(FailureKind::RefusedStream, true)
         );
+    }
+
+    #[test]
+    fn a_connection_closed_inside_a_frame_is_a_stream_end() {
+        let err = io::Error::other("bytes remaining on stream");
+        assert_eq!(classify_error(&err), cause(FailureKind::StreamEnded, false));
     }
 
     #[test]
