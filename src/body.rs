@@ -11,6 +11,7 @@
 //! never contended; a superseded attempt that its transport still polls gets an error instead of
 //! racing the current one for the caller's body.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -215,16 +216,23 @@ struct BodyState {
     prefetched: [Option<Result<Frame<Bytes>, Status>>; 2],
     /// The rest of the caller's body; `None` once it ended.
     source: Option<Body>,
-    /// Everything read so far, while buffering. One chunk inline: a unary request is one chunk.
-    first: Option<Bytes>,
-    more: Vec<Bytes>,
+    /// The chunks held: while buffering, every chunk read from the source after the first
+    /// `released`; once the call committed, only those the live attempt has not been given yet.
+    chunks: VecDeque<Bytes>,
+    /// Chunks read from the source (and recorded) that are no longer held.
+    released: usize,
     trailers: Option<HeaderMap>,
+    /// Bytes held in `chunks`, reserved in the layer's budget.
     buffered: usize,
     limit: usize,
     budget: Arc<BufferBudget>,
     mode: Mode,
     /// The attempt allowed to read: earlier attempts' bodies are superseded.
     generation: u32,
+    /// Recorded chunks the live attempt has been given, counted from the body's start.
+    position: usize,
+    /// Whether the live attempt has been given the trailers.
+    trailers_sent: bool,
     size_hint: SizeHint,
 }
 
@@ -234,7 +242,8 @@ enum Mode {
     Buffering,
     /// The request outgrew the buffer (or the source failed): it cannot be replayed.
     Unreplayable,
-    /// The call committed: nothing more to keep.
+    /// The call committed: nothing more is recorded, and each chunk still held is freed once the
+    /// live attempt has been given it.
     Committed,
 }
 
@@ -255,40 +264,48 @@ impl BodyState {
         self.prefetched[0].is_none() && self.source.is_none()
     }
 
-    fn chunk(&self, index: usize) -> Option<&Bytes> {
-        match index {
-            0 => self.first.as_ref(),
-            _ => self.more.get(index - 1),
-        }
+    /// Chunks recorded so far, held or released.
+    fn recorded(&self) -> usize {
+        self.released + self.chunks.len()
     }
 
-    fn chunks(&self) -> usize {
-        usize::from(self.first.is_some()) + self.more.len()
+    /// The recorded chunk the live attempt sends next, if it is held.
+    fn next_recorded(&self) -> Option<&Bytes> {
+        self.chunks.get(self.position.checked_sub(self.released)?)
     }
 
-    fn keep(&mut self, chunk: &Bytes) {
+    fn record(&mut self, chunk: &Bytes) -> bool {
         if self.mode != Mode::Buffering {
-            return;
+            return false;
         }
         let len = chunk.len();
-        if self.buffered + len > self.limit || !self.budget.try_reserve(len) {
-            self.stop_buffering(Mode::Unreplayable);
-            return;
+        let fits = self
+            .buffered
+            .checked_add(len)
+            .is_some_and(|total| total <= self.limit);
+        if !fits || !self.budget.try_reserve(len) {
+            // Only the live attempt reads the source, and only once it has been given every
+            // held chunk: dropping them loses nothing it still needs.
+            self.mode = Mode::Unreplayable;
+            self.release_given();
+            return false;
         }
         self.buffered += len;
-        if self.first.is_none() {
-            self.first = Some(chunk.clone());
-        } else {
-            self.more.push(chunk.clone());
-        }
+        self.chunks.push_back(chunk.clone());
+        true
     }
 
-    fn stop_buffering(&mut self, mode: Mode) {
-        self.mode = mode;
-        self.first = None;
-        self.more = Vec::new();
-        self.budget.release(self.buffered);
-        self.buffered = 0;
+    /// Frees the chunks the live attempt has been given: once the request cannot be replayed
+    /// (or need not be), only those ahead of it are still needed.
+    fn release_given(&mut self) {
+        while self.released < self.position {
+            let Some(chunk) = self.chunks.pop_front() else {
+                break;
+            };
+            self.released += 1;
+            self.buffered -= chunk.len();
+            self.budget.release(chunk.len());
+        }
     }
 }
 
@@ -325,14 +342,16 @@ impl ReplayHandle {
             shared: Arc::new(Mutex::new(BodyState {
                 prefetched,
                 source,
-                first: None,
-                more: Vec::new(),
+                chunks: VecDeque::new(),
+                released: 0,
                 trailers: None,
                 buffered: 0,
                 limit,
                 budget,
                 mode: Mode::Buffering,
                 generation: 0,
+                position: 0,
+                trailers_sent: false,
                 size_hint,
             })),
         }
@@ -350,12 +369,12 @@ impl ReplayHandle {
     }
 
     fn attempt_body(&self, state: &mut BodyState) -> ReplayBody {
-        state.generation += 1;
+        state.generation = state.generation.wrapping_add(1);
+        state.position = 0;
+        state.trailers_sent = false;
         ReplayBody {
             shared: Arc::clone(&self.shared),
             generation: state.generation,
-            position: 0,
-            trailers_sent: false,
         }
     }
 
@@ -364,12 +383,15 @@ impl ReplayHandle {
         lock(&self.shared).mode == Mode::Buffering
     }
 
-    /// The call committed: free the buffer, and keep nothing more.
+    /// The call committed: record nothing more, and free what the live attempt has sent. The
+    /// chunks it has not been given yet (a call can commit in the middle of a replay) stay until
+    /// it has them.
     pub(crate) fn commit(&self) {
         let mut state = lock(&self.shared);
         if state.mode == Mode::Buffering {
-            state.stop_buffering(Mode::Committed);
+            state.mode = Mode::Committed;
         }
+        state.release_given();
     }
 }
 
@@ -378,9 +400,6 @@ impl ReplayHandle {
 pub(crate) struct ReplayBody {
     shared: Arc<Mutex<BodyState>>,
     generation: u32,
-    /// Chunks of the buffer this attempt has sent.
-    position: usize,
-    trailers_sent: bool,
 }
 
 impl HttpBody for ReplayBody {
@@ -398,16 +417,19 @@ impl HttpBody for ReplayBody {
                 "request body superseded by a retry",
             ))));
         }
-        if let Some(chunk) = state.chunk(this.position) {
+        if let Some(chunk) = state.next_recorded() {
             let chunk = chunk.clone();
-            this.position += 1;
+            state.position += 1;
+            if state.mode != Mode::Buffering {
+                state.release_given();
+            }
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if state.source_ended() {
-            if !this.trailers_sent
+            if !state.trailers_sent
                 && let Some(trailers) = state.trailers.clone()
             {
-                this.trailers_sent = true;
+                state.trailers_sent = true;
                 return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
             }
             return Poll::Ready(None);
@@ -423,21 +445,21 @@ impl HttpBody for ReplayBody {
             }
             Some(Ok(frame)) => {
                 if let Some(chunk) = frame.data_ref() {
-                    let before = state.chunks();
-                    state.keep(chunk);
-                    // Count the chunk as sent by this attempt only if it is now in the buffer.
-                    if state.chunks() > before {
-                        this.position += 1;
+                    // A chunk counts as given to this attempt only if it is now recorded: the
+                    // position counts recorded chunks.
+                    if state.record(chunk) {
+                        state.position += 1;
                     }
                 } else if let Some(trailers) = frame.trailers_ref() {
                     state.trailers = Some(trailers.clone());
-                    this.trailers_sent = true;
+                    state.trailers_sent = true;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(status)) => {
                 // What the caller's body failed to produce cannot be replayed.
-                state.stop_buffering(Mode::Unreplayable);
+                state.mode = Mode::Unreplayable;
+                state.release_given();
                 Poll::Ready(Some(Err(status)))
             }
         }
@@ -447,8 +469,8 @@ impl HttpBody for ReplayBody {
         let state = lock(&self.shared);
         state.generation == self.generation
             && state.source_ended()
-            && self.position >= state.chunks()
-            && (self.trailers_sent || state.trailers.is_none())
+            && state.position >= state.recorded()
+            && (state.trailers_sent || state.trailers.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -565,6 +587,138 @@ mod tests {
         );
         assert!(!handle.replayable());
         assert!(handle.next_attempt().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_commit_in_the_middle_of_a_replay_loses_nothing() {
+        let chunks: [&'static [u8]; 6] = [b"0", b"1", b"2", b"3", b"4", b"5"];
+        let budget = budget();
+        let handle = ReplayHandle::new(body_of(&chunks), 1024, Arc::clone(&budget));
+        let mut first = handle.first_attempt();
+        for _ in 0..3 {
+            first.frame().await.unwrap().unwrap();
+        }
+        drop(first);
+        let mut retry = handle.next_attempt().unwrap();
+        let mut sent = Vec::new();
+        sent.extend_from_slice(&retry.frame().await.unwrap().unwrap().into_data().unwrap());
+        // The retry's response headers arrive while it still replays "1" and "2".
+        handle.commit();
+        assert_eq!(
+            budget.used(),
+            2,
+            "what the live attempt sent is freed, the rest kept"
+        );
+        sent.extend_from_slice(&read_all(retry).await);
+        assert_eq!(sent, b"012345");
+        assert_eq!(budget.used(), 0);
+        assert!(handle.next_attempt().is_none());
+    }
+
+    #[tokio::test]
+    async fn trailers_are_replayed_once_after_the_data() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", "abc".parse().unwrap());
+        let frames: Vec<Result<Frame<Bytes>, Status>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Ok(Frame::trailers(trailers.clone())),
+        ];
+        let body = Body::new(StreamBody::new(futures::stream::iter(frames)));
+        let handle = ReplayHandle::new(body, 1024, budget());
+        for _ in 0..2 {
+            let collected = handle.next_attempt().unwrap().collect().await.unwrap();
+            assert_eq!(collected.trailers(), Some(&trailers));
+            assert_eq!(collected.to_bytes(), "ab");
+        }
+    }
+
+    #[tokio::test]
+    async fn outgrowing_the_limit_during_a_retry_sends_everything() {
+        let handle = ReplayHandle::new(body_of(&[b"ab", b"cd", b"efgh"]), 5, budget());
+        let mut first = handle.first_attempt();
+        first.frame().await.unwrap().unwrap();
+        drop(first);
+        let retry = handle.next_attempt().unwrap();
+        assert_eq!(read_all(retry).await, b"abcdefgh");
+        assert!(!handle.replayable());
+        assert!(handle.next_attempt().is_none());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A request body: up to 12 chunks of up to 5 bytes (empty chunks included).
+        fn chunks_strategy() -> impl Strategy<Value = Vec<Vec<u8>>> {
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..6), 0..12)
+        }
+
+        proptest! {
+            /// Attempts fail after reading `failed_reads[i]` frames; the last one commits after
+            /// `commit_after` frames, possibly in the middle of its replay.
+            #[test]
+            fn the_final_attempt_sends_exactly_the_original_bytes(
+                chunks in chunks_strategy(),
+                failed_reads in proptest::collection::vec(0usize..16, 0..4),
+                commit_after in 0usize..16,
+                limit in 0usize..80,
+            ) {
+                let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                runtime.block_on(async {
+                    let original: Vec<u8> = chunks.concat();
+                    let frames: Vec<Result<Frame<Bytes>, Status>> = chunks
+                        .iter()
+                        .map(|chunk| Ok(Frame::data(Bytes::from(chunk.clone()))))
+                        .collect();
+                    let budget = Arc::new(BufferBudget::new(1 << 20));
+                    let handle = ReplayHandle::new(
+                        Body::new(StreamBody::new(futures::stream::iter(frames))),
+                        limit,
+                        Arc::clone(&budget),
+                    );
+                    let mut attempt = handle.first_attempt();
+                    let mut sent = Vec::new();
+                    for reads in failed_reads {
+                        for _ in 0..reads {
+                            match attempt.frame().await {
+                                Some(frame) => sent.extend_from_slice(
+                                    &frame.unwrap().into_data().unwrap(),
+                                ),
+                                None => break,
+                            }
+                        }
+                        prop_assert!(original.starts_with(&sent), "a prefix, in order");
+                        match handle.next_attempt() {
+                            Some(next) => {
+                                attempt = next;
+                                sent.clear();
+                            }
+                            // Not replayable: the live attempt is the last one.
+                            None => break,
+                        }
+                    }
+                    let mut frames_read = 0;
+                    loop {
+                        if frames_read == commit_after {
+                            handle.commit();
+                        }
+                        match attempt.frame().await {
+                            Some(frame) => {
+                                sent.extend_from_slice(&frame.unwrap().into_data().unwrap());
+                                frames_read += 1;
+                            }
+                            None => break,
+                        }
+                    }
+                    handle.commit();
+                    prop_assert_eq!(sent, original);
+                    drop(attempt);
+                    drop(handle);
+                    prop_assert_eq!(budget.used(), 0);
+                    Ok(())
+                })?;
+            }
+        }
     }
 
     #[tokio::test]
