@@ -233,9 +233,9 @@ fn grpc_request(framed: &Bytes) -> Request<Body> {
 }
 
 /// One call, polled to completion without an executor: the in-memory service is always ready.
-fn call_now<S>(service: &mut S, request: Request<Body>)
+fn call_now<S, B>(service: &mut S, request: Request<Body>)
 where
-    S: Service<Request<Body>, Response = Response<Body>>,
+    S: Service<Request<Body>, Response = Response<B>>,
     S::Error: std::fmt::Debug,
 {
     let mut cx = Context::from_waker(Waker::noop());
@@ -252,9 +252,9 @@ where
 }
 
 /// Allocations per call over `n` calls.
-fn allocations_per_call<S>(service: &mut S, framed: &Bytes, n: u64) -> f64
+fn allocations_per_call<S, B>(service: &mut S, framed: &Bytes, n: u64) -> f64
 where
-    S: Service<Request<Body>, Response = Response<Body>>,
+    S: Service<Request<Body>, Response = Response<B>>,
     S::Error: std::fmt::Debug,
 {
     for _ in 0..100 {
@@ -891,9 +891,10 @@ impl Service<Request<Body>> for HoldAll {
 
 /// `calls` concurrent calls with `body_len`-byte bodies through `service`, all held at once;
 /// the peak of live bytes above what was live before, and the calls' bookkeeping allocations.
-fn peak_under_load<S>(service: S, hold: &HoldAll, calls: usize, body_len: usize) -> i64
+fn peak_under_load<S, B>(service: S, hold: &HoldAll, calls: usize, body_len: usize) -> i64
 where
-    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    B: Send + 'static,
     S::Future: Send,
     S::Error: std::fmt::Debug + Send,
 {

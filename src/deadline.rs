@@ -32,7 +32,9 @@ pub(crate) fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
 /// server never sees a shorter deadline than the client keeps.
 pub(crate) fn encode_grpc_timeout(timeout: Duration) -> HeaderValue {
     const MAX: u128 = 99_999_999;
-    let nanos = timeout.as_nanos();
+    // A zero timeout would tell the server the call is already dead; callers never send one,
+    // and a rounding slip must not either.
+    let nanos = timeout.as_nanos().max(1);
     let units: [(u128, char); 6] = [
         (1, 'n'),
         (1_000, 'u'),

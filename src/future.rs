@@ -34,7 +34,8 @@ use crate::history::{AttemptRecord, CallHistory, StopReason, with_history};
 use crate::kind::FailureKind;
 use crate::layer::Shared;
 use crate::metrics::Counters;
-use crate::policy::{Decision, Progress, RetryPolicy, decide};
+use crate::policy::{Decision, Progress, RetryPolicy, debits_throttle, decide};
+use crate::response_body::{ResponseBody, ends_ok};
 
 /// The header that tells the server how many attempts came before this one (gRFC A6).
 const GRPC_PREVIOUS_RPC_ATTEMPTS: HeaderName =
@@ -79,16 +80,17 @@ struct Call<S> {
     policy: usize,
     head: RequestHead,
     body: CallBody,
-    /// When the call started, by the wall clock: for the history only. The timers use tokio's
-    /// clock, which is read only when the call has a deadline or an attempt timeout.
-    started: std::time::Instant,
+    /// When the call started, by tokio's clock, like every other time of the call: under a
+    /// paused clock, histories and backoffs agree.
+    started: Instant,
     /// The call's timeout and deadline, from its `grpc-timeout` or its policy.
     timeout: Option<Duration>,
     deadline: Option<Instant>,
     /// When the attempt in flight must end: the call's deadline or the per-attempt timeout.
     attempt_deadline: Option<Instant>,
-    attempt_started: std::time::Instant,
-    /// Counted attempts sent (transparent retries are not counted).
+    attempt_started: Instant,
+    /// Counted attempts sent (transparent retries are not counted): the first attempt and the
+    /// retries.
     attempts: u32,
     /// All attempts sent.
     sent: u32,
@@ -136,7 +138,7 @@ where
         let (mut parts, body) = request.into_parts();
         let policy = shared.policies.lookup(parts.uri.path());
         let span = call_span(parts.uri.path());
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let caller_timeout = parts
             .headers
             .get(&GRPC_TIMEOUT)
@@ -189,7 +191,7 @@ where
     S: Service<Request<Body>, Response = Response<B>> + Clone,
     S::Error: Into<BoxError>,
 {
-    type Output = Result<Response<B>, BoxError>;
+    type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -199,17 +201,23 @@ where
                 StateProj::Attempt { future } => match future.poll(cx) {
                     Poll::Ready(Ok(response)) => match classify_response(response) {
                         Classified::Pass(response) => {
-                            this.call.passed();
+                            let on_ok = this.call.passed(response.headers());
                             this.state.set(State::Done);
-                            return Poll::Ready(Ok(response));
+                            return Poll::Ready(Ok(
+                                response.map(|body| ResponseBody::new(body, on_ok))
+                            ));
                         }
                         Classified::Failed(failure) => Timeout::None(failure),
                     },
                     Poll::Ready(Err(error)) => {
                         let failure = classify_service_error(error.into());
-                        if failure.kind == FailureKind::TransportTimeout {
-                            // The transport enforces the deadline we sent it; when it wins the
-                            // race against our timer, the timeout is still ours.
+                        if matches!(
+                            failure.kind,
+                            FailureKind::TransportTimeout | FailureKind::AttemptTimeout
+                        ) {
+                            // The transport enforces the deadline we sent it (and a tower
+                            // `Timeout` below the layer its own); when one wins the race against
+                            // our timer, the call's deadline still decides.
                             this.call.timed_out(Instant::now(), failure)
                         } else {
                             Timeout::None(failure)
@@ -231,12 +239,26 @@ where
                     if let Some(timer) = this.timer.as_mut().as_pin_mut() {
                         ready!(timer.poll(cx));
                     }
-                    this.state.set(State::Ready);
+                    enter_ready(this.state.as_mut(), this.timer.as_mut(), this.call);
                     continue;
                 }
-                StateProj::Ready => match ready!(this.call.retry_service().poll_ready(cx)) {
-                    Ok(()) => match this.call.next_request() {
-                        Some(request) => {
+                StateProj::Ready => match this.call.retry_service().poll_ready(cx) {
+                    Poll::Pending => {
+                        // A service that is not ready (a full `Buffer`, a concurrency limit, a
+                        // balancer with no endpoint) must not hold the call past its deadline:
+                        // the timer was armed for it on entering this state.
+                        if this.call.deadline.is_some()
+                            && let Some(timer) = this.timer.as_mut().as_pin_mut()
+                            && timer.poll(cx).is_ready()
+                        {
+                            let error = this.call.give_up_on_last(StopReason::Deadline);
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(error));
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Ok(())) => match this.call.next_request() {
+                        Ok(request) => {
                             let future = this.call.retry_service().call(request);
                             if let Some(at) = this.call.attempt_deadline {
                                 arm(this.timer.as_mut(), at);
@@ -244,17 +266,16 @@ where
                             this.state.set(State::Attempt { future });
                             continue;
                         }
-                        None => {
-                            // The request outgrew the buffer after the decision to retry.
-                            let error = this.call.give_up_on_last(StopReason::BufferLimit);
+                        Err(reason) => {
+                            let error = this.call.give_up_on_last(reason);
                             this.state.set(State::Done);
                             return Poll::Ready(Err(error));
                         }
                     },
-                    Err(error) => {
+                    Poll::Ready(Err(error)) => {
                         // The service cannot take the attempt: count it as one that failed
                         // before it was sent.
-                        this.call.attempt_started = std::time::Instant::now();
+                        this.call.attempt_started = Instant::now();
                         this.call.sent += 1;
                         this.call.attempts += 1;
                         Timeout::None(classify_service_error(error.into()))
@@ -273,11 +294,14 @@ where
                 Timeout::CallDeadline(error) => Next::GiveUp(error),
             };
             match next {
-                Next::Retry(delay) if delay.is_zero() => this.state.set(State::Ready),
-                Next::Retry(delay) => {
-                    arm(this.timer.as_mut(), Instant::now() + delay);
-                    this.state.set(State::Backoff);
-                }
+                Next::Retry(delay) => match Instant::now().checked_add(delay) {
+                    Some(end) if !delay.is_zero() => {
+                        arm(this.timer.as_mut(), end);
+                        this.state.set(State::Backoff);
+                    }
+                    // `decide` caps every delay; an unrepresentable end is no reason to panic.
+                    _ => enter_ready(this.state.as_mut(), this.timer.as_mut(), this.call),
+                },
                 Next::GiveUp(error) => {
                     this.state.set(State::Done);
                     return Poll::Ready(Err(error));
@@ -285,6 +309,18 @@ where
             }
         }
     }
+}
+
+/// Waits for the service to take the next attempt, with the timer on the call's deadline.
+fn enter_ready<F, S>(
+    mut state: Pin<&mut State<F>>,
+    timer: Pin<&mut Option<Sleep>>,
+    call: &mut Call<S>,
+) {
+    if let Some(deadline) = call.deadline {
+        arm(timer, deadline);
+    }
+    state.set(State::Ready);
 }
 
 /// Arms the future's one timer, creating it the first time it is needed.
@@ -341,19 +377,37 @@ impl<S> Call<S> {
         }
     }
 
-    /// The next attempt's request, or `None` when the request can no longer be replayed.
-    fn next_request(&mut self) -> Option<Request<Body>> {
-        let mut request = self.head.request(self.body.next_attempt()?);
+    /// The next attempt's request, or why none can be sent: the request can no longer be
+    /// replayed, or the call's deadline passed while the service was getting ready (an attempt
+    /// never goes out with no time left, which `grpc-timeout` could not even say).
+    fn next_request(&mut self) -> Result<Request<Body>, StopReason> {
+        let now = Instant::now();
+        if self.deadline.is_some_and(|deadline| deadline <= now) {
+            return Err(StopReason::Deadline);
+        }
+        let body = self.body.next_attempt().ok_or(StopReason::BufferLimit)?;
+        let mut request = self.head.request(body);
         let headers = request.headers_mut();
-        headers.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(self.sent));
+        // grpc-go's count: retries before this attempt, this one included if it is one;
+        // transparent retries are not retries.
+        let retries = self.attempts - u32::from(self.transparent);
+        if retries > 0 {
+            headers.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(retries));
+        }
         self.arm_attempt(headers, true);
         self.sent += 1;
-        if !self.transparent {
+        let counters = &self.shared.counters;
+        if self.transparent {
+            Counters::bump(&counters.transparent_retries);
+        } else {
             self.attempts += 1;
+            Counters::bump(&counters.retries);
         }
-        self.attempt_started = std::time::Instant::now();
-        Counters::bump(&self.shared.counters.attempts);
-        Some(request)
+        // Counted now that it has elapsed: a call dropped during its backoff waited less.
+        counters.add_retry_delay(self.delay_before);
+        self.attempt_started = now;
+        Counters::bump(&counters.attempts);
+        Ok(request)
     }
 
     /// Which time limit, if any, a failure at `now` hit: the call's deadline (stop, with the last
@@ -389,19 +443,32 @@ impl<S> Call<S> {
         Failure::local(Code::DeadlineExceeded, FailureKind::AttemptTimeout, message)
     }
 
-    fn passed(&mut self) {
+    /// The call committed. Returns the throttle to credit when the call ends OK: gRFC A6
+    /// credits calls that end OK, which a Trailers-Only head says at once and trailers say later.
+    fn passed(&mut self, headers: &HeaderMap) -> Option<crate::RetryThrottle> {
         self.body.commit();
-        self.shared.gate.on_success();
+        let throttle = self.shared.gate.throttle().cloned();
+        let on_ok = match throttle {
+            Some(throttle) if ends_ok(headers) => {
+                throttle.record_success();
+                None
+            }
+            throttle => throttle,
+        };
         if self.sent > 1 {
             tracing::debug!(attempt = self.sent, "call succeeded after retrying");
         } else {
             tracing::trace!(attempt = 1, "attempt passed");
         }
+        on_ok
     }
 
     fn after_failure(&mut self, failure: Failure) -> Next {
         self.record(&failure);
-        if self.policy().retryable_codes().contains(failure.code()) {
+        // gRFC A6: every retryable failure takes a token, attempt timeouts and failures that
+        // never reached the server included, so that a server that stopped answering engages
+        // the throttle too.
+        if debits_throttle(self.policy(), &failure) {
             self.shared.gate.on_retryable_failure();
         }
         let progress = Progress {
@@ -439,16 +506,13 @@ impl<S> Call<S> {
                 );
                 self.transparent = transparent;
                 self.delay_before = delay;
-                self.shared.counters.add_retry_delay(delay);
                 if transparent {
                     self.transparent_used = true;
-                    Counters::bump(&self.shared.counters.transparent_retries);
                 } else {
-                    Counters::bump(&self.shared.counters.retries);
                     self.backoff_step = if restart_backoff {
                         0
                     } else {
-                        self.backoff_step + 1
+                        self.backoff_step.saturating_add(1)
                     };
                 }
                 self.last_failure = Some(failure);
@@ -459,7 +523,7 @@ impl<S> Call<S> {
     }
 
     fn record(&mut self, failure: &Failure) {
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         self.history.push(AttemptRecord {
             number: self.sent,
             code: failure.code(),
@@ -467,8 +531,8 @@ impl<S> Call<S> {
             kind: failure.kind,
             never_sent: failure.never_sent,
             transparent: self.transparent,
-            started_at: self.attempt_started - self.started,
-            duration: now - self.attempt_started,
+            started_at: self.attempt_started.saturating_duration_since(self.started),
+            duration: now.saturating_duration_since(self.attempt_started),
             delay_before: self.delay_before,
         });
     }

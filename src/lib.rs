@@ -54,6 +54,7 @@ mod kind;
 mod layer;
 mod metrics;
 mod policy;
+mod response_body;
 mod resume;
 mod service;
 mod service_config;
@@ -71,8 +72,9 @@ pub use crate::layer::{DEFAULT_CHANNEL_BUFFER_LIMIT, RetryLayer, RetryLayerBuild
 pub use crate::metrics::Counters;
 pub use crate::policy::{
     DEFAULT_BUFFER_LIMIT, DEFAULT_FAIL_FAST_CODES, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRYABLE_CODES,
-    RetryPolicy, RetryPolicyBuilder,
+    MAX_SERVER_DELAY, RetryPolicy, RetryPolicyBuilder,
 };
+pub use crate::response_body::ResponseBody;
 pub use crate::resume::{
     DEFAULT_MAX_FAILED_REOPENS, OpenedStream, ReopenRecord, ReopenThrottle, ResumableStream,
     ResumeHistory, ResumePolicy, ResumePolicyBuilder,

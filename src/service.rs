@@ -11,6 +11,7 @@ use crate::BoxError;
 use crate::future::ResponseFuture;
 use crate::layer::Shared;
 use crate::metrics::Counters;
+use crate::response_body::ResponseBody;
 
 /// Retries the calls made through it; made by [`RetryLayer`](crate::RetryLayer).
 ///
@@ -52,7 +53,7 @@ where
     S: Service<Request<Body>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = BoxError;
     type Future = ResponseFuture<S>;
 

@@ -148,12 +148,6 @@ impl RetryGate {
         }
     }
 
-    pub(crate) fn on_success(&self) {
-        if let RetryGate::Throttle(throttle) = self {
-            throttle.record_success();
-        }
-    }
-
     /// An attempt failed with a retryable code (or a server pushback).
     pub(crate) fn on_retryable_failure(&self) {
         if let RetryGate::Throttle(throttle) = self {

@@ -36,6 +36,27 @@ pub(crate) enum Decision {
     Stop(StopReason),
 }
 
+/// The longest a server's pushback or `google.rpc.RetryInfo` can make a call without a deadline
+/// wait before its next attempt. A peer's number is not a reason to wait forever
+/// (`grpc-retry-pushback-ms: 18446744073709551615` is valid syntax); a call with a deadline never
+/// waits past it either way.
+pub const MAX_SERVER_DELAY: Duration = Duration::from_secs(60);
+
+/// Whether a failure is one that gRFC A6's throttle counts: every failure the policy would
+/// retry (a retryable code, an attempt timeout, a request that never reached the server), but a
+/// fail-fast code.
+pub(crate) fn debits_throttle(policy: &RetryPolicy, failure: &Failure) -> bool {
+    !policy.fail_fast_codes().contains(failure.code()) && retryable(policy, failure)
+}
+
+/// An attempt that ran out of its own time is retried like UNAVAILABLE (the call's deadline
+/// running out never gets this far); one that never reached the server is always safe to retry.
+fn retryable(policy: &RetryPolicy, failure: &Failure) -> bool {
+    failure.never_sent
+        || failure.kind == FailureKind::AttemptTimeout
+        || policy.retryable_codes().contains(failure.code())
+}
+
 pub(crate) fn decide(policy: &RetryPolicy, failure: &Failure, progress: Progress) -> Decision {
     let out_of_time = |delay: Duration| progress.remaining.is_some_and(|left| left <= delay);
 
@@ -61,12 +82,7 @@ pub(crate) fn decide(policy: &RetryPolicy, failure: &Failure, progress: Progress
     if policy.fail_fast_codes().contains(code) {
         return Decision::Stop(StopReason::FailFast);
     }
-    // An attempt that ran out of its own time is retried like UNAVAILABLE: the call's deadline
-    // running out never gets here.
-    let retryable = failure.never_sent
-        || failure.kind == FailureKind::AttemptTimeout
-        || policy.retryable_codes().contains(code);
-    if !retryable {
+    if !retryable(policy, failure) {
         return Decision::Stop(StopReason::NotRetryable);
     }
     if failure.pushback == Pushback::Stop {
@@ -79,10 +95,10 @@ pub(crate) fn decide(policy: &RetryPolicy, failure: &Failure, progress: Progress
         return Decision::Stop(StopReason::AttemptsExhausted);
     }
     let (delay, restart_backoff) = match failure.pushback {
-        Pushback::Wait(delay) => (delay, true),
+        Pushback::Wait(delay) => (delay.min(MAX_SERVER_DELAY), true),
         _ => match policy
             .backoff()
-            .delay(progress.backoff_step + 1, progress.random)
+            .delay(progress.backoff_step.saturating_add(1), progress.random)
         {
             Some(delay) => (delay, false),
             None => return Decision::Stop(StopReason::BackoffExhausted),
@@ -199,6 +215,50 @@ mod tests {
             decide(&policy(), &pushed, progress(1)),
             Decision::Stop(StopReason::Pushback)
         );
+    }
+
+    #[test]
+    fn a_server_delay_is_capped_without_a_deadline_and_stops_with_one() {
+        let mut pushed = failure(Code::Unavailable, FailureKind::Unavailable, false);
+        pushed.pushback = Pushback::Wait(Duration::MAX);
+        assert_eq!(
+            decide(&policy(), &pushed, progress(1)),
+            Decision::Retry {
+                delay: MAX_SERVER_DELAY,
+                transparent: false,
+                restart_backoff: true
+            }
+        );
+        let mut with_deadline = progress(1);
+        with_deadline.remaining = Some(Duration::from_secs(3600));
+        assert_eq!(
+            decide(&policy(), &pushed, with_deadline),
+            Decision::Retry {
+                delay: MAX_SERVER_DELAY,
+                transparent: false,
+                restart_backoff: true
+            }
+        );
+        with_deadline.remaining = Some(Duration::from_secs(30));
+        assert_eq!(
+            decide(&policy(), &pushed, with_deadline),
+            Decision::Stop(StopReason::Deadline)
+        );
+    }
+
+    #[test]
+    fn the_throttle_is_debited_by_every_retryable_failure() {
+        let policy = policy();
+        let timeout = failure(Code::DeadlineExceeded, FailureKind::AttemptTimeout, false);
+        let refused = failure(Code::Unavailable, FailureKind::ConnectionRefused, true);
+        let unavailable = failure(Code::Unavailable, FailureKind::Unavailable, false);
+        let denied = failure(Code::PermissionDenied, FailureKind::PermissionDenied, true);
+        let internal = failure(Code::Internal, FailureKind::ServerStatus, false);
+        assert!(debits_throttle(&policy, &timeout));
+        assert!(debits_throttle(&policy, &refused));
+        assert!(debits_throttle(&policy, &unavailable));
+        assert!(!debits_throttle(&policy, &denied));
+        assert!(!debits_throttle(&policy, &internal));
     }
 
     #[test]

@@ -13,7 +13,8 @@ use crate::backoff::{Backoff, ExponentialBackoff};
 use crate::code::CodeSet;
 use crate::error::ConfigError;
 
-pub(crate) use self::decide::{Decision, Progress, decide};
+pub use self::decide::MAX_SERVER_DELAY;
+pub(crate) use self::decide::{Decision, Progress, debits_throttle, decide};
 pub(crate) use self::table::{PolicyTable, PolicyTableBuilder, split_path};
 pub(crate) use self::table::{validate_method, validate_service};
 
