@@ -29,7 +29,7 @@ use crate::BoxError;
 use crate::body::CallBody;
 use crate::classify::{Classified, Failure, classify_response, classify_service_error};
 use crate::deadline::{GRPC_TIMEOUT, encode_grpc_timeout, parse_grpc_timeout};
-use crate::head::RequestHead;
+use crate::head::{RequestHead, grpc_path};
 use crate::history::{AttemptRecord, CallHistory, StopReason, with_history};
 use crate::kind::FailureKind;
 use crate::layer::Shared;
@@ -136,8 +136,9 @@ where
         Counters::bump(&shared.counters.attempts);
         shared.gate.on_call();
         let (mut parts, body) = request.into_parts();
-        let policy = shared.policies.lookup(parts.uri.path());
-        let span = call_span(parts.uri.path());
+        let method = grpc_path(parts.uri.path());
+        let policy = shared.policies.lookup(method);
+        let span = call_span(method);
         let started = Instant::now();
         let caller_timeout = parts
             .headers
@@ -560,7 +561,9 @@ impl<S> Call<S> {
             reason = %reason,
             "giving up"
         );
-        let path = self.head.uri().path().trim_start_matches('/').to_owned();
+        let path = grpc_path(self.head.uri().path())
+            .trim_start_matches('/')
+            .to_owned();
         let target = match self.head.uri().authority() {
             Some(authority) => Some(authority.to_string()),
             None => self.shared.target.as_deref().map(str::to_owned),

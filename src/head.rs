@@ -5,6 +5,23 @@ use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
 use tonic::GrpcMethod;
 use tonic::body::Body;
 
+/// The gRPC method of a request path: its last two segments, `/package.Service/Method`.
+///
+/// A client made with `with_origin("http://host/api")` (a service behind a gateway's path
+/// prefix) sends `/api/package.Service/Method`; the policy, the history and the span are about
+/// the gRPC method, not the prefix. Generated clients build the path exactly so (tonic's
+/// `GrpcMethod` extension names the same service and method), and a slice of the path costs no
+/// allocation.
+pub(crate) fn grpc_path(path: &str) -> &str {
+    let Some(last) = path.rfind('/') else {
+        return path;
+    };
+    match path[..last].rfind('/') {
+        Some(start) => &path[start..],
+        None => path,
+    }
+}
+
 /// The request head, kept to build every attempt after the first.
 pub(crate) struct RequestHead {
     method: Method,
@@ -92,6 +109,16 @@ mod tests {
         let retry = head.request(Body::empty());
         let method = retry.extensions().get::<GrpcMethod<'static>>().unwrap();
         assert_eq!((method.service(), method.method()), ("pkg.Svc", "Method"));
+    }
+
+    #[test]
+    fn the_grpc_method_is_the_last_two_segments() {
+        assert_eq!(grpc_path("/pkg.Svc/Method"), "/pkg.Svc/Method");
+        assert_eq!(grpc_path("/api/v1/pkg.Svc/Method"), "/pkg.Svc/Method");
+        assert_eq!(grpc_path("/Method"), "/Method");
+        assert_eq!(grpc_path(""), "");
+        assert_eq!(grpc_path("no-slash"), "no-slash");
+        assert_eq!(grpc_path("//"), "//");
     }
 
     #[test]

@@ -370,3 +370,172 @@ async fn the_previous_attempts_header_counts_retries_and_every_attempt_has_time_
     assert!(history.elapsed() >= waited);
     assert!(history.elapsed() - waited <= Duration::from_millis(4));
 }
+
+// ---- the policy is the gRPC method's, behind a path prefix too ----
+
+#[tokio::test]
+async fn a_client_behind_a_path_prefix_gets_its_methods_policy_and_history() {
+    use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};
+    let server = ScriptedServer::start(
+        Script::new().default_action(Method::Say, Action::fail(Code::Unavailable, "down")),
+    )
+    .await;
+    let two_attempts = RetryPolicy::builder()
+        .max_attempts(2)
+        .backoff(
+            tonic_retry::ExponentialBackoff::new(
+                Duration::from_millis(1),
+                Duration::from_millis(1),
+                1.0,
+            )
+            .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let layer = RetryLayer::builder()
+        .service("tonic_retry.test.Echo", two_attempts)
+        .build()
+        .unwrap();
+    // What a gateway does in front of the server: strips the `/api` prefix.
+    let strip_prefix = tower::util::MapRequestLayer::new(|mut request: http::Request<_>| {
+        let path = request.uri().path().trim_start_matches("/api").to_owned();
+        *request.uri_mut() = http::Uri::builder()
+            .scheme("http")
+            .authority("127.0.0.1")
+            .path_and_query(path)
+            .build()
+            .unwrap();
+        request
+    });
+    let channel = tower::ServiceBuilder::new()
+        .layer(layer)
+        .layer(strip_prefix)
+        .service(lazy_channel(server.addr()));
+    let origin: http::Uri = "http://gateway.invalid/api".parse().unwrap();
+    let mut client = EchoClient::with_origin(channel, origin);
+    let status = client
+        .say(SayRequest {
+            payload: bytes::Bytes::from_static(b"x"),
+            text: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(
+        server.attempt_count_for(Method::Say),
+        2,
+        "the service's policy"
+    );
+    let history = CallHistory::of(&status).unwrap();
+    assert_eq!(history.path(), "tonic_retry.test.Echo/Say");
+}
+
+// ---- retry throttling as gRFC A6 counts it ----
+
+fn one_ms_backoff() -> tonic_retry::ExponentialBackoff {
+    tonic_retry::ExponentialBackoff::new(Duration::from_millis(1), Duration::from_millis(1), 1.0)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_throttle_is_credited_when_a_call_ends_ok_not_when_its_headers_arrive() {
+    use tonic_retry::RetryThrottle;
+    use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};
+    let server = ScriptedServer::start(
+        Script::new()
+            .then(
+                Method::Count,
+                Action::StreamThenFail {
+                    messages: 1,
+                    status: Status::unavailable("gone mid-stream"),
+                },
+            )
+            .then(Method::Count, Action::Ok),
+    )
+    .await;
+    let throttle = RetryThrottle::new(10.0, 1.0).unwrap();
+    for _ in 0..3 {
+        throttle.record_failure();
+    }
+    let layer = RetryLayer::builder()
+        .throttle(throttle.clone())
+        .build()
+        .unwrap();
+    let channel = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(lazy_channel(server.addr()));
+    let mut client = EchoClient::new(channel);
+    let count = |n| CountRequest {
+        start_after: 0,
+        count: n,
+        padding_len: 0,
+    };
+
+    let mut failing = client.count(count(3)).await.unwrap().into_inner();
+    assert_eq!(
+        throttle.tokens(),
+        7.0,
+        "headers say nothing of how the call ends"
+    );
+    while failing
+        .message()
+        .await
+        .transpose()
+        .is_some_and(|m| m.is_ok())
+    {}
+    assert_eq!(
+        throttle.tokens(),
+        7.0,
+        "a call that ends UNAVAILABLE is no success"
+    );
+
+    let mut passing = client.count(count(3)).await.unwrap().into_inner();
+    assert_eq!(throttle.tokens(), 7.0);
+    while passing.message().await.unwrap().is_some() {}
+    assert_eq!(throttle.tokens(), 8.0, "credited once the call ended OK");
+}
+
+#[tokio::test]
+async fn attempt_timeouts_against_a_silent_server_engage_the_throttle() {
+    use tonic_retry::RetryThrottle;
+    use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};
+    let server =
+        ScriptedServer::start(Script::new().default_action(Method::Say, Action::Hang)).await;
+    let throttle = RetryThrottle::new(10.0, 0.1).unwrap();
+    let layer = RetryLayer::builder()
+        .default_policy(
+            RetryPolicy::builder()
+                .attempt_timeout(Duration::from_millis(20))
+                .backoff(one_ms_backoff())
+                .build()
+                .unwrap(),
+        )
+        .throttle(throttle.clone())
+        .build()
+        .unwrap();
+    let channel = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(lazy_channel(server.addr()));
+    let mut client = EchoClient::new(channel);
+    let say = || SayRequest {
+        payload: bytes::Bytes::from_static(b"x"),
+        text: String::new(),
+    };
+    let first = client.say(say()).await.unwrap_err();
+    let history = CallHistory::of(&first).unwrap();
+    assert_eq!(
+        history.stop_reason(),
+        tonic_retry::StopReason::AttemptsExhausted
+    );
+    assert_eq!(
+        throttle.tokens(),
+        5.0,
+        "each of the five timeouts took a token"
+    );
+    // At half the bucket, no more retries: the next call gets one attempt.
+    let second = client.say(say()).await.unwrap_err();
+    let history = CallHistory::of(&second).unwrap();
+    assert_eq!(history.stop_reason(), tonic_retry::StopReason::Throttled);
+    assert_eq!(history.attempts().len(), 1);
+    assert_eq!(layer.metrics().throttled(), 1);
+}
