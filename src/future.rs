@@ -77,7 +77,7 @@ struct Call<S> {
     service: Option<S>,
     spare: Arc<Mutex<S>>,
     shared: Arc<Shared>,
-    policy: usize,
+    policy: CallPolicy,
     head: RequestHead,
     body: CallBody,
     /// When the call started, by tokio's clock, like every other time of the call: under a
@@ -102,6 +102,13 @@ struct Call<S> {
     /// The failure that the next attempt retries; the caller gets it if that attempt never starts.
     last_failure: Option<Failure>,
     history: Vec<AttemptRecord>,
+}
+
+/// The policy a call follows: its method's from the layer's table, or its own, set on the
+/// request (a `RetryPolicy` in its extensions).
+enum CallPolicy {
+    Table(usize),
+    Own(Box<RetryPolicy>),
 }
 
 enum Next {
@@ -137,20 +144,23 @@ where
         shared.gate.on_call();
         let (mut parts, body) = request.into_parts();
         let method = grpc_path(parts.uri.path());
-        let policy = shared.policies.lookup(method);
+        let policy = match parts.extensions.get::<RetryPolicy>() {
+            Some(own) => CallPolicy::Own(Box::new(own.clone())),
+            None => CallPolicy::Table(shared.policies.lookup(method)),
+        };
         let span = call_span(method);
         let started = Instant::now();
         let caller_timeout = parts
             .headers
             .get(&GRPC_TIMEOUT)
             .and_then(|value| parse_grpc_timeout(value.as_bytes()));
-        let policy_timeout = shared.policies.policy(policy).call_timeout();
+        let policy_timeout = policy.resolve(&shared).call_timeout();
         let timeout = match (caller_timeout, policy_timeout) {
             (Some(caller), Some(policy)) => Some(caller.min(policy)),
             (caller, policy) => caller.or(policy),
         };
         let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
-        let buffer_limit = shared.policies.policy(policy).buffer_limit();
+        let buffer_limit = policy.resolve(&shared).buffer_limit();
         let mut body = CallBody::new(body, buffer_limit, &shared.buffer_budget);
         let first_body = body.first_attempt();
         let mut call = Call {
@@ -201,8 +211,8 @@ where
             let timeout = match this.state.as_mut().project() {
                 StateProj::Attempt { future } => match future.poll(cx) {
                     Poll::Ready(Ok(response)) => match classify_response(response) {
-                        Classified::Pass(response) => {
-                            let on_ok = this.call.passed(response.headers());
+                        Classified::Pass(mut response) => {
+                            let on_ok = this.call.passed(&mut response);
                             this.state.set(State::Done);
                             return Poll::Ready(Ok(
                                 response.map(|body| ResponseBody::new(body, on_ok))
@@ -340,6 +350,15 @@ fn call_span(path: &str) -> Span {
     tracing::debug_span!("grpc_retry", rpc.service = service, rpc.method = method)
 }
 
+impl CallPolicy {
+    fn resolve<'a>(&'a self, shared: &'a Shared) -> &'a RetryPolicy {
+        match self {
+            CallPolicy::Table(index) => shared.policies.policy(*index),
+            CallPolicy::Own(policy) => policy,
+        }
+    }
+}
+
 impl<S: Clone> Call<S> {
     /// The service for retries, cloned from the spare when the first retry needs it: a call
     /// that succeeds at once clones nothing.
@@ -352,7 +371,7 @@ impl<S: Clone> Call<S> {
 
 impl<S> Call<S> {
     fn policy(&self) -> &RetryPolicy {
-        self.shared.policies.policy(self.policy)
+        self.policy.resolve(&self.shared)
     }
 
     /// Sets when the attempt starting now must end, and tells the server in `grpc-timeout` when
@@ -446,11 +465,18 @@ impl<S> Call<S> {
 
     /// The call committed. Returns the throttle to credit when the call ends OK: gRFC A6
     /// credits calls that end OK, which a Trailers-Only head says at once and trailers say later.
-    fn passed(&mut self, headers: &HeaderMap) -> Option<crate::RetryThrottle> {
+    ///
+    /// A call that needed more than one attempt carries its history in the response's
+    /// extensions; one that passed at once carries nothing, and costs nothing.
+    fn passed<B>(&mut self, response: &mut Response<B>) -> Option<crate::RetryThrottle> {
         self.body.commit();
+        if self.sent > 1 {
+            let history = self.history(StopReason::Succeeded, None);
+            response.extensions_mut().insert(history);
+        }
         let throttle = self.shared.gate.throttle().cloned();
         let on_ok = match throttle {
-            Some(throttle) if ends_ok(headers) => {
+            Some(throttle) if ends_ok(response.headers()) => {
                 throttle.record_success();
                 None
             }
@@ -505,6 +531,18 @@ impl<S> Call<S> {
                     transparent,
                     "attempt failed; retrying"
                 );
+                if let Some(hook) = &self.shared.on_retry {
+                    let method = grpc_path(self.head.uri().path()).trim_start_matches('/');
+                    (hook.0)(&crate::RetryEvent {
+                        method,
+                        attempt: self.sent,
+                        code: failure.code(),
+                        message: failure.status.message(),
+                        kind: failure.kind,
+                        delay,
+                        transparent,
+                    });
+                }
                 self.transparent = transparent;
                 self.delay_before = delay;
                 if transparent {
@@ -561,6 +599,12 @@ impl<S> Call<S> {
             reason = %reason,
             "giving up"
         );
+        let status = with_history(failure.status, |cause| self.history(reason, cause));
+        Box::new(status)
+    }
+
+    /// The call's history so far, taken out of the call.
+    fn history(&mut self, stop: StopReason, cause: Option<tonic::Status>) -> CallHistory {
         let path = grpc_path(self.head.uri().path())
             .trim_start_matches('/')
             .to_owned();
@@ -568,17 +612,15 @@ impl<S> Call<S> {
             Some(authority) => Some(authority.to_string()),
             None => self.shared.target.as_deref().map(str::to_owned),
         };
-        let attempts = std::mem::take(&mut self.history);
-        let elapsed = self.started.elapsed();
-        let status = with_history(failure.status, |cause| CallHistory {
+        CallHistory {
             path,
             target,
-            attempts,
-            stop: reason,
-            elapsed,
+            attempts: std::mem::take(&mut self.history),
+            sent: self.sent,
+            stop,
+            elapsed: self.started.elapsed(),
             cause,
-        });
-        Box::new(status)
+        }
     }
 }
 

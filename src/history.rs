@@ -31,6 +31,9 @@ pub enum StopReason {
     Pushback,
     /// The backoff schedule ended.
     BackoffExhausted,
+    /// Not a stop: a retry passed. The history of a call that succeeded after failed attempts,
+    /// found in its response's extensions.
+    Succeeded,
 }
 
 impl StopReason {
@@ -45,6 +48,7 @@ impl StopReason {
             StopReason::BufferLimit => "request too large to replay",
             StopReason::Pushback => "server pushback said stop",
             StopReason::BackoffExhausted => "backoff schedule ended",
+            StopReason::Succeeded => "succeeded",
         }
     }
 }
@@ -117,9 +121,10 @@ impl AttemptRecord {
     }
 }
 
-/// The history of a call the layer gave up on, attached to the caller's [`Status`].
+/// The history of a call that needed more than one attempt.
 ///
-/// The caller's `Status` keeps the last attempt's code and message unchanged; this history is its
+/// When the layer gives up, the history is attached to the caller's [`Status`], which keeps the
+/// last attempt's code and message unchanged; the history is its
 /// [`source`](std::error::Error::source). Read it with [`CallHistory::of`]:
 ///
 /// ```
@@ -134,11 +139,27 @@ impl AttemptRecord {
 /// }
 /// # }
 /// ```
-#[derive(Debug)]
+///
+/// When a retry heals the call, the response carries the history in its extensions, so that a
+/// caller can log what it took (a call that passed at first carries none):
+///
+/// ```
+/// # fn handle(response: tonic::Response<()>) {
+/// use tonic_retry::CallHistory;
+///
+/// if let Some(history) = response.extensions().get::<CallHistory>() {
+///     tracing::info!(attempts = history.attempt_count(), "{history}");
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone)]
 pub struct CallHistory {
     pub(crate) path: String,
     pub(crate) target: Option<String>,
+    /// The attempts that failed (every attempt, when the call failed).
     pub(crate) attempts: Vec<AttemptRecord>,
+    /// Attempts sent, transparent retries included.
+    pub(crate) sent: u32,
     pub(crate) stop: StopReason,
     pub(crate) elapsed: Duration,
     pub(crate) cause: Option<Status>,
@@ -162,22 +183,33 @@ impl CallHistory {
         self.target.as_deref()
     }
 
-    /// Every attempt, in order.
+    /// Every attempt that failed, in order: every attempt of a call that failed; all but the
+    /// last of a call that succeeded.
     pub fn attempts(&self) -> &[AttemptRecord] {
         &self.attempts
     }
 
-    /// The last attempt.
+    /// The last attempt that failed.
     pub fn last(&self) -> Option<&AttemptRecord> {
         self.attempts.last()
     }
 
-    /// Why retrying stopped.
+    /// Attempts sent, transparent retries and the one that passed included.
+    pub fn attempt_count(&self) -> u32 {
+        self.sent
+    }
+
+    /// Whether a retry healed the call.
+    pub fn succeeded(&self) -> bool {
+        self.stop == StopReason::Succeeded
+    }
+
+    /// Why retrying stopped ([`StopReason::Succeeded`] when a retry passed).
     pub fn stop_reason(&self) -> StopReason {
         self.stop
     }
 
-    /// Time from the call's start to giving up.
+    /// Time from the call's start to giving up, or to the response that passed.
     pub fn elapsed(&self) -> Duration {
         self.elapsed
     }
@@ -191,19 +223,26 @@ impl CallHistory {
 
 impl fmt::Display for CallHistory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let count = self.attempts.len();
-        let kind = self.last().map_or("no attempt", |a| a.kind.as_str());
+        let count = self.sent;
+        let plural = if count == 1 { "" } else { "s" };
         f.write_str(&self.path)?;
         if let Some(target) = &self.target {
             write!(f, " to {target}")?;
         }
-        write!(
-            f,
-            " failed ({kind}) after {count} attempt{} in {:.1?}; stopped: {}",
-            if count == 1 { "" } else { "s" },
-            self.elapsed,
-            self.stop,
-        )?;
+        if self.succeeded() {
+            write!(
+                f,
+                " succeeded after {count} attempt{plural} in {:.1?}",
+                self.elapsed
+            )?;
+        } else {
+            let kind = self.last().map_or("no attempt", |a| a.kind.as_str());
+            write!(
+                f,
+                " failed ({kind}) after {count} attempt{plural} in {:.1?}; stopped: {}",
+                self.elapsed, self.stop,
+            )?;
+        }
         for attempt in &self.attempts {
             if attempt.started_at.is_zero() {
                 write!(f, "\n  #{} at the start", attempt.number)?;
@@ -220,6 +259,9 @@ impl fmt::Display for CallHistory {
             if !attempt.message.is_empty() {
                 write!(f, ": {}", attempt.message)?;
             }
+        }
+        if self.succeeded() {
+            return Ok(());
         }
         write!(f, "\n  hint: {}", self.hint())
     }

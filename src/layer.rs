@@ -7,6 +7,7 @@ use tower::Layer;
 use crate::backoff::Jitter;
 use crate::body::BufferBudget;
 use crate::error::ConfigError;
+use crate::hook::OnRetry;
 use crate::metrics::Counters;
 use crate::policy::{PolicyTable, PolicyTableBuilder, RetryPolicy};
 use crate::service::Retry;
@@ -46,6 +47,7 @@ pub(crate) struct Shared {
     pub(crate) gate: RetryGate,
     /// A name for where the calls go, for the history.
     pub(crate) target: Option<Box<str>>,
+    pub(crate) on_retry: Option<OnRetry>,
 }
 
 impl RetryLayer {
@@ -64,6 +66,7 @@ impl RetryLayer {
             channel_buffer_limit: DEFAULT_CHANNEL_BUFFER_LIMIT,
             gate: RetryGate::Unlimited,
             target: None,
+            on_retry: None,
         }
     }
 
@@ -100,9 +103,44 @@ pub struct RetryLayerBuilder {
     channel_buffer_limit: usize,
     gate: RetryGate,
     target: Option<Box<str>>,
+    on_retry: Option<OnRetry>,
 }
 
 impl RetryLayerBuilder {
+    /// Calls `hook` before each retry, with the method, the attempt that failed, its failure and
+    /// the delay chosen (as go-grpc-middleware's `WithOnRetryCallback`). The hook runs inside the
+    /// call's future: keep it quick and never block. A layer without a hook pays nothing.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use tonic_retry::RetryLayer;
+    ///
+    /// let retries = Arc::new(AtomicU64::new(0));
+    /// let counted = Arc::clone(&retries);
+    /// let layer = RetryLayer::builder()
+    ///     .on_retry(move |event| {
+    ///         counted.fetch_add(1, Ordering::Relaxed);
+    ///         tracing::warn!(
+    ///             method = event.method,
+    ///             attempt = event.attempt,
+    ///             kind = %event.kind,
+    ///             delay_ms = event.delay.as_millis() as u64,
+    ///             "retrying"
+    ///         );
+    ///     })
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
+    pub fn on_retry(
+        mut self,
+        hook: impl Fn(&crate::RetryEvent<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_retry = Some(OnRetry(Arc::new(hook)));
+        self
+    }
+
     /// The policy for calls that no service or method policy matches.
     pub fn default_policy(mut self, policy: RetryPolicy) -> Self {
         self.policies.set_default(policy);
@@ -193,6 +231,7 @@ impl RetryLayerBuilder {
                 counters: Counters::default(),
                 gate: self.gate,
                 target: self.target,
+                on_retry: self.on_retry,
             }),
         })
     }
