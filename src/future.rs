@@ -54,6 +54,8 @@ where
     timer: Option<Sleep>,
     call: Call<S>,
     span: Span,
+    /// The span of the attempt in flight.
+    attempt_span: Span,
 }
 
 #[pin_project(project = StateProj)]
@@ -192,6 +194,7 @@ where
             state: State::Attempt { future },
             timer,
             call,
+            attempt_span: attempt_span(&span, 1),
             span,
         }
     }
@@ -209,43 +212,45 @@ where
         let _entered = this.span.enter();
         loop {
             let timeout = match this.state.as_mut().project() {
-                StateProj::Attempt { future } => match future.poll(cx) {
-                    Poll::Ready(Ok(response)) => match classify_response(response) {
-                        Classified::Pass(mut response) => {
-                            let on_ok = this.call.passed(&mut response);
-                            this.state.set(State::Done);
-                            return Poll::Ready(Ok(
-                                response.map(|body| ResponseBody::new(body, on_ok))
-                            ));
+                StateProj::Attempt { future } => {
+                    match this.attempt_span.in_scope(|| future.poll(cx)) {
+                        Poll::Ready(Ok(response)) => match classify_response(response) {
+                            Classified::Pass(mut response) => {
+                                let on_ok = this.call.passed(&mut response);
+                                this.state.set(State::Done);
+                                return Poll::Ready(Ok(
+                                    response.map(|body| ResponseBody::new(body, on_ok))
+                                ));
+                            }
+                            Classified::Failed(failure) => Timeout::None(failure),
+                        },
+                        Poll::Ready(Err(error)) => {
+                            let failure = classify_service_error(error.into());
+                            if matches!(
+                                failure.kind,
+                                FailureKind::TransportTimeout | FailureKind::AttemptTimeout
+                            ) {
+                                // The transport enforces the deadline we sent it (and a tower
+                                // `Timeout` below the layer its own); when one wins the race against
+                                // our timer, the call's deadline still decides.
+                                this.call.timed_out(Instant::now(), failure)
+                            } else {
+                                Timeout::None(failure)
+                            }
                         }
-                        Classified::Failed(failure) => Timeout::None(failure),
-                    },
-                    Poll::Ready(Err(error)) => {
-                        let failure = classify_service_error(error.into());
-                        if matches!(
-                            failure.kind,
-                            FailureKind::TransportTimeout | FailureKind::AttemptTimeout
-                        ) {
-                            // The transport enforces the deadline we sent it (and a tower
-                            // `Timeout` below the layer its own); when one wins the race against
-                            // our timer, the call's deadline still decides.
-                            this.call.timed_out(Instant::now(), failure)
-                        } else {
-                            Timeout::None(failure)
+                        Poll::Pending => {
+                            let Some(timer) = this.timer.as_mut().as_pin_mut() else {
+                                return Poll::Pending;
+                            };
+                            if this.call.attempt_deadline.is_none() || timer.poll(cx).is_pending() {
+                                return Poll::Pending;
+                            }
+                            let now = Instant::now();
+                            let failure = this.call.attempt_timeout_failure();
+                            this.call.timed_out(now, failure)
                         }
                     }
-                    Poll::Pending => {
-                        let Some(timer) = this.timer.as_mut().as_pin_mut() else {
-                            return Poll::Pending;
-                        };
-                        if this.call.attempt_deadline.is_none() || timer.poll(cx).is_pending() {
-                            return Poll::Pending;
-                        }
-                        let now = Instant::now();
-                        let failure = this.call.attempt_timeout_failure();
-                        this.call.timed_out(now, failure)
-                    }
-                },
+                }
                 StateProj::Backoff => {
                     if let Some(timer) = this.timer.as_mut().as_pin_mut() {
                         ready!(timer.poll(cx));
@@ -270,7 +275,10 @@ where
                     }
                     Poll::Ready(Ok(())) => match this.call.next_request() {
                         Ok(request) => {
-                            let future = this.call.retry_service().call(request);
+                            *this.attempt_span = attempt_span(this.span, this.call.sent);
+                            let future = this
+                                .attempt_span
+                                .in_scope(|| this.call.retry_service().call(request));
                             if let Some(at) = this.call.attempt_deadline {
                                 arm(this.timer.as_mut(), at);
                             }
@@ -342,12 +350,19 @@ fn arm(mut timer: Pin<&mut Option<Sleep>>, at: Instant) {
     }
 }
 
+/// The call's span. Its fields are computed only when a subscriber enables it.
 fn call_span(path: &str) -> Span {
-    if !tracing::enabled!(tracing::Level::DEBUG) {
-        return Span::none();
-    }
-    let (service, method) = crate::policy::split_path(path).unwrap_or((path, ""));
-    tracing::debug_span!("grpc_retry", rpc.service = service, rpc.method = method)
+    tracing::debug_span!(
+        "grpc_retry",
+        rpc.service = crate::policy::split_path(path).map_or(path, |(service, _)| service),
+        rpc.method = crate::policy::split_path(path).map_or("", |(_, method)| method),
+    )
+}
+
+/// An attempt's span, inside the call's: what the inner service logs while the attempt runs
+/// lands in it.
+fn attempt_span(call: &Span, attempt: u32) -> Span {
+    tracing::debug_span!(parent: call, "attempt", attempt)
 }
 
 impl CallPolicy {

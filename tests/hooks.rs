@@ -139,3 +139,63 @@ async fn a_policy_set_on_the_request_overrides_the_layers() {
     client.say(say()).await.unwrap_err();
     assert_eq!(server.attempt_count_for(Method::Say), 1 + 7 + 5);
 }
+
+/// Records the spans the layer opens: (name, attempt field).
+#[derive(Clone, Default)]
+struct SpanLog(Arc<Mutex<Vec<(String, Option<u64>)>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanLog {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Attempt(Option<u64>);
+        impl tracing::field::Visit for Attempt {
+            fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+                if field.name() == "attempt" {
+                    self.0 = Some(value);
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        let mut attempt = Attempt(None);
+        attrs.record(&mut attempt);
+        if attrs.metadata().target().starts_with("tonic_retry") {
+            self.0
+                .lock()
+                .unwrap()
+                .push((attrs.metadata().name().to_owned(), attempt.0));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_span_per_call_and_one_per_attempt() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let log = SpanLog::default();
+    let subscriber = tracing_subscriber::registry().with(log.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = flaky_twice().await;
+    let layer = RetryLayer::builder()
+        .default_policy(quick_policy())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(
+        ServiceBuilder::new()
+            .layer(layer)
+            .service(lazy_channel(server.addr())),
+    );
+    client.say(say()).await.unwrap();
+    let spans = log.0.lock().unwrap().clone();
+    assert_eq!(
+        spans,
+        [
+            ("grpc_retry".to_owned(), None),
+            ("attempt".to_owned(), Some(1)),
+            ("attempt".to_owned(), Some(2)),
+            ("attempt".to_owned(), Some(3)),
+        ]
+    );
+}
