@@ -140,9 +140,12 @@ async fn a_policy_set_on_the_request_overrides_the_layers() {
     assert_eq!(server.attempt_count_for(Method::Say), 1 + 7 + 5);
 }
 
-/// Records the spans the layer opens: (name, attempt field).
+/// A span's name and its `attempt` field.
+type SpanRecord = (String, Option<u64>);
+
+/// Records the spans the layer opens.
 #[derive(Clone, Default)]
-struct SpanLog(Arc<Mutex<Vec<(String, Option<u64>)>>>);
+struct SpanLog(Arc<Mutex<Vec<SpanRecord>>>);
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanLog {
     fn on_new_span(
