@@ -35,7 +35,7 @@
 //! [tonic]: https://docs.rs/tonic
 
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;
 #[cfg(feature = "backoff")]
