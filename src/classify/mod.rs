@@ -13,8 +13,8 @@ use tonic::{Code, Status};
 
 use crate::kind::FailureKind;
 
-use self::status::{GRPC_STATUS_DETAILS, details_decode};
 pub(crate) use self::status::{GRPC_STATUS, Pushback, pushback, trailers_only_status};
+use self::status::{GRPC_STATUS_DETAILS, details_decode};
 pub(crate) use self::transport::classify_error;
 
 /// One attempt's outcome, as far as retrying is concerned.
@@ -42,6 +42,20 @@ impl Failure {
         self.status.code()
     }
 
+    /// Retrying the same request cannot change this outcome, whatever the policy says about its
+    /// code: the caller's own request body failed, the request's metadata is too large for the
+    /// server, or the server's answer was malformed.
+    // Read by the retry decision (policy/decide.rs), which is wired separately.
+    #[allow(dead_code)]
+    pub(crate) fn retry_cannot_help(&self) -> bool {
+        matches!(
+            self.kind,
+            FailureKind::RequestBodyFailed
+                | FailureKind::MetadataTooLarge
+                | FailureKind::MalformedResponse
+        )
+    }
+
     /// A failure this crate produced itself (timeouts, deadlines), not one a peer sent.
     pub(crate) fn local(code: Code, kind: FailureKind, message: String) -> Failure {
         Failure {
@@ -54,7 +68,9 @@ impl Failure {
 }
 
 /// Classifies the response head of an attempt.
-pub(crate) fn classify_response<B>(mut response: http::Response<B>) -> Classified<http::Response<B>> {
+pub(crate) fn classify_response<B>(
+    mut response: http::Response<B>,
+) -> Classified<http::Response<B>> {
     let headers = response.headers();
     if headers.contains_key(&GRPC_STATUS) {
         if headers.get_all(&GRPC_STATUS).iter().nth(1).is_some() {
@@ -108,8 +124,9 @@ pub(crate) fn classify_response<B>(mut response: http::Response<B>) -> Classifie
 
 /// A Trailers-Only head with more than one `grpc-status`: which one the server meant is
 /// unknowable. INTERNAL, as grpc-go gives a `grpc-status` it cannot read ("malformed
-/// grpc-status"), and never retried: the server's answer is not known, so neither is whether
-/// retrying is welcome (the same rule gRFC A6 clients apply to a repeated pushback).
+/// grpc-status"), and never retried ([`Failure::retry_cannot_help`]): the server's answer is not
+/// known, so neither is whether retrying is welcome (the rule gRFC A6 clients apply to a
+/// repeated pushback).
 fn malformed(headers: &http::HeaderMap) -> Failure {
     let count = headers.get_all(&GRPC_STATUS).iter().count();
     Failure {
@@ -118,7 +135,7 @@ fn malformed(headers: &http::HeaderMap) -> Failure {
         )),
         kind: FailureKind::MalformedResponse,
         never_sent: false,
-        pushback: Pushback::Stop,
+        pushback: Pushback::None,
     }
 }
 
@@ -285,7 +302,7 @@ mod tests {
         let failure = failed(classify_response(head));
         assert_eq!(failure.code(), Code::Internal);
         assert_eq!(failure.kind, FailureKind::MalformedResponse);
-        assert_eq!(failure.pushback, Pushback::Stop);
+        assert!(failure.retry_cannot_help());
         assert!(failure.status.message().contains("2 times"));
         // Repeated OK is no better: which one counts is unknowable.
         let mut head = response(200, &[]);
@@ -302,6 +319,7 @@ mod tests {
         assert_eq!(failure.code(), Code::Unknown);
         assert_eq!(failure.kind, FailureKind::MetadataTooLarge);
         assert!(failure.kind.hint().contains("metadata"));
+        assert!(failure.retry_cannot_help());
     }
 
     #[test]
@@ -355,7 +373,13 @@ mod tests {
         assert_eq!(failure.code(), Code::DeadlineExceeded);
         assert_eq!(failure.kind, FailureKind::AttemptTimeout);
         assert_eq!(failure.status.message(), "request timed out");
-        assert!(failure.status.source().unwrap().is::<tower::timeout::error::Elapsed>());
+        assert!(
+            failure
+                .status
+                .source()
+                .unwrap()
+                .is::<tower::timeout::error::Elapsed>()
+        );
     }
 
     #[test]

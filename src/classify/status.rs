@@ -24,7 +24,8 @@ const DETAILS_BASE64: GeneralPurpose = GeneralPurpose::new(
 // Header names as constants: a `&str` name is parsed and validated again on every lookup.
 pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
-pub(crate) const GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
+pub(crate) const GRPC_STATUS_DETAILS: HeaderName =
+    HeaderName::from_static("grpc-status-details-bin");
 const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 
 /// The status of a Trailers-Only response head, or `None` when it is OK (or carries no status).
@@ -178,11 +179,8 @@ mod tests {
     }
 
     fn pushback_of_retry_info(seconds: i64, nanos: i32) -> Pushback {
-        let status = Status::with_details(
-            Code::Unavailable,
-            "",
-            retry_info_details(seconds, nanos),
-        );
+        let status =
+            Status::with_details(Code::Unavailable, "", retry_info_details(seconds, nanos));
         pushback(&HeaderMap::new(), &status)
     }
 
@@ -193,7 +191,10 @@ mod tests {
             Pushback::Wait(Duration::new(i64::MAX as u64, 999_999_999))
         );
         assert_eq!(pushback_of_retry_info(i64::MIN, 0), Pushback::Stop);
-        assert_eq!(pushback_of_retry_info(i64::MIN, -999_999_999), Pushback::Stop);
+        assert_eq!(
+            pushback_of_retry_info(i64::MIN, -999_999_999),
+            Pushback::Stop
+        );
         // Out of range nanos: not a duration at all, so no word from the server.
         assert_eq!(pushback_of_retry_info(1, 1_000_000_000), Pushback::None);
         assert_eq!(pushback_of_retry_info(i64::MAX, i32::MAX), Pushback::None);
@@ -220,11 +221,7 @@ mod tests {
     #[test]
     fn tonic_types_conversion_panics_on_the_least_delay() {
         // The reason this module decodes RetryInfo itself (prost-types negates i64::MIN).
-        let status = Status::with_details(
-            Code::Unavailable,
-            "",
-            retry_info_details(i64::MIN, -1),
-        );
+        let status = Status::with_details(Code::Unavailable, "", retry_info_details(i64::MIN, -1));
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             status.get_details_retry_info()
         }));

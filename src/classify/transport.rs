@@ -195,7 +195,9 @@ fn classify_hyper(err: &hyper::Error) -> Option<TransportCause> {
         Some(TransportCause::unavailable(FailureKind::ClosedBeforeSent))
     } else if err.is_body_write_aborted() {
         // The request body's sender gave up: a failure on the client.
-        Some(TransportCause::as_tonic_says(FailureKind::RequestBodyFailed))
+        Some(TransportCause::as_tonic_says(
+            FailureKind::RequestBodyFailed,
+        ))
     } else if err.is_incomplete_message() {
         Some(TransportCause::unavailable(FailureKind::StreamEnded))
     } else {
@@ -370,7 +372,9 @@ mod tests {
         assert_eq!(named.kind, FailureKind::DnsFailure);
         // An OS error never reads as a resolver's, whatever its text.
         assert_ne!(
-            kind_of(&tonic::ConnectError(Box::new(io::Error::from_raw_os_error(1)))),
+            kind_of(&tonic::ConnectError(Box::new(
+                io::Error::from_raw_os_error(1)
+            ))),
             FailureKind::DnsFailure
         );
     }
