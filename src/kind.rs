@@ -152,6 +152,20 @@ impl FailureKind {
         self.row().2
     }
 
+    /// Whether retrying (or reopening) the same request cannot change an outcome of this kind,
+    /// whatever the policy says about its code: the caller's own request body failed, the
+    /// request's metadata is too large for the server, or the server's answer was malformed.
+    // Read by the retry decision and the resumable stream's, which are wired separately.
+    #[allow(dead_code)]
+    pub(crate) const fn retry_cannot_help(self) -> bool {
+        matches!(
+            self,
+            FailureKind::RequestBodyFailed
+                | FailureKind::MetadataTooLarge
+                | FailureKind::MalformedResponse
+        )
+    }
+
     const fn row(self) -> (&'static str, &'static str, bool) {
         use FailureKind::*;
         match self {
@@ -442,6 +456,14 @@ mod tests {
             ResourceExhausted => 32,
             ServerStatus => 33,
             Transport => 34,
+        }
+    }
+
+    #[test]
+    fn no_kind_that_retrying_cannot_help_is_never_sent() {
+        // A never-sent failure is retried whatever its code: these must not be.
+        for kind in FailureKind::ALL {
+            assert!(!(kind.retry_cannot_help() && kind.never_sent()), "{kind:?}");
         }
     }
 

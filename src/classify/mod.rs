@@ -43,17 +43,11 @@ impl Failure {
     }
 
     /// Retrying the same request cannot change this outcome, whatever the policy says about its
-    /// code: the caller's own request body failed, the request's metadata is too large for the
-    /// server, or the server's answer was malformed.
+    /// code (see [`FailureKind::retry_cannot_help`]).
     // Read by the retry decision (policy/decide.rs), which is wired separately.
     #[allow(dead_code)]
     pub(crate) fn retry_cannot_help(&self) -> bool {
-        matches!(
-            self.kind,
-            FailureKind::RequestBodyFailed
-                | FailureKind::MetadataTooLarge
-                | FailureKind::MalformedResponse
-        )
+        self.kind.retry_cannot_help()
     }
 
     /// A failure this crate produced itself (timeouts, deadlines), not one a peer sent.
