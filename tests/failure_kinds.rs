@@ -16,8 +16,8 @@ use tonic_retry_testkit::pb::echo_client::EchoClient;
 use tonic_retry_testkit::pb::other_client::OtherClient;
 use tonic_retry_testkit::pb::{Chunk, CountRequest, SayRequest};
 use tonic_retry_testkit::{
-    Action, ConnectAction, CutMode, FaultProxy, GoAwayServer, HeadServer, RefusingServer, Script,
-    ScriptedConnector, ScriptedServer, endpoint, lazy_channel, unused_addr,
+    Action, ConnectAction, CutMode, FaultProxy, GarbledServer, GoAwayServer, HeadServer,
+    RefusingServer, Script, ScriptedConnector, ScriptedServer, endpoint, lazy_channel, unused_addr,
 };
 use tower::ServiceBuilder;
 
@@ -346,6 +346,25 @@ async fn goaway_reasons_are_told_apart() {
         &[FailureKind::GoAwayError],
     );
     assert!(kind.hint().contains("server's logs"));
+}
+
+#[tokio::test]
+async fn a_protocol_error_the_client_detects_is_told_from_the_servers() {
+    let server = GarbledServer::start().await;
+    let status = echo(lazy_channel(server.addr()))
+        .say(say())
+        .await
+        .unwrap_err();
+    // The client's h2 closed the connection (a GOAWAY it sent, PROTOCOL_ERROR, not one it received):
+    // tonic's code for the reason stands.
+    assert_eq!(status.code(), Code::Internal);
+    let kind = assert_kind(
+        "garbled response headers",
+        &status,
+        &[FailureKind::LocalProtocolError],
+    );
+    assert!(kind.hint().contains("client's HTTP/2 stack"));
+    assert_chain_holds::<h2::Error>(&status);
 }
 
 #[tokio::test]

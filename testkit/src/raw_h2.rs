@@ -162,25 +162,44 @@ impl Drop for GoAwayServer {
     }
 }
 
-/// Reads the client preface and frames; answers SETTINGS, and the first HEADERS with GOAWAY.
-async fn go_away_on_first_headers(mut socket: tokio::net::TcpStream, reason: u32) {
+/// What a raw-frame server answers to the first request HEADERS of a connection.
+#[derive(Clone, Copy, Debug)]
+enum FirstReply {
+    /// `GOAWAY(last stream id 0, reason)`.
+    GoAway(u32),
+    /// A response HEADERS frame whose header block is not valid HPACK.
+    GarbledHeaders,
+}
+
+/// Reads the client preface and frames; answers SETTINGS, and the first HEADERS with `GOAWAY`.
+async fn go_away_on_first_headers(socket: tokio::net::TcpStream, reason: u32) {
+    answer_first_headers(socket, FirstReply::GoAway(reason)).await;
+}
+
+/// Reads the client preface and frames; answers SETTINGS, and the first HEADERS with `reply`.
+async fn answer_first_headers(mut socket: tokio::net::TcpStream, reply: FirstReply) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const SETTINGS: u8 = 0x4;
     const HEADERS: u8 = 0x1;
     const GOAWAY: u8 = 0x7;
-    let frame = |kind: u8, flags: u8, payload: &[u8]| {
+    const END_STREAM_AND_HEADERS: u8 = 0x5;
+    let frame = |kind: u8, flags: u8, stream: [u8; 4], payload: &[u8]| {
         let len = u32::try_from(payload.len()).unwrap_or(0).to_be_bytes();
-        let mut out = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 0];
+        let mut out = vec![len[1], len[2], len[3], kind, flags];
+        out.extend_from_slice(&stream);
         out.extend_from_slice(payload);
         out
     };
     let mut preface = [0u8; 24];
     if socket.read_exact(&mut preface).await.is_err()
-        || socket.write_all(&frame(SETTINGS, 0, &[])).await.is_err()
+        || socket
+            .write_all(&frame(SETTINGS, 0, [0; 4], &[]))
+            .await
+            .is_err()
     {
         return;
     }
-    let mut sent_goaway = false;
+    let mut answered = false;
     loop {
         let mut head = [0u8; 9];
         if socket.read_exact(&mut head).await.is_err() {
@@ -191,19 +210,68 @@ async fn go_away_on_first_headers(mut socket: tokio::net::TcpStream, reason: u32
         if socket.read_exact(&mut payload).await.is_err() {
             return;
         }
-        let reply = match head[3] {
-            SETTINGS if head[4] & 0x1 == 0 => frame(SETTINGS, 0x1, &[]),
-            HEADERS if !sent_goaway => {
-                sent_goaway = true;
-                let mut body = 0u32.to_be_bytes().to_vec();
-                body.extend_from_slice(&reason.to_be_bytes());
-                frame(GOAWAY, 0, &body)
+        let out = match head[3] {
+            SETTINGS if head[4] & 0x1 == 0 => frame(SETTINGS, 0x1, [0; 4], &[]),
+            HEADERS if !answered => {
+                answered = true;
+                match reply {
+                    FirstReply::GoAway(reason) => {
+                        let mut body = 0u32.to_be_bytes().to_vec();
+                        body.extend_from_slice(&reason.to_be_bytes());
+                        frame(GOAWAY, 0, [0; 4], &body)
+                    }
+                    // An indexed header field whose index is far past both tables.
+                    FirstReply::GarbledHeaders => frame(
+                        HEADERS,
+                        END_STREAM_AND_HEADERS,
+                        [head[5], head[6], head[7], head[8]],
+                        &[0xff, 0xff, 0xff, 0x7f],
+                    ),
+                }
             }
             _ => continue,
         };
-        if socket.write_all(&reply).await.is_err() {
+        if socket.write_all(&out).await.is_err() {
             return;
         }
+    }
+}
+
+/// An HTTP/2 server on 127.0.0.1 that answers the first request of each connection with a
+/// response HEADERS frame that is not valid HPACK: the client's HTTP/2 stack detects the
+/// protocol error itself and closes the connection (a local GOAWAY).
+#[derive(Debug)]
+pub struct GarbledServer {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl GarbledServer {
+    /// Starts the server.
+    pub async fn start() -> GarbledServer {
+        let listener = TcpListener::bind(LOOPBACK_ANY)
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("local_addr of a bound listener");
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(answer_first_headers(socket, FirstReply::GarbledHeaders));
+            }
+        });
+        GarbledServer { addr, task }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for GarbledServer {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
