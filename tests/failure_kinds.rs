@@ -355,8 +355,8 @@ async fn a_protocol_error_the_client_detects_is_told_from_the_servers() {
         .say(say())
         .await
         .unwrap_err();
-    // The client's h2 closed the connection (a GOAWAY it sent, PROTOCOL_ERROR, not one it received):
-    // tonic's code for the reason stands.
+    // The client's h2 closed the connection (a GOAWAY PROTOCOL_ERROR it sent, not one it
+    // received): tonic's code for the reason stands.
     assert_eq!(status.code(), Code::Internal);
     let kind = assert_kind(
         "garbled response headers",

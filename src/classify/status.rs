@@ -342,7 +342,10 @@ mod tests {
         #[test]
         fn no_retry_info_panics(seconds in any::<i64>(), nanos in any::<i32>()) {
             let expected = retry_delay(seconds, nanos);
-            prop_assert_eq!(pushback_of_retry_info(seconds, nanos), expected.unwrap_or(Pushback::None));
+            prop_assert_eq!(
+                pushback_of_retry_info(seconds, nanos),
+                expected.unwrap_or(Pushback::None)
+            );
             if let Some(Pushback::Wait(delay)) = expected {
                 prop_assert!(seconds >= 0);
                 prop_assert_eq!(delay.as_secs(), seconds.unsigned_abs() - u64::from(nanos < 0));
