@@ -30,12 +30,36 @@ pub enum FailureKind {
     /// The connection or stream ended before the call completed ("End of TCP stream"), or a
     /// stream ended without `grpc-status` trailers.
     StreamEnded,
+    /// The connection was reset or closed before the request went out: right after it was
+    /// accepted, or while the call waited for it.
+    ClosedBeforeSent,
+    /// The connection could not be established, for a cause the transport did not name.
+    ConnectFailed,
     /// The server refused the HTTP/2 stream before its application saw it (`REFUSED_STREAM`).
     RefusedStream,
-    /// The server is shutting down and sent GOAWAY.
+    /// The server is draining the connection (`GOAWAY` with `NO_ERROR`) and never processed
+    /// the call.
     GoAway,
-    /// The peer reset this call's HTTP/2 stream (`RST_STREAM`) without a gRPC status.
+    /// The server closed the connection with `GOAWAY` `ENHANCE_YOUR_CALM`: too many pings, or
+    /// too much of something else, too fast.
+    GoAwayEnhanceYourCalm,
+    /// The server closed the connection with `GOAWAY` `PROTOCOL_ERROR`.
+    GoAwayProtocolError,
+    /// The server closed the connection with `GOAWAY` and another error code.
+    GoAwayError,
+    /// The server rejected the request's headers as too large (HTTP 431, or `GOAWAY` saying the
+    /// header list is far too large): too much request metadata.
+    MetadataTooLarge,
+    /// The peer reset this call's HTTP/2 stream (`RST_STREAM` received) without a gRPC status.
     StreamReset,
+    /// The client's own HTTP/2 stack found the server's frames invalid and reset the stream or
+    /// closed the connection.
+    LocalProtocolError,
+    /// The request body failed on the client: the caller's request stream (or its encoding)
+    /// returned an error, and the client reset the stream.
+    RequestBodyFailed,
+    /// The response head breaks the gRPC protocol (such as `grpc-status` sent twice).
+    MalformedResponse,
     /// HTTP/2 keepalive pings went unanswered: the connection is likely half-open.
     KeepaliveTimeout,
     /// The transport's own request timeout expired (`Endpoint::timeout` or `grpc-timeout`).
@@ -68,6 +92,49 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Every kind, in declaration order (for tests that walk the table).
+    #[cfg(test)]
+    pub(crate) const ALL: [FailureKind; 35] = {
+        use FailureKind::*;
+        [
+            ConnectionRefused,
+            NetworkUnreachable,
+            HostUnreachable,
+            DnsFailure,
+            ConnectTimeout,
+            NoAddressReachable,
+            ConnectionReset,
+            BrokenPipe,
+            StreamEnded,
+            ClosedBeforeSent,
+            ConnectFailed,
+            RefusedStream,
+            GoAway,
+            GoAwayEnhanceYourCalm,
+            GoAwayProtocolError,
+            GoAwayError,
+            MetadataTooLarge,
+            StreamReset,
+            LocalProtocolError,
+            RequestBodyFailed,
+            MalformedResponse,
+            KeepaliveTimeout,
+            TransportTimeout,
+            AttemptTimeout,
+            IdleTimeout,
+            DeadlineExceeded,
+            UnknownService,
+            UnknownMethod,
+            Unimplemented,
+            PermissionDenied,
+            Unauthenticated,
+            Unavailable,
+            ResourceExhausted,
+            ServerStatus,
+            Transport,
+        ]
+    };
+
     /// A short name for logs and messages, such as `connection refused`.
     pub fn as_str(self) -> &'static str {
         self.row().0
@@ -81,11 +148,25 @@ impl FailureKind {
     /// Whether a failure of this kind means the request never reached the server application,
     /// whatever else is known. Refused and unreachable connections, DNS failures and streams the
     /// server refused before its application saw them are such failures: safe to retry.
-    pub fn never_sent(self) -> bool {
+    pub const fn never_sent(self) -> bool {
         self.row().2
     }
 
-    fn row(self) -> (&'static str, &'static str, bool) {
+    /// Whether retrying (or reopening) the same request cannot change an outcome of this kind,
+    /// whatever the policy says about its code: the caller's own request body failed, the
+    /// request's metadata is too large for the server, or the server's answer was malformed.
+    // Read by the retry decision and the resumable stream's, which are wired separately.
+    #[allow(dead_code)]
+    pub(crate) const fn retry_cannot_help(self) -> bool {
+        matches!(
+            self,
+            FailureKind::RequestBodyFailed
+                | FailureKind::MetadataTooLarge
+                | FailureKind::MalformedResponse
+        )
+    }
+
+    const fn row(self) -> (&'static str, &'static str, bool) {
         use FailureKind::*;
         match self {
             ConnectionRefused => (
@@ -146,6 +227,21 @@ impl FailureKind {
                  the channel's lifetime",
                 false,
             ),
+            ClosedBeforeSent => (
+                "connection closed before sending",
+                "the connection was reset or closed before the request went out (right after it \
+                 was accepted, or while the call waited for it): the server, or a proxy or load \
+                 balancer in front of it, accepts connections and drops them (overloaded, \
+                 restarting, a connection limit, or it expects TLS); nothing was sent, so a retry \
+                 is safe",
+                true,
+            ),
+            ConnectFailed => (
+                "connect failed",
+                "the connection could not be established, for a cause the transport did not \
+                 name: see the source chain; nothing was sent, so a retry is safe",
+                true,
+            ),
             RefusedStream => (
                 "stream refused",
                 "the server refused the stream before processing it (too many concurrent \
@@ -153,15 +249,68 @@ impl FailureKind {
                 true,
             ),
             GoAway => (
-                "GOAWAY",
-                "the server is shutting down or draining connections; a new connection should \
-                 reach a healthy instance",
+                "GOAWAY (draining)",
+                "the server is draining this connection (GOAWAY NO_ERROR: a restart, a deploy or \
+                 a maximum connection age) and never processed the call; a new connection \
+                 should reach a healthy instance, so retrying elsewhere is safe",
                 true,
             ),
+            GoAwayEnhanceYourCalm => (
+                "GOAWAY ENHANCE_YOUR_CALM",
+                "the server closed the connection because the client did too much on it, too \
+                 fast: most often keepalive pings more frequent than the server allows (compare \
+                 the endpoint's http2_keep_alive_interval with the server's minimum ping \
+                 interval; grpc-go servers call it too_many_pings), or streams reset too fast",
+                false,
+            ),
+            GoAwayProtocolError => (
+                "GOAWAY PROTOCOL_ERROR",
+                "the server closed the connection because what the client sent broke HTTP/2 in \
+                 its eyes: most often request metadata larger than the server accepts (its \
+                 maximum header list size, 16 KiB by default in tonic and hyper servers: check \
+                 the size of the request's metadata), or a proxy that mangles HTTP/2",
+                false,
+            ),
+            GoAwayError => (
+                "GOAWAY with an error",
+                "the server closed the connection with an error code (such as INTERNAL_ERROR): \
+                 look in the server's logs for the cause",
+                false,
+            ),
+            MetadataTooLarge => (
+                "request metadata too large",
+                "the server rejected the request's headers as too large: the request's metadata \
+                 exceeds the server's maximum header list size (16 KiB by default in tonic and \
+                 hyper servers); send less metadata or raise the server's limit \
+                 (http2_max_header_list_size); retrying the same request cannot help",
+                false,
+            ),
             StreamReset => (
-                "stream reset",
-                "the peer reset the call's stream without a gRPC status: often a proxy's timeout \
-                 or a server that aborted the handler",
+                "stream reset by the peer",
+                "the server or a proxy reset the call's stream (RST_STREAM) without a gRPC \
+                 status: often a proxy's timeout or a server that aborted the handler",
+                false,
+            ),
+            LocalProtocolError => (
+                "protocol error detected by the client",
+                "the client's HTTP/2 stack found the server's frames invalid and reset the \
+                 stream or closed the connection: the server, or a proxy on the way, breaks \
+                 HTTP/2; capture the traffic or check the proxy",
+                false,
+            ),
+            RequestBodyFailed => (
+                "request body failed",
+                "the request body failed on the client, not on the server: the caller's request \
+                 stream returned an error, or a message could not be encoded (larger than \
+                 max_encoding_message_size, for instance), so the client reset the stream; see \
+                 the source chain and the code that produces the request stream",
+                false,
+            ),
+            MalformedResponse => (
+                "malformed response",
+                "the server's response head breaks the gRPC protocol (grpc-status sent more than \
+                 once, for instance): a bug in the server or in a proxy on the way; it is not \
+                 retried",
                 false,
             ),
             KeepaliveTimeout => (
@@ -260,5 +409,72 @@ impl FailureKind {
 impl fmt::Display for FailureKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails to compile when a kind is added without being added to `ALL` (the match is
+    /// exhaustive inside this crate).
+    fn index_in_all(kind: FailureKind) -> usize {
+        use FailureKind::*;
+        match kind {
+            ConnectionRefused => 0,
+            NetworkUnreachable => 1,
+            HostUnreachable => 2,
+            DnsFailure => 3,
+            ConnectTimeout => 4,
+            NoAddressReachable => 5,
+            ConnectionReset => 6,
+            BrokenPipe => 7,
+            StreamEnded => 8,
+            ClosedBeforeSent => 9,
+            ConnectFailed => 10,
+            RefusedStream => 11,
+            GoAway => 12,
+            GoAwayEnhanceYourCalm => 13,
+            GoAwayProtocolError => 14,
+            GoAwayError => 15,
+            MetadataTooLarge => 16,
+            StreamReset => 17,
+            LocalProtocolError => 18,
+            RequestBodyFailed => 19,
+            MalformedResponse => 20,
+            KeepaliveTimeout => 21,
+            TransportTimeout => 22,
+            AttemptTimeout => 23,
+            IdleTimeout => 24,
+            DeadlineExceeded => 25,
+            UnknownService => 26,
+            UnknownMethod => 27,
+            Unimplemented => 28,
+            PermissionDenied => 29,
+            Unauthenticated => 30,
+            Unavailable => 31,
+            ResourceExhausted => 32,
+            ServerStatus => 33,
+            Transport => 34,
+        }
+    }
+
+    #[test]
+    fn no_kind_that_retrying_cannot_help_is_never_sent() {
+        // A never-sent failure is retried whatever its code: these must not be.
+        for kind in FailureKind::ALL {
+            assert!(!(kind.retry_cannot_help() && kind.never_sent()), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn all_lists_every_kind_once_with_a_distinct_name() {
+        for (index, kind) in FailureKind::ALL.iter().enumerate() {
+            assert_eq!(index_in_all(*kind), index, "{kind:?}");
+        }
+        let mut names: Vec<_> = FailureKind::ALL.iter().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FailureKind::ALL.len());
     }
 }

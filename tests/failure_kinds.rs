@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
-use tonic_retry::{CallHistory, FailureKind, Retry, RetryLayer, RetryPolicy};
+use tonic_retry::{
+    CallHistory, ExponentialBackoff, FailureKind, Retry, RetryLayer, RetryPolicy, StopReason,
+};
 use tonic_retry_testkit::pb::echo_client::EchoClient;
 use tonic_retry_testkit::pb::other_client::OtherClient;
-use tonic_retry_testkit::pb::{CountRequest, SayRequest};
+use tonic_retry_testkit::pb::{Chunk, CountRequest, SayRequest};
 use tonic_retry_testkit::{
-    Action, ConnectAction, FaultProxy, GoAwayServer, RefusingServer, Script, ScriptedConnector,
-    ScriptedServer, endpoint, lazy_channel, unused_addr,
+    Action, ConnectAction, CutMode, FaultProxy, GarbledServer, GoAwayServer, HeadServer,
+    RefusingServer, Script, ScriptedConnector, ScriptedServer, endpoint, lazy_channel, unused_addr,
 };
 use tower::ServiceBuilder;
 
@@ -29,6 +31,30 @@ fn layer() -> RetryLayer {
 
 fn echo(channel: Channel) -> EchoClient<Retry<Channel>> {
     EchoClient::new(ServiceBuilder::new().layer(layer()).service(channel))
+}
+
+/// Up to `attempts` attempts, retrying UNAVAILABLE (the default) after 1 ms.
+fn retrying(attempts: u32) -> RetryLayer {
+    let policy = RetryPolicy::builder()
+        .max_attempts(attempts)
+        .backoff(
+            ExponentialBackoff::new(Duration::from_millis(1), Duration::from_millis(1), 1.0)
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    RetryLayer::builder()
+        .default_policy(policy)
+        .build()
+        .unwrap()
+}
+
+fn echo_retrying(channel: Channel, attempts: u32) -> EchoClient<Retry<Channel>> {
+    EchoClient::new(
+        ServiceBuilder::new()
+            .layer(retrying(attempts))
+            .service(channel),
+    )
 }
 
 fn say() -> SayRequest {
@@ -96,7 +122,414 @@ async fn connection_reset_during_a_call() {
     server.wait_attempts(1).await;
     proxy.reset_all();
     let status = call.await.unwrap().unwrap_err();
+    // gRPC clients report a connection lost before any response header as UNAVAILABLE (tonic
+    // alone says UNKNOWN "transport error"), keeping tonic's message and the source chain.
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(status.message(), "transport error");
     assert_kind("connection reset", &status, &[FailureKind::ConnectionReset]);
+    assert_chain_holds::<hyper::Error>(&status);
+}
+
+/// The caller's status still carries the transport error of type `E` in its source chain.
+#[track_caller]
+fn assert_chain_holds<E: std::error::Error + 'static>(status: &Status) {
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.is::<E>() {
+            return;
+        }
+        source = err.source();
+    }
+    panic!(
+        "no {} in the chain of {status:?}",
+        std::any::type_name::<E>()
+    );
+}
+
+/// A connection cut (`mode`) after the request was written, before any response header: the
+/// attempt is UNAVAILABLE, so a policy retrying UNAVAILABLE heals the call on a new connection.
+async fn cut_before_headers_heals(mode: CutMode) {
+    let server = ScriptedServer::start(Script::new().say(Action::Hang)).await;
+    let proxy = FaultProxy::start(server.addr()).await;
+    let mut client = echo_retrying(lazy_channel(proxy.addr()), 2);
+    let call = tokio::spawn(async move { client.say(say()).await });
+    server.wait_attempts(1).await;
+    match mode {
+        CutMode::Reset => proxy.reset_all(),
+        CutMode::Fin => proxy.close_all(),
+    }
+    let reply = call.await.unwrap().expect("the retry heals the call");
+    assert_eq!(reply.get_ref().text, "hello");
+    assert_eq!(server.attempt_count(), 2);
+    assert_eq!(
+        proxy.stats().accepted,
+        2,
+        "the retry went on a new connection"
+    );
+}
+
+#[tokio::test]
+async fn a_reset_before_headers_heals_under_a_policy_retrying_unavailable() {
+    cut_before_headers_heals(CutMode::Reset).await;
+}
+
+#[tokio::test]
+async fn a_close_before_headers_heals_under_a_policy_retrying_unavailable() {
+    cut_before_headers_heals(CutMode::Fin).await;
+}
+
+/// The proxy accepts a connection and cuts it at once (`mode`), before anything reaches the
+/// server.
+async fn cut_at_accept(mode: CutMode, attempts: u32) -> (Result<(), Status>, ScriptedServer) {
+    let server = ScriptedServer::start(Script::new()).await;
+    let proxy = FaultProxy::start(server.addr()).await;
+    proxy.cut_next_after_bytes(0, mode);
+    let result = echo_retrying(lazy_channel(proxy.addr()), attempts)
+        .say(say())
+        .await
+        .map(|_| ());
+    (result, server)
+}
+
+#[tokio::test]
+async fn a_reset_at_accept_is_unavailable_not_cancelled_and_heals() {
+    let (result, server) = cut_at_accept(CutMode::Reset, 1).await;
+    let status = result.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // The request was queued for the connection and never written (hyper cancels it: tonic
+    // alone says CANCELLED), or written into a connection already reset.
+    assert_kind(
+        "reset at accept",
+        &status,
+        &[FailureKind::ClosedBeforeSent, FailureKind::ConnectionReset],
+    );
+    assert_eq!(server.attempt_count(), 0);
+    let (result, server) = cut_at_accept(CutMode::Reset, 2).await;
+    result.expect("the retry heals the call");
+    assert_eq!(server.attempt_count(), 1);
+}
+
+#[tokio::test]
+async fn a_close_at_accept_is_unavailable_and_heals() {
+    let (result, server) = cut_at_accept(CutMode::Fin, 1).await;
+    let status = result.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_kind(
+        "closed at accept",
+        &status,
+        &[FailureKind::ClosedBeforeSent, FailureKind::StreamEnded],
+    );
+    assert_eq!(server.attempt_count(), 0);
+    let (result, _server) = cut_at_accept(CutMode::Fin, 2).await;
+    result.expect("the retry heals the call");
+}
+
+#[tokio::test]
+async fn a_connection_refused_at_accept_is_closed_before_sent_and_heals() {
+    let server = ScriptedServer::start(Script::new()).await;
+    let proxy = FaultProxy::start(server.addr()).await;
+    proxy.refuse_next(1);
+    let status = echo(lazy_channel(proxy.addr()))
+        .say(say())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    let kind = assert_kind(
+        "accepted then reset",
+        &status,
+        &[FailureKind::ClosedBeforeSent],
+    );
+    assert!(kind.never_sent());
+    proxy.refuse_next(1);
+    echo_retrying(lazy_channel(proxy.addr()), 2)
+        .say(say())
+        .await
+        .expect("the retry heals the call");
+}
+
+#[tokio::test]
+async fn stream_resets_from_the_server_map_as_grpc_go_maps_them() {
+    use h2::Reason;
+    for (reason, code, kind) in [
+        (Reason::NO_ERROR, Code::Internal, FailureKind::StreamReset),
+        (
+            Reason::PROTOCOL_ERROR,
+            Code::Internal,
+            FailureKind::StreamReset,
+        ),
+        (
+            Reason::INTERNAL_ERROR,
+            Code::Internal,
+            FailureKind::StreamReset,
+        ),
+        (
+            Reason::REFUSED_STREAM,
+            Code::Unavailable,
+            FailureKind::RefusedStream,
+        ),
+        (Reason::CANCEL, Code::Cancelled, FailureKind::StreamReset),
+        (
+            Reason::ENHANCE_YOUR_CALM,
+            Code::ResourceExhausted,
+            FailureKind::StreamReset,
+        ),
+        (
+            Reason::INADEQUATE_SECURITY,
+            Code::PermissionDenied,
+            FailureKind::StreamReset,
+        ),
+        // tonic alone says UNKNOWN for these two.
+        (
+            Reason::STREAM_CLOSED,
+            Code::Internal,
+            FailureKind::StreamReset,
+        ),
+        (
+            Reason::HTTP_1_1_REQUIRED,
+            Code::Internal,
+            FailureKind::StreamReset,
+        ),
+    ] {
+        let server = RefusingServer::start_with_reason(usize::MAX, reason).await;
+        let status = echo(lazy_channel(server.addr()))
+            .say(say())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), code, "RST_STREAM({reason:?}): {status:?}");
+        let row = format!("RST_STREAM({reason:?})");
+        let got = assert_kind(&row, &status, &[kind]);
+        assert!(got.hint().contains("server") || got.hint().contains("processing"));
+        assert_chain_holds::<h2::Error>(&status);
+    }
+}
+
+/// GOAWAY from a raw server with `reason`, through one attempt (plus the transparent retry a
+/// draining GOAWAY earns).
+async fn go_away(reason: h2::Reason) -> Status {
+    let server = GoAwayServer::start(reason).await;
+    echo(lazy_channel(server.addr()))
+        .say(say())
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn goaway_reasons_are_told_apart() {
+    let draining = go_away(h2::Reason::NO_ERROR).await;
+    assert_eq!(draining.code(), Code::Unavailable);
+    let kind = assert_kind("GOAWAY NO_ERROR", &draining, &[FailureKind::GoAway]);
+    assert!(kind.never_sent() && kind.hint().contains("draining"));
+
+    let calm = go_away(h2::Reason::ENHANCE_YOUR_CALM).await;
+    assert_eq!(calm.code(), Code::Unavailable);
+    let kind = assert_kind(
+        "GOAWAY ENHANCE_YOUR_CALM",
+        &calm,
+        &[FailureKind::GoAwayEnhanceYourCalm],
+    );
+    assert!(!kind.never_sent() && kind.hint().contains("keepalive"));
+
+    let protocol = go_away(h2::Reason::PROTOCOL_ERROR).await;
+    assert_eq!(protocol.code(), Code::Unavailable);
+    let kind = assert_kind(
+        "GOAWAY PROTOCOL_ERROR",
+        &protocol,
+        &[FailureKind::GoAwayProtocolError],
+    );
+    assert!(kind.hint().contains("metadata"));
+
+    let internal = go_away(h2::Reason::INTERNAL_ERROR).await;
+    assert_eq!(internal.code(), Code::Unavailable);
+    let kind = assert_kind(
+        "GOAWAY INTERNAL_ERROR",
+        &internal,
+        &[FailureKind::GoAwayError],
+    );
+    assert!(kind.hint().contains("server's logs"));
+}
+
+#[tokio::test]
+async fn a_protocol_error_the_client_detects_is_told_from_the_servers() {
+    let server = GarbledServer::start().await;
+    let status = echo(lazy_channel(server.addr()))
+        .say(say())
+        .await
+        .unwrap_err();
+    // The client's h2 closed the connection (a GOAWAY PROTOCOL_ERROR it sent, not one it
+    // received): tonic's code for the reason stands.
+    assert_eq!(status.code(), Code::Internal);
+    let kind = assert_kind(
+        "garbled response headers",
+        &status,
+        &[FailureKind::LocalProtocolError],
+    );
+    assert!(kind.hint().contains("client's HTTP/2 stack"));
+    assert_chain_holds::<h2::Error>(&status);
+}
+
+#[tokio::test]
+async fn a_goaway_heals_on_a_new_connection() {
+    let server = GoAwayServer::start_then_serve(h2::Reason::ENHANCE_YOUR_CALM, 1).await;
+    echo_retrying(lazy_channel(server.addr()), 2)
+        .say(say())
+        .await
+        .expect("the retry heals the call");
+}
+
+fn with_metadata(bytes: usize) -> Request<SayRequest> {
+    let mut request = Request::new(say());
+    request
+        .metadata_mut()
+        .insert("x-big", "a".repeat(bytes).parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn request_metadata_above_the_servers_header_list_limit() {
+    let server = ScriptedServer::start(Script::new()).await;
+    let mut client = echo_retrying(lazy_channel(server.addr()), 3);
+    // Far above hyper's default 16 KiB: the server's h2 closes the connection with
+    // GOAWAY(ENHANCE_YOUR_CALM, "header_list_way_too_large").
+    let status = client.say(with_metadata(64 * 1024)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let kind = assert_kind(
+        "64 KiB of metadata",
+        &status,
+        &[FailureKind::MetadataTooLarge],
+    );
+    assert!(kind.hint().contains("metadata"));
+    // Somewhat above: HTTP 431.
+    let status = client.say(with_metadata(20 * 1024)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unknown);
+    assert_kind(
+        "20 KiB of metadata",
+        &status,
+        &[FailureKind::MetadataTooLarge],
+    );
+    // Neither is retried (the same request fails the same way), and neither reached the
+    // application.
+    assert_eq!(server.attempt_count(), 0);
+}
+
+#[tokio::test]
+async fn the_callers_request_body_failing_is_named_and_not_blamed_on_the_server() {
+    let server = ScriptedServer::start(Script::new().collect(Action::Hang)).await;
+    let channel = ServiceBuilder::new()
+        .layer(retrying(3))
+        .service(lazy_channel(server.addr()));
+    // The second message is larger than the client may encode: tonic's encoder fails the
+    // request body mid-call, and hyper resets the stream from this side.
+    let mut client = EchoClient::new(channel).max_encoding_message_size(100);
+    let chunks = vec![
+        Chunk {
+            data: bytes::Bytes::from_static(b"small"),
+        },
+        Chunk {
+            data: vec![0u8; 1000].into(),
+        },
+    ];
+    let status = client
+        .collect(futures::stream::iter(chunks))
+        .await
+        .unwrap_err();
+    let kind = assert_kind(
+        "request body failed",
+        &status,
+        &[FailureKind::RequestBodyFailed],
+    );
+    assert!(kind.hint().contains("client"));
+    assert!(!kind.hint().contains("peer"));
+    let history = CallHistory::of(&status).unwrap();
+    assert_eq!(history.attempts().len(), 1, "{history}");
+}
+
+#[tokio::test]
+async fn a_tower_timeout_under_the_layer_is_a_retried_attempt_timeout() {
+    let slow_then_fast = || Script::new().say(Action::delay(Duration::from_secs(30), Action::Ok));
+    let timed = |layer: RetryLayer, addr| {
+        EchoClient::new(
+            ServiceBuilder::new()
+                .layer(layer)
+                .timeout(Duration::from_millis(50))
+                .service(lazy_channel(addr)),
+        )
+    };
+    let server = ScriptedServer::start(slow_then_fast()).await;
+    let status = timed(layer(), server.addr()).say(say()).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert_eq!(status.message(), "request timed out");
+    assert_kind("tower timeout", &status, &[FailureKind::AttemptTimeout]);
+
+    let server = ScriptedServer::start(slow_then_fast()).await;
+    timed(retrying(2), server.addr())
+        .say(say())
+        .await
+        .expect("the second attempt is in time");
+    assert_eq!(server.attempt_count(), 2);
+}
+
+#[tokio::test]
+async fn two_pushback_values_mean_do_not_retry() {
+    let server = HeadServer::start(&[
+        ("grpc-status", "14"),
+        ("grpc-retry-pushback-ms", "1"),
+        ("grpc-retry-pushback-ms", "1"),
+    ])
+    .await;
+    let status = echo_retrying(lazy_channel(server.addr()), 3)
+        .say(say())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    let history = CallHistory::of(&status).unwrap();
+    assert_eq!(history.stop_reason(), StopReason::Pushback, "{history}");
+    assert_eq!(server.streams(), 1);
+}
+
+#[tokio::test]
+async fn a_repeated_grpc_status_is_malformed_and_not_retried() {
+    let server = HeadServer::start(&[("grpc-status", "14"), ("grpc-status", "14")]).await;
+    let status = echo_retrying(lazy_channel(server.addr()), 3)
+        .say(say())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    assert_kind(
+        "grpc-status twice",
+        &status,
+        &[FailureKind::MalformedResponse],
+    );
+    assert_eq!(server.streams(), 1);
+}
+
+/// tonic's client `expect`s `grpc-status-details-bin` to be base64 on every response head with
+/// a `grpc-status`; the layer drops invalid details from an OK head so that it never passes one
+/// on. (Invalid details in trailers still reach tonic: an upstream bug.)
+#[tokio::test]
+async fn ok_with_invalid_details_does_not_panic_through_the_layer() {
+    let server = HeadServer::start(&[
+        ("grpc-status", "0"),
+        ("grpc-status-details-bin", "!!not base64!!"),
+    ])
+    .await;
+    let through_layer = tokio::spawn({
+        let mut client = echo_retrying(lazy_channel(server.addr()), 3);
+        async move { client.say(say()).await.map(|_| ()) }
+    })
+    .await;
+    let outcome = through_layer.expect("no panic through the layer");
+    // An OK head with no message: tonic's own verdict on the empty unary reply.
+    println!("through the layer: {outcome:?}");
+    assert_eq!(server.streams(), 1);
+    let alone = tokio::spawn({
+        let mut client = EchoClient::new(lazy_channel(server.addr()));
+        async move { client.say(say()).await.map(|_| ()) }
+    })
+    .await;
+    assert!(
+        alone.is_err_and(|error| error.is_panic()),
+        "tonic alone panics (if this fails, the upstream bug is fixed)"
+    );
 }
 
 #[tokio::test]
@@ -334,7 +767,7 @@ async fn refused_stream() {
 
 #[tokio::test]
 async fn goaway() {
-    let server = GoAwayServer::start(h2::Reason::ENHANCE_YOUR_CALM).await;
+    let server = GoAwayServer::start(h2::Reason::NO_ERROR).await;
     let status = echo(lazy_channel(server.addr()))
         .say(say())
         .await
@@ -375,12 +808,22 @@ fn every_kind_has_a_name_and_an_actionable_hint() {
         ConnectionReset,
         BrokenPipe,
         StreamEnded,
+        ClosedBeforeSent,
+        ConnectFailed,
         RefusedStream,
         GoAway,
+        GoAwayEnhanceYourCalm,
+        GoAwayProtocolError,
+        GoAwayError,
+        MetadataTooLarge,
         StreamReset,
+        LocalProtocolError,
+        RequestBodyFailed,
+        MalformedResponse,
         KeepaliveTimeout,
         TransportTimeout,
         AttemptTimeout,
+        IdleTimeout,
         DeadlineExceeded,
         UnknownService,
         UnknownMethod,

@@ -29,13 +29,13 @@ enum Outcome {
 }
 
 impl Outcome {
-    /// The code the caller sees for this outcome (tonic's mapping for transport errors).
+    /// The code the caller sees for this outcome: a connection that failed before any response
+    /// header is UNAVAILABLE, as gRPC clients report it.
     fn code(self) -> Code {
         match self {
             Outcome::Ok => Code::Ok,
             Outcome::Status(code, _) => code,
-            Outcome::Refused | Outcome::RefusedStream => Code::Unavailable,
-            Outcome::Reset => Code::Unknown,
+            Outcome::Refused | Outcome::RefusedStream | Outcome::Reset => Code::Unavailable,
         }
     }
 }

@@ -6,12 +6,16 @@ mod status;
 mod transport;
 
 use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+
 use tonic::{Code, Status};
 
 use crate::kind::FailureKind;
 
 pub(crate) use self::status::{GRPC_STATUS, Pushback, pushback, trailers_only_status};
-pub(crate) use self::transport::{TransportCause, classify_error};
+use self::status::{GRPC_STATUS_DETAILS, details_decode};
+pub(crate) use self::transport::classify_error;
 
 /// One attempt's outcome, as far as retrying is concerned.
 #[derive(Debug)]
@@ -38,6 +42,14 @@ impl Failure {
         self.status.code()
     }
 
+    /// Retrying the same request cannot change this outcome, whatever the policy says about its
+    /// code (see [`FailureKind::retry_cannot_help`]).
+    // Read by the retry decision (policy/decide.rs), which is wired separately.
+    #[allow(dead_code)]
+    pub(crate) fn retry_cannot_help(&self) -> bool {
+        self.kind.retry_cannot_help()
+    }
+
     /// A failure this crate produced itself (timeouts, deadlines), not one a peer sent.
     pub(crate) fn local(code: Code, kind: FailureKind, message: String) -> Failure {
         Failure {
@@ -50,18 +62,30 @@ impl Failure {
 }
 
 /// Classifies the response head of an attempt.
-pub(crate) fn classify_response<B>(response: http::Response<B>) -> Classified<http::Response<B>> {
+pub(crate) fn classify_response<B>(
+    mut response: http::Response<B>,
+) -> Classified<http::Response<B>> {
     let headers = response.headers();
     if headers.contains_key(&GRPC_STATUS) {
+        if headers.get_all(&GRPC_STATUS).iter().nth(1).is_some() {
+            return Classified::Failed(malformed(headers));
+        }
         return match trailers_only_status(headers) {
-            None => Classified::Pass(response),
+            None => {
+                // tonic's client panics on `grpc-status-details-bin` that is not base64 (it
+                // `expect`s the decoding): details mean nothing on OK, so drop them.
+                if !details_decode(response.headers()) {
+                    response.headers_mut().remove(&GRPC_STATUS_DETAILS);
+                }
+                Classified::Pass(response)
+            }
             Some(status) => {
                 let kind = kind_of_status(status.code(), status.message());
                 let pushback = pushback(headers, &status);
                 Classified::Failed(Failure {
                     status,
                     kind,
-                    never_sent: false,
+                    never_sent: kind.never_sent(),
                     pushback,
                 })
             }
@@ -77,30 +101,106 @@ pub(crate) fn classify_response<B>(response: http::Response<B>) -> Classified<ht
         "grpc-status header missing, mapped from HTTP status code {}",
         http_status.as_u16()
     );
+    let kind = if http_status == http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+        // What an HTTP/2 server (h2's, under tonic) answers to a request whose header list is
+        // above its limit, but not far above (see `FailureKind::MetadataTooLarge`).
+        FailureKind::MetadataTooLarge
+    } else {
+        kind_of_status(code, "")
+    };
     Classified::Failed(Failure {
         status: Status::new(code, message),
-        kind: kind_of_status(code, ""),
-        never_sent: false,
+        kind,
+        never_sent: kind.never_sent(),
         pushback: Pushback::None,
     })
 }
 
+/// A Trailers-Only head with more than one `grpc-status`: which one the server meant is
+/// unknowable. INTERNAL, as grpc-go gives a `grpc-status` it cannot read ("malformed
+/// grpc-status"), and never retried ([`Failure::retry_cannot_help`]): the server's answer is not
+/// known, so neither is whether retrying is welcome (the rule gRFC A6 clients apply to a
+/// repeated pushback).
+fn malformed(headers: &http::HeaderMap) -> Failure {
+    let count = headers.get_all(&GRPC_STATUS).iter().count();
+    Failure {
+        status: Status::internal(format!(
+            "malformed response: grpc-status appears {count} times in the response head"
+        )),
+        kind: FailureKind::MalformedResponse,
+        never_sent: false,
+        pushback: Pushback::None,
+    }
+}
+
 /// Classifies an error the inner service returned instead of a response.
+///
+/// The code and message are tonic's (what the caller would have seen without the layer), except
+/// where gRPC clients disagree with tonic: a connection that failed before any response header
+/// is UNAVAILABLE, a stream the server reset has the code of its reason, a lower
+/// `tower::timeout::Timeout` is DEADLINE_EXCEEDED. The source chain is the error, untouched.
 pub(crate) fn classify_service_error(error: Box<dyn Error + Send + Sync>) -> Failure {
-    // tonic's own mapping gives the code and message the caller would have seen without us.
-    let status = Status::from_error(error);
-    let named = match std::error::Error::source(&status) {
-        Some(source) => classify_error(source),
-        None => TransportCause {
-            kind: kind_of_status(status.code(), status.message()),
-            never_sent: false,
+    let named = classify_error(&*error);
+    let status = match error.downcast::<Status>() {
+        // A status an inner service made on purpose: it stands as it is.
+        Ok(status) => *status,
+        Err(error) => match named.code {
+            Some(code) => status_with_code(error, code),
+            None => Status::from_error(error),
         },
+    };
+    let kind = if named.kind == FailureKind::Transport && status.source().is_none() {
+        kind_of_status(status.code(), status.message())
+    } else {
+        named.kind
     };
     Failure {
         status,
-        kind: named.kind,
-        never_sent: named.never_sent,
+        kind,
+        never_sent: kind.never_sent(),
         pushback: Pushback::None,
+    }
+}
+
+/// tonic's status for `error`, with `code` instead of tonic's, and `error` as its source.
+fn status_with_code(error: Box<dyn Error + Send + Sync>, code: Code) -> Status {
+    let error: Arc<dyn Error + Send + Sync> = Arc::from(error);
+    // tonic takes the error by value; it reads the same chain through a transparent handle.
+    let tonic = Status::from_error(Box::new(Transparent(Arc::clone(&error))));
+    let message = match error.downcast_ref::<h2::Error>() {
+        // tonic names a bare h2 error (seen only at the top) this way.
+        Some(h2) => format!("h2 protocol error: {h2}"),
+        None => tonic.message().to_owned(),
+    };
+    let mut status = Status::with_details_and_metadata(
+        code,
+        message,
+        bytes::Bytes::copy_from_slice(tonic.details()),
+        tonic.metadata().clone(),
+    );
+    status.set_source(error);
+    status
+}
+
+/// An error seen through a shared handle: the handle's first source is the error itself, so a
+/// walk of the chain meets every error of it, the first included.
+struct Transparent(Arc<dyn Error + Send + Sync>);
+
+impl fmt::Debug for Transparent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Transparent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl Error for Transparent {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.0)
     }
 }
 
@@ -184,6 +284,108 @@ mod tests {
             classify_response(response(200, &[("grpc-status", "0")])),
             Classified::Pass(_)
         ));
+    }
+
+    #[test]
+    fn a_repeated_grpc_status_is_malformed_and_not_retried() {
+        let mut head = response(200, &[]);
+        for value in ["14", "14"] {
+            head.headers_mut()
+                .append("grpc-status", http::HeaderValue::from_static(value));
+        }
+        let failure = failed(classify_response(head));
+        assert_eq!(failure.code(), Code::Internal);
+        assert_eq!(failure.kind, FailureKind::MalformedResponse);
+        assert!(failure.retry_cannot_help());
+        assert!(failure.status.message().contains("2 times"));
+        // Repeated OK is no better: which one counts is unknowable.
+        let mut head = response(200, &[]);
+        for value in ["0", "0"] {
+            head.headers_mut()
+                .append("grpc-status", http::HeaderValue::from_static(value));
+        }
+        assert_eq!(failed(classify_response(head)).code(), Code::Internal);
+    }
+
+    #[test]
+    fn headers_too_large_is_named() {
+        let failure = failed(classify_response(response(431, &[])));
+        assert_eq!(failure.code(), Code::Unknown);
+        assert_eq!(failure.kind, FailureKind::MetadataTooLarge);
+        assert!(failure.kind.hint().contains("metadata"));
+        assert!(failure.retry_cannot_help());
+    }
+
+    #[test]
+    fn ok_with_details_tonic_would_panic_on_passes_without_them() {
+        let head = response(
+            200,
+            &[("grpc-status", "0"), ("grpc-status-details-bin", "!!!")],
+        );
+        let Classified::Pass(head) = classify_response(head) else {
+            panic!("OK passes");
+        };
+        assert!(head.headers().get("grpc-status-details-bin").is_none());
+        assert_eq!(head.headers().get("grpc-status").unwrap(), "0");
+        // And tonic reads what passes without panicking.
+        assert_eq!(
+            Status::from_header_map(head.headers()).map(|status| status.code()),
+            Some(Code::Ok)
+        );
+        let valid = response(
+            200,
+            &[("grpc-status", "0"), ("grpc-status-details-bin", "AQID")],
+        );
+        let Classified::Pass(valid) = classify_response(valid) else {
+            panic!("OK passes");
+        };
+        assert!(valid.headers().get("grpc-status-details-bin").is_some());
+    }
+
+    #[test]
+    fn a_connection_reset_before_headers_is_unavailable_with_tonics_message_and_chain() {
+        let error = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let tonic = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(tonic.code(), Code::Unknown);
+        let failure = classify_service_error(Box::new(error));
+        assert_eq!(failure.code(), Code::Unavailable);
+        assert_eq!(failure.kind, FailureKind::ConnectionReset);
+        assert!(!failure.never_sent);
+        assert_eq!(failure.status.message(), tonic.message());
+        let source = failure.status.source().expect("the error is the source");
+        assert_eq!(
+            source.downcast_ref::<std::io::Error>().map(|io| io.kind()),
+            Some(std::io::ErrorKind::ConnectionReset)
+        );
+    }
+
+    #[test]
+    fn a_tower_timeout_is_an_attempt_timeout() {
+        let failure = classify_service_error(Box::new(tower::timeout::error::Elapsed::new()));
+        assert_eq!(failure.code(), Code::DeadlineExceeded);
+        assert_eq!(failure.kind, FailureKind::AttemptTimeout);
+        assert_eq!(failure.status.message(), "request timed out");
+        assert!(
+            failure
+                .status
+                .source()
+                .unwrap()
+                .is::<tower::timeout::error::Elapsed>()
+        );
+    }
+
+    #[test]
+    fn a_status_from_the_inner_service_stands() {
+        let failure = classify_service_error(Box::new(Status::permission_denied("no")));
+        assert_eq!(failure.code(), Code::PermissionDenied);
+        assert_eq!(failure.kind, FailureKind::PermissionDenied);
+        // A bare h2 error keeps tonic's wording too.
+        let failure = classify_service_error(Box::new(h2::Error::from(h2::Reason::CANCEL)));
+        let tonic = Status::from_error(Box::new(h2::Error::from(h2::Reason::CANCEL)));
+        assert_eq!(failure.code(), Code::Cancelled);
+        assert_eq!(failure.status.message(), tonic.message());
     }
 
     #[test]

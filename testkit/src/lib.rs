@@ -39,7 +39,7 @@ mod server;
 
 pub use connector::{ConnectAction, ConnectError, ScriptedConnector};
 pub use proxy::{CutMode, FaultProxy, ProxyStats};
-pub use raw_h2::{GoAwayServer, RefusingServer};
+pub use raw_h2::{GarbledServer, GoAwayServer, HeadServer, RefusingServer};
 pub use server::{Action, Attempt, Auth, Method, Script, ScriptedServer};
 
 use std::net::{Ipv4Addr, SocketAddr};

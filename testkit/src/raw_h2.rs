@@ -1,5 +1,7 @@
-//! A bare HTTP/2 server (the `h2` crate, no gRPC stack) for faults a tonic server cannot be made
-//! to produce on demand: refusing a stream with `RST_STREAM(REFUSED_STREAM)`.
+//! Bare HTTP/2 servers (the `h2` crate or raw frames, no gRPC stack) for faults a tonic server
+//! cannot be made to produce on demand: resetting a stream with a chosen `RST_STREAM` reason,
+//! `GOAWAY` with a chosen reason, and response heads a tonic server never sends (a repeated
+//! `grpc-status`, a repeated pushback, invalid details).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +27,13 @@ pub struct RefusingServer {
 impl RefusingServer {
     /// Starts the server.
     pub async fn start(refusals: usize) -> RefusingServer {
+        RefusingServer::start_with_reason(refusals, h2::Reason::REFUSED_STREAM).await
+    }
+
+    /// Starts a server that resets its first `resets` streams with `RST_STREAM(reason)` (before
+    /// any response header), then answers like [`RefusingServer::start`].
+    pub async fn start_with_reason(resets: usize, reason: h2::Reason) -> RefusingServer {
+        let refusals = resets;
         let listener = TcpListener::bind(LOOPBACK_ANY)
             .await
             .expect("bind 127.0.0.1:0");
@@ -43,21 +52,10 @@ impl RefusingServer {
                     while let Some(Ok((_request, mut respond))) = connection.accept().await {
                         let seen = counter.fetch_add(1, Ordering::SeqCst);
                         if seen < refusals {
-                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            respond.send_reset(reason);
                             continue;
                         }
-                        let head = Response::builder()
-                            .header("content-type", "application/grpc")
-                            .body(())
-                            .expect("a static response head");
-                        let Ok(mut stream) = respond.send_response(head, false) else {
-                            continue;
-                        };
-                        // One empty message: no compression flag, zero length.
-                        let _ = stream.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false);
-                        let mut trailers = HeaderMap::new();
-                        trailers.insert("grpc-status", HeaderValue::from_static("0"));
-                        let _ = stream.send_trailers(trailers);
+                        answer_ok(respond);
                     }
                 });
             }
@@ -77,6 +75,32 @@ impl RefusingServer {
     /// Streams opened so far, refused ones included.
     pub fn streams(&self) -> usize {
         self.streams.load(Ordering::SeqCst)
+    }
+}
+
+/// Answers a request with an empty gRPC message and `grpc-status: 0`.
+fn answer_ok(mut respond: h2::server::SendResponse<Bytes>) {
+    let head = Response::builder()
+        .header("content-type", "application/grpc")
+        .body(())
+        .expect("a static response head");
+    let Ok(mut stream) = respond.send_response(head, false) else {
+        return;
+    };
+    // One empty message: no compression flag, zero length.
+    let _ = stream.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let _ = stream.send_trailers(trailers);
+}
+
+/// Serves one connection with [`answer_ok`] for every request.
+async fn serve_ok(socket: tokio::net::TcpStream) {
+    let Ok(mut connection) = h2::server::handshake(socket).await else {
+        return;
+    };
+    while let Some(Ok((_request, respond))) = connection.accept().await {
+        answer_ok(respond);
     }
 }
 
@@ -100,6 +124,12 @@ pub struct GoAwayServer {
 impl GoAwayServer {
     /// Starts the server.
     pub async fn start(reason: h2::Reason) -> GoAwayServer {
+        GoAwayServer::start_then_serve(reason, usize::MAX).await
+    }
+
+    /// Starts a server that sends `GOAWAY(reason)` on its first `connections` connections, then
+    /// answers every request of later connections with an empty message and `grpc-status: 0`.
+    pub async fn start_then_serve(reason: h2::Reason, connections: usize) -> GoAwayServer {
         let listener = TcpListener::bind(LOOPBACK_ANY)
             .await
             .expect("bind 127.0.0.1:0");
@@ -107,8 +137,14 @@ impl GoAwayServer {
             .local_addr()
             .expect("local_addr of a bound listener");
         let task = tokio::spawn(async move {
+            let mut accepted = 0usize;
             while let Ok((socket, _)) = listener.accept().await {
-                tokio::spawn(go_away_on_first_headers(socket, u32::from(reason)));
+                if accepted < connections {
+                    tokio::spawn(go_away_on_first_headers(socket, u32::from(reason)));
+                } else {
+                    tokio::spawn(serve_ok(socket));
+                }
+                accepted = accepted.saturating_add(1);
             }
         });
         GoAwayServer { addr, task }
@@ -126,25 +162,44 @@ impl Drop for GoAwayServer {
     }
 }
 
-/// Reads the client preface and frames; answers SETTINGS, and the first HEADERS with GOAWAY.
-async fn go_away_on_first_headers(mut socket: tokio::net::TcpStream, reason: u32) {
+/// What a raw-frame server answers to the first request HEADERS of a connection.
+#[derive(Clone, Copy, Debug)]
+enum FirstReply {
+    /// `GOAWAY(last stream id 0, reason)`.
+    GoAway(u32),
+    /// A response HEADERS frame whose header block is not valid HPACK.
+    GarbledHeaders,
+}
+
+/// Reads the client preface and frames; answers SETTINGS, and the first HEADERS with `GOAWAY`.
+async fn go_away_on_first_headers(socket: tokio::net::TcpStream, reason: u32) {
+    answer_first_headers(socket, FirstReply::GoAway(reason)).await;
+}
+
+/// Reads the client preface and frames; answers SETTINGS, and the first HEADERS with `reply`.
+async fn answer_first_headers(mut socket: tokio::net::TcpStream, reply: FirstReply) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const SETTINGS: u8 = 0x4;
     const HEADERS: u8 = 0x1;
     const GOAWAY: u8 = 0x7;
-    let frame = |kind: u8, flags: u8, payload: &[u8]| {
+    const END_STREAM_AND_HEADERS: u8 = 0x5;
+    let frame = |kind: u8, flags: u8, stream: [u8; 4], payload: &[u8]| {
         let len = u32::try_from(payload.len()).unwrap_or(0).to_be_bytes();
-        let mut out = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 0];
+        let mut out = vec![len[1], len[2], len[3], kind, flags];
+        out.extend_from_slice(&stream);
         out.extend_from_slice(payload);
         out
     };
     let mut preface = [0u8; 24];
     if socket.read_exact(&mut preface).await.is_err()
-        || socket.write_all(&frame(SETTINGS, 0, &[])).await.is_err()
+        || socket
+            .write_all(&frame(SETTINGS, 0, [0; 4], &[]))
+            .await
+            .is_err()
     {
         return;
     }
-    let mut sent_goaway = false;
+    let mut answered = false;
     loop {
         let mut head = [0u8; 9];
         if socket.read_exact(&mut head).await.is_err() {
@@ -155,18 +210,140 @@ async fn go_away_on_first_headers(mut socket: tokio::net::TcpStream, reason: u32
         if socket.read_exact(&mut payload).await.is_err() {
             return;
         }
-        let reply = match head[3] {
-            SETTINGS if head[4] & 0x1 == 0 => frame(SETTINGS, 0x1, &[]),
-            HEADERS if !sent_goaway => {
-                sent_goaway = true;
-                let mut body = 0u32.to_be_bytes().to_vec();
-                body.extend_from_slice(&reason.to_be_bytes());
-                frame(GOAWAY, 0, &body)
+        let out = match head[3] {
+            SETTINGS if head[4] & 0x1 == 0 => frame(SETTINGS, 0x1, [0; 4], &[]),
+            HEADERS if !answered => {
+                answered = true;
+                match reply {
+                    FirstReply::GoAway(reason) => {
+                        let mut body = 0u32.to_be_bytes().to_vec();
+                        body.extend_from_slice(&reason.to_be_bytes());
+                        frame(GOAWAY, 0, [0; 4], &body)
+                    }
+                    // An indexed header field whose index is far past both tables.
+                    FirstReply::GarbledHeaders => frame(
+                        HEADERS,
+                        END_STREAM_AND_HEADERS,
+                        [head[5], head[6], head[7], head[8]],
+                        &[0xff, 0xff, 0xff, 0x7f],
+                    ),
+                }
             }
             _ => continue,
         };
-        if socket.write_all(&reply).await.is_err() {
+        if socket.write_all(&out).await.is_err() {
             return;
         }
+    }
+}
+
+/// An HTTP/2 server on 127.0.0.1 that answers the first request of each connection with a
+/// response HEADERS frame that is not valid HPACK: the client's HTTP/2 stack detects the
+/// protocol error itself and closes the connection (a local GOAWAY).
+#[derive(Debug)]
+pub struct GarbledServer {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl GarbledServer {
+    /// Starts the server.
+    pub async fn start() -> GarbledServer {
+        let listener = TcpListener::bind(LOOPBACK_ANY)
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("local_addr of a bound listener");
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(answer_first_headers(socket, FirstReply::GarbledHeaders));
+            }
+        });
+        GarbledServer { addr, task }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for GarbledServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An HTTP/2 server on 127.0.0.1 that answers every request with the same Trailers-Only
+/// response head: HTTP 200, `content-type: application/grpc`, then the given header fields in
+/// order (a name may repeat), and end of stream. It counts the requests it answered.
+#[derive(Debug)]
+pub struct HeadServer {
+    addr: SocketAddr,
+    streams: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl HeadServer {
+    /// Starts the server.
+    ///
+    /// # Panics
+    /// If a name or value is not a valid HTTP header field.
+    pub async fn start(fields: &[(&str, &str)]) -> HeadServer {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+        for (name, value) in fields {
+            headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).expect("a valid header name"),
+                HeaderValue::from_str(value).expect("a valid header value"),
+            );
+        }
+        let listener = TcpListener::bind(LOOPBACK_ANY)
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("local_addr of a bound listener");
+        let streams = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&streams);
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let counter = Arc::clone(&counter);
+                let headers = headers.clone();
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(socket).await else {
+                        return;
+                    };
+                    while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let mut head = Response::new(());
+                        *head.headers_mut() = headers.clone();
+                        let _ = respond.send_response(head, true);
+                    }
+                });
+            }
+        });
+        HeadServer {
+            addr,
+            streams,
+            task,
+        }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Requests answered so far.
+    pub fn streams(&self) -> usize {
+        self.streams.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HeadServer {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
