@@ -155,8 +155,6 @@ impl FailureKind {
     /// Whether retrying (or reopening) the same request cannot change an outcome of this kind,
     /// whatever the policy says about its code: the caller's own request body failed, the
     /// request's metadata is too large for the server, or the server's answer was malformed.
-    // Read by the retry decision and the resumable stream's, which are wired separately.
-    #[allow(dead_code)]
     pub(crate) const fn retry_cannot_help(self) -> bool {
         matches!(
             self,

@@ -441,6 +441,8 @@ async fn the_callers_request_body_failing_is_named_and_not_blamed_on_the_server(
     assert!(!kind.hint().contains("peer"));
     let history = CallHistory::of(&status).unwrap();
     assert_eq!(history.attempts().len(), 1, "{history}");
+    // Not "request too large to replay": the request failed, it did not outgrow the buffer.
+    assert_eq!(history.stop_reason(), tonic_retry::StopReason::NotRetryable);
 }
 
 #[tokio::test]

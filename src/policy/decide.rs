@@ -51,7 +51,12 @@ pub(crate) fn debits_throttle(policy: &RetryPolicy, failure: &Failure) -> bool {
 
 /// An attempt that ran out of its own time is retried like UNAVAILABLE (the call's deadline
 /// running out never gets this far); one that never reached the server is always safe to retry.
+/// A failure no retry can change (the caller's own request body failed, metadata too large
+/// for the server, a malformed response) is never retried, whatever its code.
 fn retryable(policy: &RetryPolicy, failure: &Failure) -> bool {
+    if failure.retry_cannot_help() {
+        return false;
+    }
     failure.never_sent
         || failure.kind == FailureKind::AttemptTimeout
         || policy.retryable_codes().contains(failure.code())
@@ -244,6 +249,26 @@ mod tests {
             decide(&policy(), &pushed, with_deadline),
             Decision::Stop(StopReason::Deadline)
         );
+    }
+
+    #[test]
+    fn what_no_retry_can_change_is_never_retried_whatever_the_policy() {
+        let policy = RetryPolicy::builder()
+            .retryable_codes([Code::Internal, Code::ResourceExhausted])
+            .build()
+            .unwrap();
+        for (code, kind) in [
+            (Code::Internal, FailureKind::RequestBodyFailed),
+            (Code::ResourceExhausted, FailureKind::MetadataTooLarge),
+            (Code::Internal, FailureKind::MalformedResponse),
+        ] {
+            assert_eq!(
+                decide(&policy, &failure(code, kind, false), progress(1)),
+                Decision::Stop(StopReason::NotRetryable),
+                "{kind:?}"
+            );
+            assert!(!debits_throttle(&policy, &failure(code, kind, false)));
+        }
     }
 
     #[test]
