@@ -46,6 +46,7 @@ mod code;
 mod deadline;
 #[cfg(feature = "diagnose")]
 pub mod diagnose;
+mod endpoint;
 mod error;
 mod future;
 mod head;
@@ -65,6 +66,7 @@ pub use crate::backoff::{Backoff, ExponentialBackoff};
 #[cfg(feature = "backoff")]
 pub use crate::backoff_crate::BackoffCrateSchedule;
 pub use crate::code::{CodeSet, code_from_name, code_name};
+pub use crate::endpoint::{Keepalive, keepalive};
 pub use crate::error::ConfigError;
 pub use crate::future::ResponseFuture;
 pub use crate::history::{AttemptRecord, CallHistory, StopReason};

@@ -37,6 +37,8 @@ pub struct ProxyStats {
     pub bytes_up: u64,
     /// Bytes forwarded server → client.
     pub bytes_down: u64,
+    /// Connections blackholed so far ([`FaultProxy::blackhole_all`]).
+    pub blackholed: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -45,6 +47,8 @@ struct ConnCtl {
     kill: Option<CutMode>,
     /// Cut once this many bytes (counted from the connection's start) have gone downstream.
     cut_at: Option<(u64, CutMode)>,
+    /// Stop forwarding for good, keeping both sockets open.
+    blackhole: bool,
 }
 
 struct ConnEntry {
@@ -183,6 +187,22 @@ impl FaultProxy {
         self.shared.ctl().next_cuts.push_back((n, mode));
     }
 
+    /// Blackholes every currently open connection: from now on nothing is forwarded in either
+    /// direction and nothing is closed (no FIN, no RST), the way a peer behind a dead route or
+    /// a crashed host looks. Connections accepted later are forwarded normally. A blackholed
+    /// connection stays open until [`FaultProxy::reset_all`], [`FaultProxy::close_all`] or the
+    /// proxy is dropped; whatever its peers send is left unread.
+    pub fn blackhole_all(&self) {
+        for conn in self.shared.ctl().conns.values() {
+            conn.ctl.send_modify(|c| c.blackhole = true);
+        }
+    }
+
+    /// Waits until at least `n` connections have been blackholed in total.
+    pub async fn wait_blackholed(&self, n: u64) -> ProxyStats {
+        self.wait_until(|s| s.blackholed >= n).await
+    }
+
     /// Stops forwarding in both directions on all connections (open and new ones), keeping
     /// them open: bytes are held until [`FaultProxy::resume`].
     pub fn stall_all(&self) {
@@ -254,8 +274,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     } else {
                         let cut = ctl.next_cuts.pop_front();
                         let initial = match cut {
-                            Some((0, mode)) => ConnCtl { kill: Some(mode), cut_at: None },
-                            Some((n, mode)) => ConnCtl { kill: None, cut_at: Some((n, mode)) },
+                            Some((0, mode)) => ConnCtl { kill: Some(mode), ..ConnCtl::default() },
+                            Some((n, mode)) => {
+                                ConnCtl { cut_at: Some((n, mode)), ..ConnCtl::default() }
+                            }
                             None => ConnCtl::default(),
                         };
                         let (tx, rx) = watch::channel(initial);
@@ -317,6 +339,13 @@ async fn wait_kill(rx: &mut watch::Receiver<ConnCtl>) -> CutMode {
         if rx.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+}
+
+async fn wait_blackhole(rx: &mut watch::Receiver<ConnCtl>) {
+    if rx.wait_for(|c| c.blackhole).await.is_err() {
+        // The sender went away with the proxy: the connection task is about to be dropped too.
+        std::future::pending::<()>().await;
     }
 }
 
@@ -400,6 +429,7 @@ async fn run_conn(
         return;
     };
     let _ = upstream.set_nodelay(true);
+    let mut blackholed = false;
     let outcome = {
         let (cr, cw) = client.split();
         let (ur, uw) = upstream.split();
@@ -407,9 +437,14 @@ async fn run_conn(
         let dn = pump(ur, cw, Dir::Down, shared, ctl.clone(), &down);
         tokio::pin!(up, dn);
         let (mut up_done, mut dn_done) = (false, false);
+        let mut blackhole = ctl.clone();
         loop {
             let end = tokio::select! {
                 mode = wait_kill(&mut ctl) => break Some(mode),
+                () = wait_blackhole(&mut blackhole) => {
+                    blackholed = true;
+                    break None;
+                }
                 e = &mut up, if !up_done => { up_done = true; e }
                 e = &mut dn, if !dn_done => { dn_done = true; e }
             };
@@ -420,6 +455,15 @@ async fn run_conn(
                 PumpEnd::Cut(mode) => break Some(mode),
             }
         }
+    };
+    let outcome = match outcome {
+        None if blackholed => {
+            // The pumps are gone: nothing more is read or written. Hold both sockets open,
+            // silent, until a kill command or the proxy's end.
+            shared.stats.send_modify(|s| s.blackholed += 1);
+            Some(wait_kill(&mut ctl).await)
+        }
+        outcome => outcome,
     };
     if let Some(mode) = outcome {
         finish(client, Some(upstream), mode, &mut ctl).await;
