@@ -4,7 +4,7 @@
 //! * [`ScriptedServer`] serves the `tonic_retry.test.Echo` service from [`pb`]; every method
 //!   follows a FIFO script of [`Action`]s (one per attempt) and records each attempt it sees.
 //! * [`FaultProxy`] forwards TCP bytes to an upstream and can refuse, reset (RST), close (FIN),
-//!   cut after N bytes, or stall connections on command.
+//!   cut after N bytes, stall, or blackhole connections on command.
 //! * [`ScriptedConnector`] plugs into `Endpoint::connect_with_connector` and fails connects with
 //!   a chosen `std::io::Error` (or a DNS-like error) before connecting to a loopback address.
 //!
@@ -40,7 +40,7 @@ mod server;
 pub use connector::{ConnectAction, ConnectError, ScriptedConnector};
 pub use proxy::{CutMode, FaultProxy, ProxyStats};
 pub use raw_h2::{GarbledServer, GoAwayServer, HeadServer, RefusingServer};
-pub use server::{Action, Attempt, Auth, Method, Script, ScriptedServer};
+pub use server::{Action, Attempt, Auth, Method, SCRIPT_KEY, Script, ScriptedServer};
 
 use std::net::{Ipv4Addr, SocketAddr};
 

@@ -28,6 +28,12 @@ use crate::pb::echo_server::{Echo, EchoServer};
 use crate::pb::{Chunk, CollectReply, CountRequest, Numbered, SayReply, SayRequest};
 use crate::{Fnv1a64, LOOPBACK_ANY, uri_for};
 
+/// The request metadata key that picks a per-key script ([`ScriptedServer::push_keyed`]): an
+/// attempt whose request carries `x-script-key: K` takes its action from `K`'s queue for the
+/// method first. Tests use it as a call id, to script and find the attempts of one call among
+/// many concurrent ones.
+pub const SCRIPT_KEY: &str = "x-script-key";
+
 /// A method of the `Echo` service (or anything else that reached the server).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Method {
@@ -341,6 +347,12 @@ pub struct Attempt {
     pub chunks: u64,
     /// When the request headers arrived (tokio time).
     pub arrived: Instant,
+    /// The request's [`SCRIPT_KEY`] metadata, if any.
+    pub key: Option<String>,
+    /// How the handler ended: `Some(Code::Ok)` when it replied (a streaming method: when it
+    /// opened its response stream), `Some(code)` when it failed with `code`, `None` while it
+    /// runs, or when it never ended (hung, or its connection was cut first).
+    pub outcome: Option<Code>,
 }
 
 impl Attempt {
@@ -370,6 +382,8 @@ struct AttemptRec {
     start_after: Option<u64>,
     chunks: u64,
     arrived: Instant,
+    key: Option<String>,
+    outcome: Option<Code>,
 }
 
 impl AttemptRec {
@@ -384,6 +398,8 @@ impl AttemptRec {
             start_after: self.start_after,
             chunks: self.chunks,
             arrived: self.arrived,
+            key: self.key.clone(),
+            outcome: self.outcome,
         }
     }
 }
@@ -397,6 +413,10 @@ struct AttemptTag {
 struct Inner {
     attempts: Vec<AttemptRec>,
     per_path: HashMap<String, u32>,
+    /// Attempts seen per [`SCRIPT_KEY`].
+    per_key: HashMap<String, u32>,
+    /// Per-key queues: they come before the method's own queue.
+    keyed: HashMap<(String, Method), VecDeque<Action>>,
     queues: HashMap<Method, VecDeque<Action>>,
     defaults: HashMap<Method, Action>,
     auth: Auth,
@@ -419,8 +439,15 @@ impl Shared {
     }
 
     fn arrive(&self, path: &str, headers: HeaderMap) -> (AttemptTag, Auth) {
+        let key = headers
+            .get(SCRIPT_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let (tag, auth, total) = {
             let mut inner = self.lock();
+            if let Some(key) = &key {
+                *inner.per_key.entry(key.clone()).or_insert(0) += 1;
+            }
             let number = {
                 let n = inner.per_path.entry(path.to_owned()).or_insert(0);
                 *n += 1;
@@ -437,6 +464,8 @@ impl Shared {
                 start_after: None,
                 chunks: 0,
                 arrived: Instant::now(),
+                key,
+                outcome: None,
             });
             (
                 AttemptTag { index, number },
@@ -458,12 +487,26 @@ impl Shared {
         ((z ^ (z >> 31)) % 100) as u32
     }
 
-    fn next_action(&self, method: Method) -> Action {
+    fn next_action(&self, method: Method, tag: Option<AttemptTag>) -> Action {
         let mut inner = self.lock();
+        let key = tag.and_then(|t| inner.attempts.get(t.index)?.key.clone());
+        if let Some(key) = key
+            && let Some(a) = inner
+                .keyed
+                .get_mut(&(key, method))
+                .and_then(VecDeque::pop_front)
+        {
+            return a;
+        }
         if let Some(a) = inner.queues.get_mut(&method).and_then(VecDeque::pop_front) {
             return a;
         }
         inner.defaults.get(&method).cloned().unwrap_or(Action::Ok)
+    }
+
+    /// Records how the handler of the attempt ended.
+    fn end(&self, tag: Option<AttemptTag>, code: Code) {
+        self.update(tag, |rec, _| rec.outcome = Some(code));
     }
 
     fn update(&self, tag: Option<AttemptTag>, f: impl FnOnce(&mut AttemptRec, bool)) {
@@ -524,7 +567,7 @@ fn tag_of<T>(req: &Request<T>) -> Option<AttemptTag> {
 impl Echo for EchoSvc {
     async fn say(&self, request: Request<SayRequest>) -> Result<Response<SayReply>, Status> {
         let tag = tag_of(&request);
-        let mut action = self.shared.next_action(Method::Say);
+        let mut action = self.shared.next_action(Method::Say, tag);
         if let Action::FailSometimes {
             percent,
             spare_after,
@@ -550,7 +593,7 @@ impl Echo for EchoSvc {
             }
             rec.text.clone_from(&msg.text);
         });
-        match self.shared.resolve(action).await {
+        let reply = match self.shared.resolve(action).await {
             Action::Fail(status)
             | Action::StreamThenFail { status, .. }
             | Action::ReadThenFail { status, .. } => Err(status),
@@ -563,7 +606,10 @@ impl Echo for EchoSvc {
                 text: msg.text,
                 attempt: tag.map_or(0, |t| t.number),
             })),
-        }
+        };
+        self.shared
+            .end(tag, reply.as_ref().map_or_else(Status::code, |_| Code::Ok));
+        reply
     }
 
     type CountStream = BoxStream<Numbered>;
@@ -573,7 +619,7 @@ impl Echo for EchoSvc {
         request: Request<CountRequest>,
     ) -> Result<Response<Self::CountStream>, Status> {
         let tag = tag_of(&request);
-        let action = self.shared.next_action(Method::Count);
+        let action = self.shared.next_action(Method::Count, tag);
         let msg = request.into_inner();
         self.shared
             .update(tag, |rec, _| rec.start_after = Some(msg.start_after));
@@ -595,7 +641,10 @@ impl Echo for EchoSvc {
         };
         let draining = self.shared.draining.clone();
         let out: BoxStream<Numbered> = match self.shared.resolve(action).await {
-            Action::Fail(status) | Action::ReadThenFail { status, .. } => return Err(status),
+            Action::Fail(status) | Action::ReadThenFail { status, .. } => {
+                self.shared.end(tag, status.code());
+                return Err(status);
+            }
             Action::StreamThenFail {
                 messages: k,
                 status,
@@ -609,6 +658,7 @@ impl Echo for EchoSvc {
             }
             _ => Box::pin(messages(u64::MAX)),
         };
+        self.shared.end(tag, Code::Ok);
         Ok(Response::new(out))
     }
 
@@ -617,7 +667,55 @@ impl Echo for EchoSvc {
         request: Request<Streaming<Chunk>>,
     ) -> Result<Response<CollectReply>, Status> {
         let tag = tag_of(&request);
-        let action = self.shared.next_action(Method::Collect);
+        let reply = self.collect_inner(tag, request).await;
+        self.shared
+            .end(tag, reply.as_ref().map_or_else(Status::code, |_| Code::Ok));
+        reply
+    }
+
+    type ChatStream = BoxStream<Chunk>;
+
+    async fn chat(
+        &self,
+        request: Request<Streaming<Chunk>>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        let tag = tag_of(&request);
+        let action = self.shared.next_action(Method::Chat, tag);
+        let inbound = request.into_inner();
+        // (echo limit, what happens after the limit)
+        let (limit, after) = match self.shared.resolve(action).await {
+            Action::Fail(status) => {
+                self.shared.end(tag, status.code());
+                return Err(status);
+            }
+            Action::StreamThenFail { messages, status } => (messages, After::Fail(status)),
+            Action::StreamThenEnd { messages } => (messages, After::End),
+            Action::StreamThenHang { messages } => (messages, After::Hang),
+            Action::ReadThenFail { chunks, status } => {
+                (chunks.unwrap_or(u64::MAX), After::ReadFail(status))
+            }
+            _ => (u64::MAX, After::End),
+        };
+        self.shared.end(tag, Code::Ok);
+        let state = ChatState {
+            inbound,
+            shared: self.shared.clone(),
+            tag,
+            sent: 0,
+            limit,
+            after: Some(after),
+        };
+        Ok(Response::new(Box::pin(stream::unfold(state, chat_step))))
+    }
+}
+
+impl EchoSvc {
+    async fn collect_inner(
+        &self,
+        tag: Option<AttemptTag>,
+        request: Request<Streaming<Chunk>>,
+    ) -> Result<Response<CollectReply>, Status> {
+        let action = self.shared.next_action(Method::Collect, tag);
         let mut inbound = request.into_inner();
         let (limit, fail) = match self.shared.resolve(action).await {
             Action::Fail(status) | Action::StreamThenFail { status, .. } => return Err(status),
@@ -650,37 +748,6 @@ impl Echo for EchoSvc {
             chunks: u32::try_from(chunks).unwrap_or(u32::MAX),
             checksum: hash.finish(),
         }))
-    }
-
-    type ChatStream = BoxStream<Chunk>;
-
-    async fn chat(
-        &self,
-        request: Request<Streaming<Chunk>>,
-    ) -> Result<Response<Self::ChatStream>, Status> {
-        let tag = tag_of(&request);
-        let action = self.shared.next_action(Method::Chat);
-        let inbound = request.into_inner();
-        // (echo limit, what happens after the limit)
-        let (limit, after) = match self.shared.resolve(action).await {
-            Action::Fail(status) => return Err(status),
-            Action::StreamThenFail { messages, status } => (messages, After::Fail(status)),
-            Action::StreamThenEnd { messages } => (messages, After::End),
-            Action::StreamThenHang { messages } => (messages, After::Hang),
-            Action::ReadThenFail { chunks, status } => {
-                (chunks.unwrap_or(u64::MAX), After::ReadFail(status))
-            }
-            _ => (u64::MAX, After::End),
-        };
-        let state = ChatState {
-            inbound,
-            shared: self.shared.clone(),
-            tag,
-            sent: 0,
-            limit,
-            after: Some(after),
-        };
-        Ok(Response::new(Box::pin(stream::unfold(state, chat_step))))
     }
 }
 
@@ -902,6 +969,8 @@ impl ScriptedServer {
             inner: Mutex::new(Inner {
                 attempts: Vec::new(),
                 per_path: HashMap::new(),
+                per_key: HashMap::new(),
+                keyed: HashMap::new(),
                 queues: script.queues,
                 defaults: script.defaults,
                 auth: script.auth,
@@ -1006,6 +1075,36 @@ impl ScriptedServer {
             .entry(method)
             .or_default()
             .push_back(action);
+    }
+
+    /// Appends `action` to the queue of `method` for requests whose [`SCRIPT_KEY`] metadata is
+    /// `key`; such requests use the method's own queue and default once it is empty.
+    pub fn push_keyed(&self, key: &str, method: Method, action: Action) {
+        self.shared
+            .lock()
+            .keyed
+            .entry((key.to_owned(), method))
+            .or_default()
+            .push_back(action);
+    }
+
+    /// The attempts received so far whose [`SCRIPT_KEY`] metadata is `key`, in arrival order.
+    pub fn attempts_keyed(&self, key: &str) -> Vec<Attempt> {
+        self.shared
+            .lock()
+            .attempts
+            .iter()
+            .filter(|a| a.key.as_deref() == Some(key))
+            .map(AttemptRec::snapshot)
+            .collect()
+    }
+
+    /// Waits until at least `n` attempts with [`SCRIPT_KEY`] `key` have arrived.
+    pub async fn wait_attempts_keyed(&self, key: &str, n: u32) {
+        let mut rx = self.shared.arrivals.subscribe();
+        let _ = rx
+            .wait_for(|_| self.shared.lock().per_key.get(key).copied().unwrap_or(0) >= n)
+            .await;
     }
 
     /// Sets the action `method` performs once its queue is empty.
