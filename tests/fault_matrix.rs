@@ -8,8 +8,14 @@
 //! so a defect makes a test fail in seconds, never hang.
 
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -17,9 +23,13 @@ use tonic_retry::{
     CallHistory, ExponentialBackoff, Keepalive, Retry, RetryLayer, RetryPolicy, RetryPolicyBuilder,
     StopReason,
 };
-use tonic_retry_testkit::pb::SayRequest;
 use tonic_retry_testkit::pb::echo_client::EchoClient;
-use tonic_retry_testkit::{Action, FaultProxy, Method, Script, ScriptedServer, endpoint};
+use tonic_retry_testkit::pb::other_client::OtherClient;
+use tonic_retry_testkit::pb::{Chunk, CountRequest, SayRequest};
+use tonic_retry_testkit::{
+    Action, FaultProxy, GoAwayServer, LOOPBACK_ANY, Method, SCRIPT_KEY, Script, ScriptedConnector,
+    ScriptedServer, endpoint, fnv1a64, lazy_channel, unused_addr,
+};
 use tower::ServiceBuilder;
 
 /// A test that has not finished by then has hung: fail it.
@@ -164,6 +174,970 @@ async fn blackholed_connection_an_attempt_timeout_retries_on_a_live_connection()
                 history(&status)
             ),
         }
+    })
+    .await;
+}
+
+// ---- refused ----
+
+#[tokio::test]
+async fn refused_connections_heal() {
+    guarded(async {
+        let server = ScriptedServer::start(Script::new()).await;
+        let proxy = FaultProxy::start(server.addr()).await;
+        proxy.refuse_next(2);
+        let layer = layer(quick().build().unwrap());
+        let mut client = client(lazy_channel(proxy.addr()), &layer);
+
+        let deadline = Duration::from_secs(3);
+        let reply = by_deadline(deadline, client.say(with_deadline(say("x"), deadline)))
+            .await
+            .unwrap()
+            .into_inner();
+
+        assert_eq!(reply.attempt, 1, "the server saw the call once");
+        assert_eq!(layer.metrics().attempts(), 3);
+        let stats = proxy.stats();
+        assert_eq!((stats.refused, stats.accepted), (2, 3));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn nothing_listening_fails_unavailable_never_sent_after_max_attempts() {
+    guarded(async {
+        let layer = layer(quick().build().unwrap());
+        let mut client = client(lazy_channel(unused_addr()), &layer);
+
+        let deadline = Duration::from_secs(3);
+        let status = by_deadline(deadline, client.say(with_deadline(say("x"), deadline)))
+            .await
+            .unwrap_err();
+
+        assert_eq!(status.code(), Code::Unavailable);
+        let history = history(&status);
+        assert_eq!(history.stop_reason(), StopReason::AttemptsExhausted);
+        assert_eq!(history.attempts().len(), 5);
+        assert!(
+            history.attempts().iter().all(|a| a.never_sent()),
+            "{history}"
+        );
+    })
+    .await;
+}
+
+// ---- the connection dies after the request was written, before any response header ----
+
+/// The server holds the call's first attempt without answering; the proxy then cuts the
+/// connection. The request may have reached the server: gRPC clients call that UNAVAILABLE, and
+/// a policy that retries UNAVAILABLE retries it, on a new connection.
+async fn cut_before_response_headers(cut: impl FnOnce(&FaultProxy)) {
+    let server = ScriptedServer::start(Script::new().say(Action::Hang)).await;
+    let proxy = FaultProxy::start(server.addr()).await;
+    let layer = layer(quick().build().unwrap());
+    let mut client = client(lazy_channel(proxy.addr()), &layer);
+
+    let deadline = Duration::from_secs(3);
+    let call = tokio::spawn(async move {
+        by_deadline(deadline, client.say(with_deadline(say("x"), deadline))).await
+    });
+    server.wait_attempts(1).await;
+    cut(&proxy);
+    let outcome = call.await.unwrap();
+
+    let reply = match outcome {
+        Ok(reply) => reply.into_inner(),
+        Err(status) => panic!("not healed: {status:?}\n{}", history(&status)),
+    };
+    assert_eq!(reply.attempt, 2);
+    assert_eq!(server.attempt_count(), 2);
+    assert_eq!(
+        proxy.stats().accepted,
+        2,
+        "the retry went down a new connection"
+    );
+}
+
+#[tokio::test]
+async fn reset_before_response_headers_heals() {
+    guarded(cut_before_response_headers(FaultProxy::reset_all)).await;
+}
+
+#[tokio::test]
+async fn fin_before_response_headers_heals() {
+    guarded(cut_before_response_headers(FaultProxy::close_all)).await;
+}
+
+// ---- the connection dies in the middle of a server stream ----
+
+/// Once response headers came, the call is committed: the layer does not retry it (that is the
+/// resumable stream's job). The caller sees the messages sent before the cut, each once, then
+/// an error, by its deadline; the server saw one attempt.
+async fn cut_mid_stream(cut: impl FnOnce(&FaultProxy)) {
+    let server =
+        ScriptedServer::start(Script::new().count(Action::StreamThenHang { messages: 3 })).await;
+    let proxy = FaultProxy::start(server.addr()).await;
+    let layer = layer(quick().build().unwrap());
+    let mut client = client(lazy_channel(proxy.addr()), &layer);
+
+    let deadline = Duration::from_secs(3);
+    let started = Instant::now();
+    let request = CountRequest {
+        start_after: 0,
+        count: 10,
+        padding_len: 0,
+    };
+    let mut stream = client
+        .count(with_deadline(request, deadline))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(stream.message().await.unwrap().unwrap().seq);
+    }
+    cut(&proxy);
+    let end = stream.message().await;
+    assert!(
+        started.elapsed() <= deadline + SLACK,
+        "the stream outlived its deadline"
+    );
+
+    assert_eq!(seen, [1, 2, 3]);
+    let status = end.expect_err("the cut stream ends with an error");
+    assert_ne!(status.code(), Code::Ok);
+    assert_eq!(server.attempt_count_for(Method::Count), 1, "not retried");
+    assert_eq!(layer.metrics().retries(), 0);
+}
+
+#[tokio::test]
+async fn reset_mid_stream_is_not_retried() {
+    guarded(cut_mid_stream(FaultProxy::reset_all)).await;
+}
+
+#[tokio::test]
+async fn fin_mid_stream_is_not_retried() {
+    guarded(cut_mid_stream(FaultProxy::close_all)).await;
+}
+
+// ---- GOAWAY ----
+
+/// The first connection answers the request with GOAWAY(last stream 0): the server never
+/// processed it, so it is retried, and the retry dials a new connection (to a real server).
+#[tokio::test]
+async fn goaway_before_the_request_was_processed_heals() {
+    guarded(async {
+        let going_away = GoAwayServer::start(h2::Reason::NO_ERROR).await;
+        let server = ScriptedServer::start(Script::new()).await;
+        let connector = ScriptedConnector::new(going_away.addr());
+        let channel = endpoint(LOOPBACK_ANY).connect_with_connector_lazy(connector.clone());
+        let layer = layer(quick().build().unwrap());
+        let mut client = client(channel, &layer);
+
+        let deadline = Duration::from_secs(3);
+        let call = tokio::spawn(async move {
+            by_deadline(deadline, client.say(with_deadline(say("x"), deadline))).await
+        });
+        connector.wait_attempts(1).await;
+        connector.set_target(server.addr());
+        let outcome = call.await.unwrap();
+
+        let reply = match outcome {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => panic!("not healed: {status:?}\n{}", history(&status)),
+        };
+        assert_eq!(reply.attempt, 1);
+        assert_eq!(connector.attempts(), 2);
+    })
+    .await;
+}
+
+/// A server that always answers GOAWAY: every attempt is retried as never sent, until the
+/// attempts run out; the caller gets UNAVAILABLE.
+#[tokio::test]
+async fn goaway_every_time_fails_unavailable_after_max_attempts() {
+    guarded(async {
+        let going_away = GoAwayServer::start(h2::Reason::NO_ERROR).await;
+        let layer = layer(quick().build().unwrap());
+        let mut client = client(lazy_channel(going_away.addr()), &layer);
+
+        let deadline = Duration::from_secs(3);
+        let status = by_deadline(deadline, client.say(with_deadline(say("x"), deadline)))
+            .await
+            .unwrap_err();
+
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        let history = history(&status);
+        assert_eq!(
+            history.stop_reason(),
+            StopReason::AttemptsExhausted,
+            "{history}"
+        );
+        assert!(
+            history.attempts().iter().all(|a| a.never_sent()),
+            "{history}"
+        );
+    })
+    .await;
+}
+
+// ---- the server is killed (SIGKILL-style) and restarted on the same port ----
+
+#[tokio::test]
+async fn server_killed_and_restarted_on_the_same_port_heals() {
+    guarded(async {
+        let server = ScriptedServer::start(Script::new()).await;
+        let addr = server.addr();
+        // The connector dials the server's address and counts the dials.
+        let connector = ScriptedConnector::new(addr);
+        let channel = endpoint(addr).connect_with_connector_lazy(connector.clone());
+        let layer = layer(
+            RetryPolicy::builder()
+                .backoff(
+                    ExponentialBackoff::new(
+                        Duration::from_millis(50),
+                        Duration::from_millis(200),
+                        2.0,
+                    )
+                    .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        );
+        let mut client = client(channel, &layer);
+        client.say(say("warm")).await.unwrap();
+
+        // The task aborted, the listener and every connection dropped: like SIGKILL.
+        server.kill();
+        let deadline = Duration::from_secs(5);
+        let call = tokio::spawn(async move {
+            by_deadline(deadline, client.say(with_deadline(say("x"), deadline))).await
+        });
+        // A dial after the kill: it was refused, nothing listens. (If the call ends first, it
+        // ended without retrying: the outcome below says how.)
+        let mut call = call;
+        let ended_early = tokio::select! {
+            () = connector.wait_attempts(2) => None,
+            outcome = &mut call => Some(outcome.unwrap()),
+        };
+        let restarted = ScriptedServer::start_on(addr, Script::new()).await.unwrap();
+        let outcome = match ended_early {
+            Some(outcome) => outcome,
+            None => call.await.unwrap(),
+        };
+
+        match outcome {
+            Ok(reply) => assert_eq!(reply.into_inner().attempt, 1),
+            Err(status) => panic!("not healed: {status:?}\n{}", history(&status)),
+        }
+        assert_eq!(restarted.attempt_count(), 1);
+        assert!(layer.metrics().retries() >= 1);
+    })
+    .await;
+}
+
+// ---- stalls ----
+
+/// The server holds the first attempt (no response headers): the per-attempt timeout cuts it and
+/// the retry heals; the server learns each attempt's own deadline in `grpc-timeout`.
+#[tokio::test]
+async fn a_server_stall_before_headers_is_cut_by_the_attempt_timeout_and_heals() {
+    guarded(async {
+        let server = ScriptedServer::start(Script::new().say(Action::Hang)).await;
+        let layer = layer(
+            quick()
+                .attempt_timeout(Duration::from_millis(200))
+                .build()
+                .unwrap(),
+        );
+        let mut client = client(lazy_channel(server.addr()), &layer);
+
+        let deadline = Duration::from_secs(3);
+        let reply = by_deadline(deadline, client.say(with_deadline(say("x"), deadline)))
+            .await
+            .unwrap()
+            .into_inner();
+
+        assert_eq!(reply.attempt, 2);
+        let attempts = server.attempts();
+        assert_eq!(attempts[1].previous_rpc_attempts(), Some(1));
+        assert!(attempts.iter().all(|a| a.grpc_timeout().is_some()));
+    })
+    .await;
+}
+
+/// Every connection stalls (new ones too): nothing can heal it, and the call ends with
+/// DEADLINE_EXCEEDED by its deadline, whatever state it is in.
+#[tokio::test]
+async fn a_stalled_network_ends_the_call_by_its_deadline() {
+    guarded(async {
+        let server = ScriptedServer::start(Script::new()).await;
+        let proxy = FaultProxy::start(server.addr()).await;
+        let layer = layer(
+            quick()
+                .attempt_timeout(Duration::from_millis(100))
+                .build()
+                .unwrap(),
+        );
+        let mut client = client(lazy_channel(proxy.addr()), &layer);
+        client.say(say("warm")).await.unwrap();
+        proxy.stall_all();
+
+        let deadline = Duration::from_millis(800);
+        let status = by_deadline(deadline, client.say(with_deadline(say("x"), deadline)))
+            .await
+            .unwrap_err();
+
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        let history = history(&status);
+        assert!(history.attempts().len() >= 2, "{history}");
+    })
+    .await;
+}
+
+/// After response headers the call is committed: the layer's timers are done with it, and a
+/// tonic client does not bound the rest of the call by its deadline either (`grpc-timeout` and
+/// `Endpoint::timeout` cover the wait for response headers only). A live server that stalls
+/// mid-stream is bounded by the caller: here, each read under the call's deadline.
+#[tokio::test]
+async fn a_stall_after_response_headers_is_not_retried_and_the_caller_bounds_it() {
+    guarded(async {
+        let server =
+            ScriptedServer::start(Script::new().count(Action::StreamThenHang { messages: 2 }))
+                .await;
+        let layer = layer(
+            quick()
+                .attempt_timeout(Duration::from_millis(100))
+                .build()
+                .unwrap(),
+        );
+        let mut client = client(lazy_channel(server.addr()), &layer);
+
+        let deadline = Duration::from_millis(500);
+        let ends_at = Instant::now() + deadline;
+        let request = CountRequest {
+            start_after: 0,
+            count: 10,
+            padding_len: 0,
+        };
+        let mut stream = client
+            .count(with_deadline(request, deadline))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut seen = Vec::new();
+        let stalled = loop {
+            match tokio::time::timeout_at(ends_at, stream.message()).await {
+                Ok(Ok(Some(message))) => seen.push(message.seq),
+                Ok(other) => break Err(other),
+                Err(_elapsed) => break Ok(()),
+            }
+        };
+
+        assert!(stalled.is_ok(), "the stream ended by itself: {stalled:?}");
+        assert!(Instant::now() <= ends_at + SLACK);
+        assert_eq!(seen, [1, 2]);
+        // The per-attempt timeout (100 ms) did not cut the committed call.
+        assert_eq!(server.attempt_count(), 1);
+    })
+    .await;
+}
+
+/// A connection that dies silently after response headers: keepalive finds it and ends the
+/// stream within its detection time, long before the call's deadline. (The call is committed:
+/// the layer passes the body through, so the code is tonic's for a body error.)
+#[tokio::test]
+async fn a_dead_connection_after_response_headers_is_ended_by_keepalive() {
+    guarded(async {
+        let server =
+            ScriptedServer::start(Script::new().count(Action::StreamThenHang { messages: 2 }))
+                .await;
+        let proxy = FaultProxy::start(server.addr()).await;
+        let keepalive =
+            Keepalive::new(Duration::from_millis(100), Duration::from_millis(100)).unwrap();
+        let channel = keepalive.apply(endpoint(proxy.addr())).connect_lazy();
+        let layer = layer(quick().build().unwrap());
+        let mut client = client(channel, &layer);
+
+        let deadline = Duration::from_secs(10);
+        let request = CountRequest {
+            start_after: 0,
+            count: 10,
+            padding_len: 0,
+        };
+        let mut stream = client
+            .count(with_deadline(request, deadline))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(stream.message().await.unwrap().unwrap().seq, 1);
+        assert_eq!(stream.message().await.unwrap().unwrap().seq, 2);
+        proxy.blackhole_all();
+        let started = Instant::now();
+        let end = stream.message().await;
+        let took = started.elapsed();
+
+        let status = end.expect_err("the dead connection ends the stream");
+        assert!(
+            matches!(status.code(), Code::Unavailable | Code::Unknown),
+            "{status:?}"
+        );
+        assert!(
+            took <= keepalive.detection_time() + keepalive.interval() + SLACK,
+            "found dead after {took:?}"
+        );
+        assert_eq!(server.attempt_count(), 1);
+    })
+    .await;
+}
+
+// ---- unreachable (a connector: no packet leaves loopback) ----
+
+#[tokio::test]
+async fn network_unreachable_heals() {
+    guarded(async {
+        let server = ScriptedServer::start(Script::new()).await;
+        let connector =
+            ScriptedConnector::fail_first(server.addr(), 2, io::ErrorKind::NetworkUnreachable);
+        let channel = endpoint(LOOPBACK_ANY).connect_with_connector_lazy(connector.clone());
+        let layer = layer(quick().build().unwrap());
+        let mut client = client(channel, &layer);
+
+        let deadline = Duration::from_secs(3);
+        let reply = by_deadline(deadline, client.say(with_deadline(say("x"), deadline)))
+            .await
+            .unwrap()
+            .into_inner();
+
+        assert_eq!(reply.attempt, 1);
+        assert_eq!(connector.attempts(), 3);
+        assert_eq!(layer.metrics().attempts(), 3);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn network_unreachable_for_good_fails_unavailable_never_sent() {
+    guarded(async {
+        let connector = ScriptedConnector::always_fail(io::ErrorKind::NetworkUnreachable);
+        let channel = endpoint(LOOPBACK_ANY).connect_with_connector_lazy(connector.clone());
+        let layer = layer(quick().build().unwrap());
+        let mut client = client(channel, &layer);
+
+        let deadline = Duration::from_secs(3);
+        let status = by_deadline(deadline, client.say(with_deadline(say("x"), deadline)))
+            .await
+            .unwrap_err();
+
+        assert_eq!(status.code(), Code::Unavailable);
+        let history = history(&status);
+        assert_eq!(history.stop_reason(), StopReason::AttemptsExhausted);
+        assert_eq!(history.attempts().len(), 5);
+        assert!(
+            history.attempts().iter().all(|a| a.never_sent()),
+            "{history}"
+        );
+        assert_eq!(connector.attempts(), 5);
+    })
+    .await;
+}
+
+// ---- never heal: fail fast ----
+
+#[tokio::test]
+async fn unknown_service_fails_fast_with_unimplemented() {
+    guarded(async {
+        let server = ScriptedServer::start(Script::new()).await;
+        let layer = layer(
+            quick()
+                .retryable_codes([Code::Unavailable, Code::Unimplemented])
+                .build()
+                .unwrap(),
+        );
+        let channel = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(lazy_channel(server.addr()));
+        let mut client = OtherClient::new(channel);
+
+        let deadline = Duration::from_secs(3);
+        let status = by_deadline(deadline, client.ping(with_deadline(say("x"), deadline)))
+            .await
+            .unwrap_err();
+
+        assert_eq!(status.code(), Code::Unimplemented);
+        assert_eq!(history(&status).stop_reason(), StopReason::FailFast);
+        assert_eq!(server.attempt_count(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn permission_denied_fails_fast() {
+    guarded(async {
+        let server = ScriptedServer::start(Script::new().deny_all()).await;
+        let layer = layer(
+            quick()
+                .retryable_codes([Code::Unavailable, Code::PermissionDenied])
+                .build()
+                .unwrap(),
+        );
+        let mut client = client(lazy_channel(server.addr()), &layer);
+
+        let deadline = Duration::from_secs(3);
+        let status = by_deadline(deadline, client.say(with_deadline(say("x"), deadline)))
+            .await
+            .unwrap_err();
+
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(history(&status).stop_reason(), StopReason::FailFast);
+        assert_eq!(server.attempt_count(), 1);
+    })
+    .await;
+}
+
+// ---- bad pushback and RetryInfo from the peer ----
+
+/// A delay from the peer that is never waited in full when the call has no deadline: the
+/// layer's cap (the policy's max backoff, or its documented bound) must be below this.
+const PEER_DELAY_CAP_AT_MOST: Duration = Duration::from_secs(300);
+
+/// Paused-time tests: a guard far longer than any cap, still finite.
+const PAUSED_GUARD: Duration = Duration::from_secs(3600);
+
+async fn paused_guarded<T>(body: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PAUSED_GUARD, body)
+        .await
+        .expect("the call waited past any sane cap on a peer's delay")
+}
+
+/// A server whose first `Say` attempt fails with `first`, then answers OK.
+async fn first_fails(first: Action) -> ScriptedServer {
+    ScriptedServer::start(Script::new().say(first)).await
+}
+
+/// The first attempt fails with `first`; the call, with `deadline`, must end at once (no
+/// retry), UNAVAILABLE, with the history's stop reason one of `stops`.
+async fn stops_at_once(first: Action, deadline: Option<Duration>, stops: &[StopReason]) {
+    let server = first_fails(first).await;
+    let layer = layer(quick().build().unwrap());
+    let mut client = client(lazy_channel(server.addr()), &layer);
+    let request = match deadline {
+        Some(deadline) => with_deadline(say("x"), deadline),
+        None => Request::new(say("x")),
+    };
+
+    let started = Instant::now();
+    let status = paused_guarded(client.say(request)).await.unwrap_err();
+    let took = started.elapsed();
+
+    assert_eq!(status.code(), Code::Unavailable);
+    let history = history(&status);
+    assert!(stops.contains(&history.stop_reason()), "{history}");
+    assert_eq!(server.attempt_count(), 1, "{history}");
+    assert!(
+        took < Duration::from_millis(50),
+        "waited {took:?} before stopping"
+    );
+}
+
+/// The first attempt fails with `first`, a peer delay too large to wait; with no deadline the
+/// layer caps it and retries; the second attempt heals the call.
+async fn capped_then_healed(first: Action) {
+    let server = first_fails(first).await;
+    let layer = layer(quick().build().unwrap());
+    let mut client = client(lazy_channel(server.addr()), &layer);
+
+    let reply = paused_guarded(client.say(say("x")))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(reply.attempt, 2);
+    let attempts = server.attempts();
+    let gap = attempts[1].arrived - attempts[0].arrived;
+    assert!(gap <= PEER_DELAY_CAP_AT_MOST, "waited {gap:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pushback_negative_stops() {
+    stops_at_once(
+        Action::pushback_raw(Code::Unavailable, "-1"),
+        None,
+        &[StopReason::Pushback],
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn pushback_two_values_stops() {
+    stops_at_once(
+        Action::fail_with(
+            Code::Unavailable,
+            "two pushbacks",
+            &[
+                ("grpc-retry-pushback-ms", "10"),
+                ("grpc-retry-pushback-ms", "20"),
+            ],
+        ),
+        None,
+        &[StopReason::Pushback],
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn pushback_huge_with_a_deadline_returns_at_once() {
+    stops_at_once(
+        Action::pushback_raw(Code::Unavailable, "18446744073709551615"),
+        Some(Duration::from_secs(2)),
+        &[StopReason::Deadline, StopReason::Pushback],
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn pushback_huge_without_a_deadline_is_capped() {
+    capped_then_healed(Action::pushback_raw(
+        Code::Unavailable,
+        "18446744073709551615",
+    ))
+    .await;
+}
+
+/// The bytes of a `google.rpc.Status` (code UNAVAILABLE) whose one detail is a
+/// `google.rpc.RetryInfo` with `retry_delay = {seconds, nanos}`, encoded by hand so that any
+/// value, valid or not, can be sent.
+fn retry_info_details(seconds: i64, nanos: i32) -> Bytes {
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn field(tag: u8, payload: &[u8], out: &mut Vec<u8>) {
+        out.push(tag);
+        varint(payload.len() as u64, out);
+        out.extend_from_slice(payload);
+    }
+    let mut duration = Vec::new();
+    duration.push(0x08);
+    varint(seconds as u64, &mut duration);
+    duration.push(0x10);
+    varint(i64::from(nanos) as u64, &mut duration);
+    let mut retry_info = Vec::new();
+    field(0x0a, &duration, &mut retry_info);
+    let mut any = Vec::new();
+    field(0x0a, b"type.googleapis.com/google.rpc.RetryInfo", &mut any);
+    field(0x12, &retry_info, &mut any);
+    let mut status = vec![0x08, 14];
+    field(0x12, b"slow down", &mut status);
+    field(0x1a, &any, &mut status);
+    Bytes::from(status)
+}
+
+fn retry_info(seconds: i64, nanos: i32) -> Action {
+    Action::Fail(Status::with_details(
+        Code::Unavailable,
+        "slow down",
+        retry_info_details(seconds, nanos),
+    ))
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_info_valid_is_waited_exactly() {
+    // The hand-made encoding is right: a valid RetryInfo of 1.5 s is honoured.
+    let server = first_fails(retry_info(1, 500_000_000)).await;
+    let layer = layer(quick().build().unwrap());
+    let mut client = client(lazy_channel(server.addr()), &layer);
+
+    let reply = paused_guarded(client.say(say("x")))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(reply.attempt, 2);
+    let attempts = server.attempts();
+    let gap = attempts[1].arrived - attempts[0].arrived;
+    assert!(gap >= Duration::from_millis(1500), "{gap:?}");
+    assert!(gap < Duration::from_millis(1600), "{gap:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_info_negative_stops_like_negative_pushback() {
+    stops_at_once(retry_info(-1, 0), None, &[StopReason::Pushback]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_info_most_negative_stops_without_a_panic() {
+    stops_at_once(retry_info(i64::MIN, 0), None, &[StopReason::Pushback]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_info_huge_with_a_deadline_returns_at_once() {
+    stops_at_once(
+        retry_info(i64::MAX, 999_999_999),
+        Some(Duration::from_secs(2)),
+        &[StopReason::Deadline, StopReason::Pushback],
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_info_huge_without_a_deadline_is_capped() {
+    capped_then_healed(retry_info(i64::MAX, 999_999_999)).await;
+}
+
+// ---- bad status headers: a bare HTTP/2 server answers with a chosen response head ----
+
+/// An HTTP/2 server that answers its first `bad` requests with `head` (as a Trailers-Only
+/// response: headers with END_STREAM), then every other with an empty message and
+/// `grpc-status: 0`. Counts the requests.
+struct HeadServer {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl HeadServer {
+    async fn start(
+        bad: usize,
+        status: u16,
+        headers: &'static [(&'static str, &'static str)],
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind(LOOPBACK_ANY).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&requests);
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(socket).await else {
+                        return;
+                    };
+                    while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                        let seen = counter.fetch_add(1, Ordering::SeqCst);
+                        if seen < bad {
+                            let mut head = http::Response::builder().status(status);
+                            for &(name, value) in headers {
+                                head = head.header(name, value);
+                            }
+                            let _ = respond.send_response(head.body(()).unwrap(), true);
+                            continue;
+                        }
+                        let head = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .unwrap();
+                        let Ok(mut stream) = respond.send_response(head, false) else {
+                            continue;
+                        };
+                        let _ = stream.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false);
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        let _ = stream.send_trailers(trailers);
+                    }
+                });
+            }
+        });
+        HeadServer {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HeadServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The first response head is odd; the call must end by its deadline without a panic, retried
+/// or not as `retried` says, with one of `codes` when it fails.
+async fn odd_head(
+    status: u16,
+    headers: &'static [(&'static str, &'static str)],
+    retried: bool,
+    codes: &[Code],
+) {
+    let server = HeadServer::start(1, status, headers).await;
+    let layer = layer(quick().build().unwrap());
+    let mut client = client(lazy_channel(server.addr), &layer);
+
+    let deadline = Duration::from_secs(3);
+    let call = tokio::spawn(async move {
+        by_deadline(deadline, client.say(with_deadline(say("x"), deadline))).await
+    });
+    let outcome = call.await.expect("no panic on an odd response head");
+
+    if retried {
+        assert!(outcome.is_ok(), "{outcome:?}");
+        assert_eq!(server.requests(), 2);
+    } else {
+        let status = outcome.expect_err("an odd head is not a success");
+        assert!(codes.contains(&status.code()), "{status:?}");
+        assert_eq!(server.requests(), 1, "not retried");
+    }
+}
+
+#[tokio::test]
+async fn status_header_not_a_number_is_not_retried() {
+    guarded(odd_head(
+        200,
+        &[("content-type", "application/grpc"), ("grpc-status", "abc")],
+        false,
+        &[Code::Unknown, Code::Internal],
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn status_header_out_of_range_is_not_retried() {
+    guarded(odd_head(
+        200,
+        &[("content-type", "application/grpc"), ("grpc-status", "99")],
+        false,
+        &[Code::Unknown, Code::Internal],
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn status_header_twice_is_not_retried() {
+    guarded(odd_head(
+        200,
+        &[
+            ("content-type", "application/grpc"),
+            ("grpc-status", "14"),
+            ("grpc-status", "14"),
+        ],
+        false,
+        &[Code::Unavailable, Code::Unknown, Code::Internal],
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn http_503_without_grpc_status_is_unavailable_and_heals() {
+    guarded(odd_head(503, &[("content-type", "text/plain")], true, &[])).await;
+}
+
+#[tokio::test]
+async fn http_404_without_grpc_status_is_unimplemented_and_fails_fast() {
+    guarded(odd_head(
+        404,
+        &[("content-type", "text/html")],
+        false,
+        &[Code::Unimplemented],
+    ))
+    .await;
+}
+
+/// `grpc-status: 0` with a `grpc-status-details-bin` that is not base64. tonic 0.14's own client
+/// panics on it (`Status::from_header_map`, called by `Grpc::create_response`): an upstream bug.
+/// The layer reads these Trailers-Only headers first and must not be a path to that panic: the
+/// retrying service, called directly, answers without panicking.
+#[tokio::test]
+async fn status_ok_with_broken_details_does_not_panic_in_the_layer() {
+    guarded(async {
+        use tower::ServiceExt;
+        let server = HeadServer::start(
+            1,
+            200,
+            &[
+                ("content-type", "application/grpc"),
+                ("grpc-status", "0"),
+                ("grpc-status-details-bin", "!!not base64!!"),
+            ],
+        )
+        .await;
+        let layer = layer(quick().build().unwrap());
+        let service = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(lazy_channel(server.addr));
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}/tonic_retry.test.Echo/Say", server.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(http_body_util::Full::new(
+                Bytes::from_static(&[0, 0, 0, 0, 0]),
+            )))
+            .unwrap();
+
+        let call = tokio::spawn(service.oneshot(request));
+        let outcome = call.await;
+
+        assert!(
+            !outcome
+                .as_ref()
+                .is_err_and(tokio::task::JoinError::is_panic),
+            "the layer panicked: {outcome:?}"
+        );
+        assert_eq!(server.requests(), 1);
+    })
+    .await;
+}
+
+// ---- bodies over the per-call replay limit ----
+
+#[tokio::test]
+async fn an_oversize_unary_body_is_sent_once_intact_and_not_retried() {
+    guarded(async {
+        let server = first_fails(Action::fail(Code::Unavailable, "busy")).await;
+        let layer = layer(quick().buffer_limit(64 * 1024).build().unwrap());
+        let mut client = client(lazy_channel(server.addr()), &layer);
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+
+        let deadline = Duration::from_secs(3);
+        let request = SayRequest {
+            payload: Bytes::from(payload.clone()),
+            text: "big".into(),
+        };
+        let status = by_deadline(deadline, client.say(with_deadline(request, deadline)))
+            .await
+            .unwrap_err();
+
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(history(&status).stop_reason(), StopReason::BufferLimit);
+        let attempts = server.attempts();
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(fnv1a64(&attempts[0].payload), fnv1a64(&payload));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_oversize_client_stream_is_sent_once_intact_and_not_retried() {
+    guarded(async {
+        let server = ScriptedServer::start(
+            Script::new().collect(Action::read_all_then_fail(Code::Unavailable, "busy")),
+        )
+        .await;
+        let layer = layer(quick().buffer_limit(64 * 1024).build().unwrap());
+        let mut client = client(lazy_channel(server.addr()), &layer);
+        let chunks: Vec<Bytes> = (0..20u8).map(|i| Bytes::from(vec![i; 8 * 1024])).collect();
+        let sent: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+
+        let deadline = Duration::from_secs(3);
+        let stream = futures::stream::iter(chunks.into_iter().map(|data| Chunk { data }));
+        let status = by_deadline(deadline, client.collect(with_deadline(stream, deadline)))
+            .await
+            .unwrap_err();
+
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(history(&status).stop_reason(), StopReason::BufferLimit);
+        let attempts = server.attempts();
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].chunks, 20);
+        assert_eq!(fnv1a64(&attempts[0].payload), fnv1a64(&sent));
     })
     .await;
 }
