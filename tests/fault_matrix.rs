@@ -1,8 +1,9 @@
 //! The fault matrix: every fault class of the seed table, for real on loopback, through the
 //! testkit's proxy, servers and connectors, with a `RetryLayer` in front. Each row states the
 //! expected outcome (healed, failed fast with the right code, or not retried), the attempts it
-//! takes, and that the call ended by its deadline. Then a load test: 200 concurrent calls with
-//! 30% random faults, nothing lost, duplicated or corrupted.
+//! takes, and that the call ended by its deadline. Then a load test: 200 concurrent calls
+//! (unary, client-stream, server-stream, bidi) with 30% random faults, nothing lost,
+//! duplicated or corrupted.
 //!
 //! Every test is bounded: the calls carry deadlines and each test runs under a guard timeout,
 //! so a defect makes a test fail in seconds, never hang.
@@ -1138,6 +1139,522 @@ async fn an_oversize_client_stream_is_sent_once_intact_and_not_retried() {
         assert_eq!(attempts.len(), 1);
         assert_eq!(attempts[0].chunks, 20);
         assert_eq!(fnv1a64(&attempts[0].payload), fnv1a64(&sent));
+    })
+    .await;
+}
+
+// ---- the deadline holds while the inner service is not ready ----
+
+/// A service under the layer that is ready for its first call only, then never again (its
+/// clones share the count): the retry waits for readiness that never comes.
+#[derive(Clone)]
+struct ReadyOnce<S> {
+    inner: S,
+    calls: Arc<AtomicUsize>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for ReadyOnce<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        if self.calls.load(Ordering::SeqCst) > 0 {
+            // Never ready again, and never woken: only the layer's deadline can end the wait.
+            return std::task::Poll::Pending;
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.call(request)
+    }
+}
+
+#[tokio::test]
+async fn the_deadline_holds_while_the_inner_service_is_not_ready() {
+    guarded(async {
+        let server = first_fails(Action::fail(Code::Unavailable, "busy")).await;
+        let layer = layer(quick().build().unwrap());
+        let inner = ReadyOnce {
+            inner: lazy_channel(server.addr()),
+            calls: Arc::new(AtomicUsize::new(0)),
+        };
+        let mut client = EchoClient::new(ServiceBuilder::new().layer(layer.clone()).service(inner));
+
+        let deadline = Duration::from_millis(300);
+        let status = by_deadline(deadline, client.say(with_deadline(say("x"), deadline)))
+            .await
+            .unwrap_err();
+
+        assert!(
+            matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded),
+            "{status:?}"
+        );
+        assert_eq!(history(&status).stop_reason(), StopReason::Deadline);
+        assert_eq!(server.attempt_count(), 1);
+    })
+    .await;
+}
+
+// ---- load: 200 concurrent calls, 30% of them with a fault ----
+
+/// SplitMix64: a small seeded generator, so that a failing run can be replayed exactly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum CallKind {
+    Unary,
+    ClientStream,
+    ServerStream,
+    /// Bidirectional: the server answers with headers at once, then echoes every chunk.
+    Bidi,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Fault {
+    None,
+    /// The first attempt is answered UNAVAILABLE (Trailers-Only).
+    Unavailable,
+    /// Client stream and bidi: the first attempt reads some chunks, then fails UNAVAILABLE
+    /// before any response header. The retry replays them; a bidi retry's server answers with
+    /// headers at once, so the call commits in the middle of the replay.
+    PartialReadThenUnavailable,
+    /// The first connection is refused (accepted, then RST).
+    Refused,
+    /// The server holds the first attempt; its connection is reset (RST) before any header.
+    ResetBeforeHeaders,
+    /// The same, closed with FIN.
+    FinBeforeHeaders,
+}
+
+struct Plan {
+    id: usize,
+    kind: CallKind,
+    fault: Fault,
+    /// Unary: one payload. Client stream: the chunks, in order.
+    chunks: Vec<Bytes>,
+    /// Server stream: how many messages.
+    count: u64,
+}
+
+impl Plan {
+    fn key(&self) -> String {
+        format!("call-{}", self.id)
+    }
+
+    fn method(&self) -> Method {
+        match self.kind {
+            CallKind::Unary => Method::Say,
+            CallKind::ClientStream => Method::Collect,
+            CallKind::ServerStream => Method::Count,
+            CallKind::Bidi => Method::Chat,
+        }
+    }
+
+    fn draw(id: usize, faulty: bool, rng: &mut Rng) -> Plan {
+        let kind = match rng.below(4) {
+            0 => CallKind::Unary,
+            1 => CallKind::ClientStream,
+            2 => CallKind::ServerStream,
+            _ => CallKind::Bidi,
+        };
+        let fault = if faulty {
+            let choices: &[Fault] = match kind {
+                CallKind::ClientStream | CallKind::Bidi => &[
+                    Fault::Unavailable,
+                    Fault::PartialReadThenUnavailable,
+                    Fault::Refused,
+                    Fault::ResetBeforeHeaders,
+                    Fault::FinBeforeHeaders,
+                ],
+                _ => &[
+                    Fault::Unavailable,
+                    Fault::Refused,
+                    Fault::ResetBeforeHeaders,
+                    Fault::FinBeforeHeaders,
+                ],
+            };
+            choices[rng.below(choices.len() as u64) as usize]
+        } else {
+            Fault::None
+        };
+        let chunks = match kind {
+            CallKind::Unary => {
+                let len = 1 + rng.below(4096) as usize;
+                vec![Bytes::from(rng.bytes(len))]
+            }
+            CallKind::ClientStream | CallKind::Bidi => (0..2 + rng.below(5))
+                .map(|j| {
+                    // Each chunk names its call and place, so a chunk out of place shows.
+                    let mut chunk = format!("{id}:{j}:").into_bytes();
+                    // Bidi chunks outgrow HTTP/2's initial 64 KiB window together: the replay
+                    // waits for the server to read, and the server's headers come first.
+                    let len = match kind {
+                        CallKind::Bidi => 16 * 1024 + rng.below(32 * 1024) as usize,
+                        _ => 1 + rng.below(512) as usize,
+                    };
+                    chunk.extend(rng.bytes(len));
+                    Bytes::from(chunk)
+                })
+                .collect(),
+            CallKind::ServerStream => Vec::new(),
+        };
+        let count = 1 + rng.below(20);
+        Plan {
+            id,
+            kind,
+            fault,
+            chunks,
+            count,
+        }
+    }
+}
+
+/// What the caller saw of one call.
+struct Seen {
+    outcome: Result<(), Status>,
+    /// Server stream: the sequence numbers received, in order.
+    received: Vec<u64>,
+    /// Unary: the echoed payload's hash. Client stream: the server's checksum and chunk count.
+    reply_hash: Option<(u64, u64)>,
+    took: Duration,
+}
+
+const LOAD_CALLS: usize = 200;
+const LOAD_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A request with the load deadline, that the server can tell by its key.
+fn keyed<T>(message: T, key: &str) -> Request<T> {
+    let mut request = with_deadline(message, LOAD_DEADLINE);
+    request
+        .metadata_mut()
+        .insert(SCRIPT_KEY, key.parse().expect("an ASCII key"));
+    request
+}
+
+async fn run_call(plan: &Plan, server: &ScriptedServer, layer: &RetryLayer) -> (Seen, FaultProxy) {
+    let key = plan.key();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let method = plan.method();
+    match plan.fault {
+        Fault::None => {}
+        Fault::Unavailable => {
+            server.push_keyed(&key, method, Action::fail(Code::Unavailable, "scripted"));
+        }
+        Fault::PartialReadThenUnavailable => server.push_keyed(
+            &key,
+            method,
+            Action::ReadThenRefuse {
+                chunks: plan.chunks.len() as u64 / 2,
+                status: Status::unavailable("scripted after a partial read"),
+            },
+        ),
+        Fault::Refused => proxy.refuse_next(1),
+        Fault::ResetBeforeHeaders | Fault::FinBeforeHeaders => {
+            server.push_keyed(&key, method, Action::Hang);
+        }
+    }
+    let mut client = client(lazy_channel(proxy.addr()), layer);
+    let started = Instant::now();
+    let call = async {
+        let mut received = Vec::new();
+        let reply_hash = match plan.kind {
+            CallKind::Unary => {
+                let message = SayRequest {
+                    payload: plan.chunks[0].clone(),
+                    text: key.clone(),
+                };
+                let reply = client.say(keyed(message, &key)).await?.into_inner();
+                Some((fnv1a64(&reply.payload), 1))
+            }
+            CallKind::ClientStream => {
+                let chunks = plan.chunks.clone();
+                let stream = futures::stream::iter(chunks.into_iter().map(|data| Chunk { data }));
+                let reply = client.collect(keyed(stream, &key)).await?.into_inner();
+                Some((reply.checksum, u64::from(reply.chunks)))
+            }
+            CallKind::ServerStream => {
+                let message = CountRequest {
+                    start_after: 0,
+                    count: plan.count,
+                    padding_len: 0,
+                };
+                let mut stream = client.count(keyed(message, &key)).await?.into_inner();
+                while let Some(message) = stream.message().await? {
+                    received.push(message.seq);
+                }
+                None
+            }
+            CallKind::Bidi => {
+                let chunks = plan.chunks.clone();
+                let stream = futures::stream::iter(chunks.into_iter().map(|data| Chunk { data }));
+                let mut echoes = client.chat(keyed(stream, &key)).await?.into_inner();
+                let mut hash = tonic_retry_testkit::Fnv1a64::new();
+                let mut count = 0;
+                while let Some(echo) = echoes.message().await? {
+                    hash = hash.update(&echo.data);
+                    count += 1;
+                }
+                Some((hash.finish(), count))
+            }
+        };
+        Ok::<_, Status>((received, reply_hash))
+    };
+    tokio::pin!(call);
+    let outcome = match plan.fault {
+        Fault::ResetBeforeHeaders | Fault::FinBeforeHeaders => {
+            tokio::select! {
+                outcome = &mut call => outcome,
+                () = server.wait_attempts_keyed(&key, 1) => {
+                    if plan.fault == Fault::ResetBeforeHeaders {
+                        proxy.reset_all();
+                    } else {
+                        proxy.close_all();
+                    }
+                    call.await
+                }
+            }
+        }
+        _ => call.await,
+    };
+    let took = started.elapsed();
+    let seen = match outcome {
+        Ok((received, reply_hash)) => Seen {
+            outcome: Ok(()),
+            received,
+            reply_hash,
+            took,
+        },
+        Err(status) => Seen {
+            outcome: Err(status),
+            received: Vec::new(),
+            reply_hash: None,
+            took,
+        },
+    };
+    (seen, proxy)
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    lost: usize,
+    duplicated: usize,
+    corrupted: usize,
+    late: usize,
+    panics: usize,
+}
+
+/// Checks one call against what the server received: returns (lost, duplicated, corrupted).
+fn judge(plan: &Plan, seen: &Seen, server: &ScriptedServer) -> (bool, bool, bool) {
+    let attempts = server.attempts_keyed(&plan.key());
+    let done: Vec<_> = attempts
+        .iter()
+        .filter(|a| a.outcome == Some(Code::Ok))
+        .collect();
+    if seen.outcome.is_err() || done.is_empty() {
+        return (true, false, false);
+    }
+    let duplicated = done.len() > 1;
+    let corrupted = match plan.kind {
+        CallKind::Unary => {
+            let sent = fnv1a64(&plan.chunks[0]);
+            fnv1a64(&done[0].payload) != sent || seen.reply_hash != Some((sent, 1))
+        }
+        CallKind::ClientStream | CallKind::Bidi => {
+            let whole: Vec<u8> = plan.chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            let sent = (fnv1a64(&whole), plan.chunks.len() as u64);
+            (fnv1a64(&done[0].payload), done[0].chunks) != sent || seen.reply_hash != Some(sent)
+        }
+        CallKind::ServerStream => {
+            let expected: Vec<u64> = (1..=plan.count).collect();
+            seen.received != expected
+        }
+    };
+    (false, duplicated, corrupted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_200_concurrent_calls_with_30_percent_faults_lose_and_duplicate_nothing() {
+    guarded(async {
+        // HTTP/2's default window, not hyper's 1 MiB: a bidi replay waits for the server to
+        // read, so a retry can commit in the middle of it.
+        let server =
+            Arc::new(ScriptedServer::start(Script::new().flow_control_window(65_535)).await);
+        let layer = layer(quick().build().unwrap());
+        let mut rng = Rng(0x5EED_0010);
+        // Exactly 30% of the calls, drawn at random, get a fault.
+        let mut order: Vec<usize> = (0..LOAD_CALLS).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        let faulty = &order[..LOAD_CALLS * 3 / 10];
+        let plans: Vec<Arc<Plan>> = (0..LOAD_CALLS)
+            .map(|id| Arc::new(Plan::draw(id, faulty.contains(&id), &mut rng)))
+            .collect();
+
+        let tasks: Vec<_> = plans
+            .iter()
+            .map(|plan| {
+                let (plan, server, layer) = (Arc::clone(plan), Arc::clone(&server), layer.clone());
+                tokio::spawn(async move {
+                    let (seen, proxy) = run_call(&plan, &server, &layer).await;
+                    drop(proxy);
+                    seen
+                })
+            })
+            .collect();
+
+        let mut tally = Tally::default();
+        let mut failures = Vec::new();
+        // Per fault: [calls, lost, duplicated, corrupted].
+        let mut by_fault = std::collections::BTreeMap::new();
+        for (plan, task) in plans.iter().zip(tasks) {
+            let seen = match task.await {
+                Ok(seen) => seen,
+                Err(error) => {
+                    assert!(error.is_panic(), "{error}");
+                    tally.panics += 1;
+                    continue;
+                }
+            };
+            if seen.took > LOAD_DEADLINE + SLACK {
+                tally.late += 1;
+            }
+            let (lost, duplicated, corrupted) = judge(plan, &seen, &server);
+            let row = by_fault
+                .entry(format!("{:?}", plan.fault))
+                .or_insert([0; 4]);
+            row[0] += 1;
+            row[1] += usize::from(lost);
+            row[2] += usize::from(duplicated);
+            row[3] += usize::from(corrupted);
+            tally.lost += usize::from(lost);
+            tally.duplicated += usize::from(duplicated);
+            tally.corrupted += usize::from(corrupted);
+            if lost || duplicated || corrupted {
+                failures.push(format!(
+                    "call {} {:?} fault {:?}: lost {lost} duplicated {duplicated} corrupted \
+                     {corrupted}: {:?}",
+                    plan.id,
+                    plan.kind,
+                    plan.fault,
+                    seen.outcome
+                        .as_ref()
+                        .err()
+                        .map(|status| match CallHistory::of(status) {
+                            Some(history) => history.to_string(),
+                            None => format!("{status:?}"),
+                        })
+                ));
+            }
+        }
+        let faults = plans.iter().filter(|p| p.fault != Fault::None).count();
+        println!(
+            "fault matrix load: calls {LOAD_CALLS}, faults injected {faults}, lost {}, \
+             duplicated {}, corrupted {}, late {}, panics {}; attempts {}, retries {}",
+            tally.lost,
+            tally.duplicated,
+            tally.corrupted,
+            tally.late,
+            tally.panics,
+            layer.metrics().attempts(),
+            layer.metrics().retries(),
+        );
+        for (fault, [calls, lost, duplicated, corrupted]) in &by_fault {
+            println!(
+                "  {fault}: {calls} calls, lost {lost}, duplicated {duplicated}, corrupted \
+                 {corrupted}"
+            );
+        }
+        for failure in failures.iter().take(10) {
+            println!("  {failure}");
+        }
+        assert_eq!(faults, LOAD_CALLS * 3 / 10);
+        assert_eq!(tally.panics, 0);
+        assert_eq!(tally.late, 0, "calls ended past their deadline");
+        assert_eq!(
+            (tally.lost, tally.duplicated, tally.corrupted),
+            (0, 0, 0),
+            "lost, duplicated, corrupted"
+        );
+    })
+    .await;
+}
+
+// ---- replay: a retry that commits in the middle of its replay ----
+
+/// The first attempt reads six chunks and fails before any header; the retry replays them, but
+/// its server answers with headers at once, while the replay still waits for HTTP/2 flow
+/// control (the chunks outgrow the server's 64 KiB window). Commit must stop recording, never
+/// drop a chunk the live attempt has not sent yet: the server gets every chunk once, in order.
+#[tokio::test]
+async fn a_retry_that_commits_mid_replay_delivers_every_chunk_once_in_order() {
+    guarded(async {
+        let server = ScriptedServer::start(Script::new().flow_control_window(65_535).chat(
+            Action::ReadThenRefuse {
+                chunks: 6,
+                status: Status::unavailable("read six, then refused"),
+            },
+        ))
+        .await;
+        let layer = layer(quick().build().unwrap());
+        let mut client = client(lazy_channel(server.addr()), &layer);
+        let chunks: Vec<Bytes> = (0..10u8)
+            .map(|i| {
+                let mut chunk = vec![b'0' + i; 24 * 1024];
+                chunk[..2].copy_from_slice(&[b'#', b'0' + i]);
+                Bytes::from(chunk)
+            })
+            .collect();
+        let sent: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+
+        let deadline = Duration::from_secs(3);
+        let stream = futures::stream::iter(chunks.clone().into_iter().map(|data| Chunk { data }));
+        let call = async {
+            let mut echoes = client
+                .chat(with_deadline(stream, deadline))
+                .await?
+                .into_inner();
+            let mut received = Vec::new();
+            while let Some(echo) = echoes.message().await? {
+                received.push(echo.data);
+            }
+            Ok::<_, Status>(received)
+        };
+        let echoed = by_deadline(deadline, call).await.unwrap();
+
+        let order = |chunks: &[Bytes]| chunks.iter().map(|c| c[1] - b'0').collect::<Vec<_>>();
+        assert_eq!(order(&echoed), order(&chunks), "chunks echoed, by number");
+        let attempts = server.attempts_for(Method::Chat);
+        assert_eq!(attempts.len(), 2);
+        assert_eq!(attempts[1].chunks, 10);
+        assert_eq!(fnv1a64(&attempts[1].payload), fnv1a64(&sent));
     })
     .await;
 }

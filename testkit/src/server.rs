@@ -109,6 +109,16 @@ pub enum Action {
         /// The status to fail with.
         status: Status,
     },
+    /// `Collect`/`Chat`: read `chunks` request messages (fewer if the client ends first) before
+    /// answering anything, then fail with `status` as a Trailers-Only response: no response
+    /// headers went out, so a retrying client may replay the call. (For `Chat`, unlike
+    /// [`Action::ReadThenFail`], which answers with headers first.) Elsewhere: fail with `status`.
+    ReadThenRefuse {
+        /// How many request messages to read first.
+        chunks: u64,
+        /// The status to fail with.
+        status: Status,
+    },
     /// Never respond (no headers) until the server shuts down, then fail `UNAVAILABLE`.
     Hang,
     /// Wait this long (tokio time, so `tokio::time::pause` applies), then perform the action.
@@ -233,6 +243,7 @@ pub struct Script {
     record_payloads: bool,
     health: bool,
     reflection: bool,
+    window: Option<u32>,
 }
 
 impl Script {
@@ -313,6 +324,14 @@ impl Script {
     /// and the reflection services themselves.
     pub fn reflection(mut self) -> Script {
         self.reflection = true;
+        self
+    }
+
+    /// Advertises HTTP/2 flow-control windows (stream and connection) of `bytes` instead of
+    /// hyper's 1 MiB, so that a client sending more must wait for the server to read: HTTP/2's
+    /// own default is 65,535.
+    pub fn flow_control_window(mut self, bytes: u32) -> Script {
+        self.window = Some(bytes);
         self
     }
 
@@ -596,7 +615,8 @@ impl Echo for EchoSvc {
         let reply = match self.shared.resolve(action).await {
             Action::Fail(status)
             | Action::StreamThenFail { status, .. }
-            | Action::ReadThenFail { status, .. } => Err(status),
+            | Action::ReadThenFail { status, .. }
+            | Action::ReadThenRefuse { status, .. } => Err(status),
             Action::StreamThenHang { .. } => {
                 self.shared.draining.cancelled().await;
                 Err(shutting_down())
@@ -641,7 +661,9 @@ impl Echo for EchoSvc {
         };
         let draining = self.shared.draining.clone();
         let out: BoxStream<Numbered> = match self.shared.resolve(action).await {
-            Action::Fail(status) | Action::ReadThenFail { status, .. } => {
+            Action::Fail(status)
+            | Action::ReadThenFail { status, .. }
+            | Action::ReadThenRefuse { status, .. } => {
                 self.shared.end(tag, status.code());
                 return Err(status);
             }
@@ -681,10 +703,18 @@ impl Echo for EchoSvc {
     ) -> Result<Response<Self::ChatStream>, Status> {
         let tag = tag_of(&request);
         let action = self.shared.next_action(Method::Chat, tag);
-        let inbound = request.into_inner();
+        let mut inbound = request.into_inner();
         // (echo limit, what happens after the limit)
         let (limit, after) = match self.shared.resolve(action).await {
             Action::Fail(status) => {
+                self.shared.end(tag, status.code());
+                return Err(status);
+            }
+            Action::ReadThenRefuse { chunks, status } => {
+                let status = match self.read_chunks(tag, &mut inbound, chunks).await {
+                    Ok(()) => status,
+                    Err(error) => error,
+                };
                 self.shared.end(tag, status.code());
                 return Err(status);
             }
@@ -710,6 +740,26 @@ impl Echo for EchoSvc {
 }
 
 impl EchoSvc {
+    /// Reads up to `limit` request messages, recording them; stops early at the end.
+    async fn read_chunks(
+        &self,
+        tag: Option<AttemptTag>,
+        inbound: &mut Streaming<Chunk>,
+        limit: u64,
+    ) -> Result<(), Status> {
+        let mut read = 0;
+        while read < limit {
+            let next = tokio::select! {
+                n = inbound.message() => n?,
+                _ = self.shared.draining.cancelled() => return Err(shutting_down()),
+            };
+            let Some(chunk) = next else { break };
+            self.shared.add_chunk(tag, &chunk.data);
+            read += 1;
+        }
+        Ok(())
+    }
+
     async fn collect_inner(
         &self,
         tag: Option<AttemptTag>,
@@ -720,6 +770,7 @@ impl EchoSvc {
         let (limit, fail) = match self.shared.resolve(action).await {
             Action::Fail(status) | Action::StreamThenFail { status, .. } => return Err(status),
             Action::ReadThenFail { chunks, status } => (chunks, Some(status)),
+            Action::ReadThenRefuse { chunks, status } => (Some(chunks), Some(status)),
             Action::StreamThenHang { .. } => {
                 self.shared.draining.cancelled().await;
                 return Err(shutting_down());
@@ -1031,6 +1082,8 @@ impl ScriptedServer {
             (None, None)
         };
         let router = Server::builder()
+            .initial_stream_window_size(script.window)
+            .initial_connection_window_size(script.window)
             .layer(GateLayer {
                 shared: shared.clone(),
             })
