@@ -23,6 +23,7 @@
 //! | cut after N bytes, FIN, inside a frame | `Unknown` | same | h2 `Io(Other "bytes remaining on stream")` |
 //! | [`ScriptedServer`] dropped mid-stream | `Unknown` | same | h2 `Io(BrokenPipe ...)` |
 //! | [`FaultProxy::stall_all`] + `Endpoint::timeout` | `Cancelled` | `"Timeout expired"` | `tonic::transport::TimeoutExpired` |
+//! | [`FaultProxy::blackhole_all`] + HTTP/2 keepalive | `Unavailable` | `"http2 error"` | hyper `Http2` `KeepAliveTimedOut` → `io::Error` `TimedOut` |
 //! | [`ScriptedConnector`] `Fail(kind)` | `Unavailable` | `"tcp connect error"` | `io::Error` of `kind` |
 //! | [`ScriptedConnector`] `Dns` | `Unavailable` | `"dns error"` | `io::Error` `Other` |
 //!

@@ -13,8 +13,8 @@ use tonic_retry_testkit::pb::echo_client::EchoClient;
 use tonic_retry_testkit::pb::other_client::OtherClient;
 use tonic_retry_testkit::pb::{Chunk, CountRequest, SayRequest};
 use tonic_retry_testkit::{
-    Action, Auth, ConnectAction, CutMode, FaultProxy, Method, Script, ScriptedConnector,
-    ScriptedServer, echo_client, fnv1a64, lazy_channel, unused_addr,
+    Action, Auth, ConnectAction, CutMode, FaultProxy, Method, SCRIPT_KEY, Script,
+    ScriptedConnector, ScriptedServer, echo_client, fnv1a64, lazy_channel, unused_addr,
 };
 
 /// Upper bound for every test body; a test that needs it has failed.
@@ -635,6 +635,91 @@ async fn delayed_reply() {
         let start = tokio::time::Instant::now();
         client.say(say("slow")).await.unwrap();
         assert!(start.elapsed() >= Duration::from_millis(30));
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn proxy_blackhole_keeps_old_connections_silent_and_forwards_new_ones() {
+    timeout(LIMIT, async {
+        let server = ScriptedServer::start(Script::new()).await;
+        let proxy = FaultProxy::start(server.addr()).await;
+        let channel = Endpoint::from(proxy.uri())
+            .http2_keep_alive_interval(Duration::from_millis(50))
+            .keep_alive_timeout(Duration::from_millis(50))
+            .connect_lazy();
+        let mut client = EchoClient::new(channel);
+        client.say(say("warm")).await.unwrap();
+        let before = proxy.stats();
+        proxy.blackhole_all();
+        let stats = proxy.wait_blackholed(1).await;
+        assert_eq!(stats.open, 1, "a blackholed connection stays open");
+
+        // The call on the silent connection fails only when keepalive finds it dead.
+        let err = client.say(say("into the void")).await.unwrap_err();
+        show("blackhole_all + keepalive 50ms/50ms", &err);
+        assert_eq!(err.code(), Code::Unavailable);
+        // Nothing more went through the blackholed connection.
+        assert_eq!(proxy.stats().bytes_down, before.bytes_down);
+
+        // The next call dials a new connection, which is forwarded normally.
+        client.say(say("fresh")).await.unwrap();
+        let stats = proxy.stats();
+        assert_eq!((stats.accepted, stats.blackholed), (2, 1));
+    })
+    .await
+    .unwrap();
+}
+
+fn keyed<T>(key: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(SCRIPT_KEY, key.parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn keyed_scripts_outcomes_and_read_then_refuse() {
+    timeout(LIMIT, async {
+        let server = ScriptedServer::start(Script::new()).await;
+        server.push_keyed("a", Method::Say, Action::fail(Code::Unavailable, "a fails"));
+        server.push_keyed(
+            "b",
+            Method::Chat,
+            Action::ReadThenRefuse {
+                chunks: 2,
+                status: Status::unavailable("b refused after two"),
+            },
+        );
+        let mut client = echo_client(server.addr());
+        // Unkeyed calls and other keys use the method's own script.
+        client.say(say("plain")).await.unwrap();
+        client.say(keyed("c", say("c"))).await.unwrap();
+        let err = client.say(keyed("a", say("a"))).await.unwrap_err();
+        assert_eq!(err.message(), "a fails");
+        client.say(keyed("a", say("a again"))).await.unwrap();
+
+        // Trailers-Only after reading two chunks: no response headers at all.
+        let chunks = (0..4u8).map(|i| Chunk {
+            data: Bytes::from(vec![i; 3]),
+        });
+        let err = client
+            .chat(keyed("b", tokio_stream::iter(chunks)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.message(), "b refused after two");
+
+        let a = server.attempts_keyed("a");
+        let outcomes: Vec<_> = a.iter().map(|x| x.outcome).collect();
+        assert_eq!(outcomes, [Some(Code::Unavailable), Some(Code::Ok)]);
+        let b = server.attempts_keyed("b");
+        assert_eq!((b.len(), b[0].chunks), (1, 2));
+        assert_eq!(b[0].outcome, Some(Code::Unavailable));
+        assert_eq!(b[0].key.as_deref(), Some("b"));
+        server.wait_attempts_keyed("a", 2).await;
+        assert_eq!(server.attempts()[0].key, None);
     })
     .await
     .unwrap();
