@@ -28,6 +28,8 @@ use crate::error::ConfigError;
 /// use tonic::transport::Endpoint;
 /// use tonic_retry::{Keepalive, RetryLayer, RetryPolicy};
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tonic_retry::ConfigError> {
 /// let keepalive = Keepalive::new(Duration::from_secs(10), Duration::from_secs(5))?;
 /// let channel = keepalive
 ///     .apply(Endpoint::from_static("http://127.0.0.1:50051"))
@@ -39,7 +41,7 @@ use crate::error::ConfigError;
 /// let layer = RetryLayer::builder().default_policy(policy).build()?;
 /// let channel = tower::ServiceBuilder::new().layer(layer).service(channel);
 /// # let _ = channel;
-/// # Ok::<(), tonic_retry::ConfigError>(())
+/// # Ok(()) }
 /// ```
 ///
 /// # The server must allow the pings
@@ -147,9 +149,12 @@ impl Default for Keepalive {
 /// ```
 /// use tonic::transport::Endpoint;
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// let channel = tonic_retry::keepalive(Endpoint::from_static("http://127.0.0.1:50051"))
 ///     .connect_lazy();
 /// # let _ = channel;
+/// # }
 /// ```
 pub fn keepalive(endpoint: Endpoint) -> Endpoint {
     Keepalive::default().apply(endpoint)
