@@ -182,6 +182,153 @@ async fn blackholed_connection_an_attempt_timeout_retries_on_a_live_connection()
     .await;
 }
 
+/// PROTOTYPE of the eviction proposed for the layer (not product code): a service under the
+/// layer that owns the `Endpoint` and its current `Channel`, and swaps in a freshly dialled one
+/// when an attempt ran its whole `grpc-timeout` unanswered: dropped by the layer's per-attempt
+/// timer, or failed by tonic's own `grpc-timeout` timer, whichever fired first. Calls already on the old connection carry on; only new
+/// attempts go to the new one; one eviction per connection, however many attempts timed out.
+#[derive(Clone)]
+struct EvictOnTimeout {
+    endpoint: tonic::transport::Endpoint,
+    current: Arc<std::sync::Mutex<(u64, Channel)>>,
+    /// The channel polled ready for the next call, and its generation.
+    ready: Option<(u64, Channel)>,
+}
+
+impl EvictOnTimeout {
+    fn new(endpoint: tonic::transport::Endpoint) -> Self {
+        let channel = endpoint.connect_lazy();
+        EvictOnTimeout {
+            endpoint,
+            current: Arc::new(std::sync::Mutex::new((0, channel))),
+            ready: None,
+        }
+    }
+}
+
+/// Evicts the connection of generation `generation` when the attempt ran its whole timeout
+/// without an answer: dropped by the layer's timer, or failed by tonic's.
+struct EvictGuard {
+    endpoint: tonic::transport::Endpoint,
+    current: Arc<std::sync::Mutex<(u64, Channel)>>,
+    generation: u64,
+    started: Instant,
+    timeout: Option<Duration>,
+    armed: bool,
+}
+
+impl Drop for EvictGuard {
+    fn drop(&mut self) {
+        let Some(timeout) = self.timeout else { return };
+        // The layer's timer fires at the millisecond tick at or after the attempt's end.
+        if !self.armed || self.started.elapsed() + Duration::from_millis(1) < timeout {
+            return;
+        }
+        let mut current = self.current.lock().unwrap();
+        if current.0 == self.generation {
+            *current = (self.generation + 1, self.endpoint.connect_lazy());
+        }
+    }
+}
+
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = amount.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for EvictOnTimeout {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        let latest = self.current.lock().unwrap().clone();
+        if self.ready.as_ref().is_none_or(|(g, _)| *g != latest.0) {
+            self.ready = Some(latest);
+        }
+        let (_, channel) = self.ready.as_mut().expect("set above");
+        tower::Service::poll_ready(channel, cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let (generation, mut channel) = self.ready.take().expect("poll_ready first");
+        let guard = EvictGuard {
+            endpoint: self.endpoint.clone(),
+            current: Arc::clone(&self.current),
+            generation,
+            started: Instant::now(),
+            timeout: grpc_timeout(request.headers()),
+            armed: true,
+        };
+        let response = tower::Service::call(&mut channel, request);
+        Box::pin(async move {
+            let mut guard = guard;
+            let outcome = response.await;
+            // tonic's own `grpc-timeout` timer may end the attempt with an error first: an
+            // error at the attempt's end evicts too (the guard checks the time).
+            guard.armed = outcome.is_err();
+            outcome
+        })
+    }
+}
+
+/// The proposal's proof: the same dead connection and short attempt timeout as above, with the
+/// prototype under the layer. The retry after the attempt timeout dials a new connection.
+#[tokio::test]
+async fn prototype_evicting_on_an_attempt_timeout_retries_on_a_live_connection() {
+    guarded(async {
+        let server = ScriptedServer::start(Script::new()).await;
+        let proxy = FaultProxy::start(server.addr()).await;
+        let keepalive = Keepalive::new(Duration::from_secs(2), Duration::from_secs(2)).unwrap();
+        let evicting = EvictOnTimeout::new(keepalive.apply(endpoint(proxy.addr())));
+        let layer = layer(
+            quick()
+                .attempt_timeout(Duration::from_millis(200))
+                .build()
+                .unwrap(),
+        );
+        let mut client =
+            EchoClient::new(ServiceBuilder::new().layer(layer.clone()).service(evicting));
+        client.say(say("warm")).await.unwrap();
+        proxy.blackhole_all();
+        proxy.wait_blackholed(1).await;
+
+        let deadline = Duration::from_secs(3);
+        let reply = by_deadline(deadline, client.say(with_deadline(say("x"), deadline)))
+            .await
+            .unwrap()
+            .into_inner();
+
+        assert_eq!(reply.attempt, 2);
+        assert_eq!(
+            proxy.stats().accepted,
+            2,
+            "the retry went down a new connection"
+        );
+        assert_eq!(
+            layer.metrics().attempts(),
+            3,
+            "warm-up, the timed-out attempt, the retry"
+        );
+    })
+    .await;
+}
+
 // ---- refused ----
 
 #[tokio::test]
