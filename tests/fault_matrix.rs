@@ -617,6 +617,30 @@ async fn a_server_stall_before_headers_is_cut_by_the_attempt_timeout_and_heals()
     .await;
 }
 
+/// A `tower::timeout::Timeout` under the layer cuts a stalled attempt: its `Elapsed` is an
+/// attempt timeout, retried like the layer's own (not an UNKNOWN "request timed out").
+#[tokio::test]
+async fn a_tower_timeout_under_the_layer_is_an_attempt_timeout_and_heals() {
+    guarded(async {
+        let server = ScriptedServer::start(Script::new().say(Action::Hang)).await;
+        let layer = layer(quick().build().unwrap());
+        let channel = ServiceBuilder::new()
+            .layer(layer.clone())
+            .timeout(Duration::from_millis(200))
+            .service(lazy_channel(server.addr()));
+        let mut client = EchoClient::new(channel);
+
+        let deadline = Duration::from_secs(3);
+        let outcome = by_deadline(deadline, client.say(with_deadline(say("x"), deadline))).await;
+
+        match outcome {
+            Ok(reply) => assert_eq!(reply.into_inner().attempt, 2),
+            Err(status) => panic!("not healed: {status:?}\n{}", history(&status)),
+        }
+    })
+    .await;
+}
+
 /// Every connection stalls (new ones too): nothing can heal it, and the call ends with
 /// DEADLINE_EXCEEDED by its deadline, whatever state it is in.
 #[tokio::test]
