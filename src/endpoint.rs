@@ -5,8 +5,10 @@
 //! neither hyper nor tonic learns that it is dead, and tonic's `Channel` keeps handing calls to
 //! it. A retry does not help: the next attempt goes down the same dead connection. Only HTTP/2
 //! keepalive pings find it out: when a ping is not answered within the timeout, hyper closes the
-//! connection, every call on it fails (UNAVAILABLE, "keep-alive timed out", retried by the
-//! layer), and the `Channel` dials a new connection for the next attempt.
+//! connection and every call on it fails: a call still waiting for response headers with
+//! UNAVAILABLE, which the layer retries, and the `Channel` dials a new connection for that
+//! retry; a response stream already flowing ends with an error (the call is committed, so that
+//! is for the caller or a [`ResumableStream`](crate::ResumableStream) to handle).
 
 use std::time::Duration;
 
