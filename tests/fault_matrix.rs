@@ -132,7 +132,7 @@ async fn blackholed_connection_keepalive_finds_it_and_the_retry_gets_a_new_one()
         let call = tokio::spawn(async move {
             by_deadline(deadline, caller.say(with_deadline(say("x"), deadline))).await
         });
-        server.wait_attempts(2).await;
+        server.wait_handled(2).await;
         proxy.blackhole_all();
 
         let reply = call.await.unwrap().unwrap().into_inner();
@@ -392,7 +392,8 @@ async fn cut_before_response_headers(cut: impl FnOnce(&FaultProxy)) {
     let call = tokio::spawn(async move {
         by_deadline(deadline, client.say(with_deadline(say("x"), deadline))).await
     });
-    server.wait_attempts(1).await;
+    // Once the handler holds the attempt: cut earlier, and its Hang would go to the retry.
+    server.wait_handled(1).await;
     cut(&proxy);
     let outcome = call.await.unwrap();
 
@@ -1069,13 +1070,13 @@ async fn retry_info_huge_without_a_deadline_is_capped() {
 /// An HTTP/2 server that answers its first `bad` requests with `head` (as a Trailers-Only
 /// response: headers with END_STREAM), then every other with an empty message and
 /// `grpc-status: 0`. Counts the requests.
-struct HeadServer {
+struct OddHeadServer {
     addr: SocketAddr,
     requests: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
-impl HeadServer {
+impl OddHeadServer {
     async fn start(
         bad: usize,
         status: u16,
@@ -1117,7 +1118,7 @@ impl HeadServer {
                 });
             }
         });
-        HeadServer {
+        OddHeadServer {
             addr,
             requests,
             task,
@@ -1129,7 +1130,7 @@ impl HeadServer {
     }
 }
 
-impl Drop for HeadServer {
+impl Drop for OddHeadServer {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -1143,7 +1144,7 @@ async fn odd_head(
     retried: bool,
     codes: &[Code],
 ) {
-    let server = HeadServer::start(1, status, headers).await;
+    let server = OddHeadServer::start(1, status, headers).await;
     let layer = layer(quick().build().unwrap());
     let mut client = client(lazy_channel(server.addr), &layer);
 
@@ -1224,7 +1225,7 @@ async fn http_404_without_grpc_status_is_unimplemented_and_fails_fast() {
 async fn status_ok_with_broken_details_does_not_panic_in_the_layer() {
     guarded(async {
         use tower::ServiceExt;
-        let server = HeadServer::start(
+        let server = OddHeadServer::start(
             1,
             200,
             &[
@@ -1606,7 +1607,7 @@ async fn run_call(plan: &Plan, server: &ScriptedServer, layer: &RetryLayer) -> (
         Fault::ResetBeforeHeaders | Fault::FinBeforeHeaders => {
             tokio::select! {
                 outcome = &mut call => outcome,
-                () = server.wait_attempts_keyed(&key, 1) => {
+                () = server.wait_handled_keyed(&key, 1) => {
                     if plan.fault == Fault::ResetBeforeHeaders {
                         proxy.reset_all();
                     } else {

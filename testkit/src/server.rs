@@ -368,6 +368,9 @@ pub struct Attempt {
     pub arrived: Instant,
     /// The request's [`SCRIPT_KEY`] metadata, if any.
     pub key: Option<String>,
+    /// Whether the handler took this attempt's action from the script: before that, a fault
+    /// on the connection leaves the action queued for the next attempt.
+    pub handled: bool,
     /// How the handler ended: `Some(Code::Ok)` when it replied (a streaming method: when it
     /// opened its response stream), `Some(code)` when it failed with `code`, `None` while it
     /// runs, or when it never ended (hung, or its connection was cut first).
@@ -402,6 +405,7 @@ struct AttemptRec {
     chunks: u64,
     arrived: Instant,
     key: Option<String>,
+    handled: bool,
     outcome: Option<Code>,
 }
 
@@ -418,6 +422,7 @@ impl AttemptRec {
             chunks: self.chunks,
             arrived: self.arrived,
             key: self.key.clone(),
+            handled: self.handled,
             outcome: self.outcome,
         }
     }
@@ -484,6 +489,7 @@ impl Shared {
                 chunks: 0,
                 arrived: Instant::now(),
                 key,
+                handled: false,
                 outcome: None,
             });
             (
@@ -506,21 +512,32 @@ impl Shared {
         ((z ^ (z >> 31)) % 100) as u32
     }
 
+    /// The attempt's action, taken from its script: from now on it is [`Attempt::handled`].
     fn next_action(&self, method: Method, tag: Option<AttemptTag>) -> Action {
-        let mut inner = self.lock();
-        let key = tag.and_then(|t| inner.attempts.get(t.index)?.key.clone());
-        if let Some(key) = key
-            && let Some(a) = inner
-                .keyed
-                .get_mut(&(key, method))
-                .and_then(VecDeque::pop_front)
-        {
-            return a;
-        }
-        if let Some(a) = inner.queues.get_mut(&method).and_then(VecDeque::pop_front) {
-            return a;
-        }
-        inner.defaults.get(&method).cloned().unwrap_or(Action::Ok)
+        let action = {
+            let mut inner = self.lock();
+            let record = tag.and_then(|t| inner.attempts.get_mut(t.index));
+            let key = record.and_then(|rec| {
+                rec.handled = true;
+                rec.key.clone()
+            });
+            let keyed = key.and_then(|key| {
+                inner
+                    .keyed
+                    .get_mut(&(key, method))
+                    .and_then(VecDeque::pop_front)
+            });
+            match keyed {
+                Some(action) => action,
+                None => match inner.queues.get_mut(&method).and_then(VecDeque::pop_front) {
+                    Some(action) => action,
+                    None => inner.defaults.get(&method).cloned().unwrap_or(Action::Ok),
+                },
+            }
+        };
+        // Wakes `wait_handled*` (the count of arrivals is unchanged).
+        self.arrivals.send_modify(|_| {});
+        action
     }
 
     /// Records how the handler of the attempt ended.
@@ -1157,6 +1174,41 @@ impl ScriptedServer {
         let mut rx = self.shared.arrivals.subscribe();
         let _ = rx
             .wait_for(|_| self.shared.lock().per_key.get(key).copied().unwrap_or(0) >= n)
+            .await;
+    }
+
+    /// Waits until the handlers of at least `n` attempts (all methods) have taken their action
+    /// ([`Attempt::handled`]). An attempt can arrive (its headers) before its handler runs
+    /// (once its request message is in): a fault injected in between hits an attempt whose
+    /// action is still queued, and the next attempt gets it instead.
+    pub async fn wait_handled(&self, n: usize) {
+        let mut rx = self.shared.arrivals.subscribe();
+        let _ = rx
+            .wait_for(|_| {
+                self.shared
+                    .lock()
+                    .attempts
+                    .iter()
+                    .filter(|a| a.handled)
+                    .count()
+                    >= n
+            })
+            .await;
+    }
+
+    /// Waits until the handlers of at least `n` attempts with [`SCRIPT_KEY`] `key` have taken
+    /// their action (see [`ScriptedServer::wait_handled`]).
+    pub async fn wait_handled_keyed(&self, key: &str, n: usize) {
+        let mut rx = self.shared.arrivals.subscribe();
+        let _ = rx
+            .wait_for(|_| {
+                let inner = self.shared.lock();
+                let handled = inner
+                    .attempts
+                    .iter()
+                    .filter(|a| a.handled && a.key.as_deref() == Some(key));
+                handled.count() >= n
+            })
             .await;
     }
 

@@ -719,6 +719,9 @@ async fn keyed_scripts_outcomes_and_read_then_refuse() {
         assert_eq!(b[0].outcome, Some(Code::Unavailable));
         assert_eq!(b[0].key.as_deref(), Some("b"));
         server.wait_attempts_keyed("a", 2).await;
+        server.wait_handled_keyed("a", 2).await;
+        server.wait_handled(5).await;
+        assert!(server.attempts().iter().all(|x| x.handled));
         assert_eq!(server.attempts()[0].key, None);
     })
     .await
