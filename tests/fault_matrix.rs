@@ -1219,14 +1219,14 @@ async fn http_404_without_grpc_status_is_unimplemented_and_fails_fast() {
 
 /// `grpc-status: 0` with a `grpc-status-details-bin` that is not base64. tonic 0.14's own client
 /// panics on it (`Status::from_header_map`, called by `Grpc::create_response`): an upstream bug.
-/// The layer reads these Trailers-Only headers first and must not be a path to that panic: the
-/// retrying service, called directly, answers without panicking.
+/// The layer reads these Trailers-Only headers first and must not be a path to that panic:
+/// neither the retrying service called directly nor a generated client through it panics.
 #[tokio::test]
-async fn status_ok_with_broken_details_does_not_panic_in_the_layer() {
+async fn status_ok_with_broken_details_does_not_panic_through_the_layer() {
     guarded(async {
         use tower::ServiceExt;
         let server = OddHeadServer::start(
-            1,
+            2,
             200,
             &[
                 ("content-type", "application/grpc"),
@@ -1249,16 +1249,25 @@ async fn status_ok_with_broken_details_does_not_panic_in_the_layer() {
             )))
             .unwrap();
 
-        let call = tokio::spawn(service.oneshot(request));
-        let outcome = call.await;
-
+        let direct = tokio::spawn(service.oneshot(request)).await;
         assert!(
-            !outcome
+            !direct.as_ref().is_err_and(tokio::task::JoinError::is_panic),
+            "the layer panicked: {direct:?}"
+        );
+
+        let mut client = client(lazy_channel(server.addr), &layer);
+        let deadline = Duration::from_secs(3);
+        let generated = tokio::spawn(async move {
+            by_deadline(deadline, client.say(with_deadline(say("x"), deadline))).await
+        })
+        .await;
+        assert!(
+            !generated
                 .as_ref()
                 .is_err_and(tokio::task::JoinError::is_panic),
-            "the layer panicked: {outcome:?}"
+            "a generated client panicked through the layer: {generated:?}"
         );
-        assert_eq!(server.requests(), 1);
+        assert_eq!(server.requests(), 2, "not retried");
     })
     .await;
 }
