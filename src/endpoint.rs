@@ -162,6 +162,30 @@ pub fn keepalive(endpoint: Endpoint) -> Endpoint {
     Keepalive::default().apply(endpoint)
 }
 
+/// Put by the layer in the extensions of a retry whose previous attempt ran out of time with
+/// no response: the connection that attempt went down may be dead (a half-open connection
+/// answers nothing, and tonic keeps handing it calls until keepalive finds it out). A service
+/// under the layer can act on it: open a new connection for this attempt rather than wait for
+/// keepalive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AfterAttemptTimeout {
+    timed_out_attempt_started: tokio::time::Instant,
+}
+
+impl AfterAttemptTimeout {
+    pub(crate) fn new(timed_out_attempt_started: tokio::time::Instant) -> AfterAttemptTimeout {
+        AfterAttemptTimeout {
+            timed_out_attempt_started,
+        }
+    }
+
+    /// When the attempt that timed out was sent (tokio's clock): a connection opened after it
+    /// is not the one it went down.
+    pub fn timed_out_attempt_started(&self) -> tokio::time::Instant {
+        self.timed_out_attempt_started
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,7 @@ use crate::BoxError;
 use crate::body::CallBody;
 use crate::classify::{Classified, Failure, classify_response, classify_service_error};
 use crate::deadline::{GRPC_TIMEOUT, encode_grpc_timeout, parse_grpc_timeout};
+use crate::endpoint::AfterAttemptTimeout;
 use crate::head::{RequestHead, grpc_path};
 use crate::history::{AttemptRecord, CallHistory, StopReason, with_history};
 use crate::kind::FailureKind;
@@ -103,6 +104,8 @@ struct Call<S> {
     transparent: bool,
     /// The failure that the next attempt retries; the caller gets it if that attempt never starts.
     last_failure: Option<Failure>,
+    /// When the attempt that the next one retries started, if it ran out of time unanswered.
+    timed_out_attempt: Option<Instant>,
     history: Vec<AttemptRecord>,
 }
 
@@ -183,6 +186,7 @@ where
             delay_before: Duration::ZERO,
             transparent: false,
             last_failure: None,
+            timed_out_attempt: None,
             history: Vec::new(),
             shared,
         };
@@ -422,6 +426,11 @@ impl<S> Call<S> {
         }
         let body = self.body.next_attempt().ok_or(StopReason::BufferLimit)?;
         let mut request = self.head.request(body);
+        if let Some(started) = self.timed_out_attempt.take() {
+            request
+                .extensions_mut()
+                .insert(AfterAttemptTimeout::new(started));
+        }
         let headers = request.headers_mut();
         // grpc-go's count: retries before this attempt, this one included if it is one;
         // transparent retries are not retries.
@@ -569,6 +578,11 @@ impl<S> Call<S> {
                         self.backoff_step.saturating_add(1)
                     };
                 }
+                self.timed_out_attempt = matches!(
+                    failure.kind,
+                    FailureKind::AttemptTimeout | FailureKind::TransportTimeout
+                )
+                .then_some(self.attempt_started);
                 self.last_failure = Some(failure);
                 Next::Retry(delay)
             }

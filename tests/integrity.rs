@@ -539,3 +539,76 @@ async fn attempt_timeouts_against_a_silent_server_engage_the_throttle() {
     assert_eq!(history.attempts().len(), 1);
     assert_eq!(layer.metrics().throttled(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_an_attempt_timeout_is_marked_for_the_service_below() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tonic_retry::AfterAttemptTimeout;
+    use tower::{Service, ServiceExt};
+
+    /// Never answers its first call; answers OK and records the marker after that.
+    #[derive(Clone)]
+    struct SilentOnce {
+        calls: Arc<AtomicUsize>,
+        markers: Arc<Mutex<Vec<Option<AfterAttemptTimeout>>>>,
+    }
+    impl tower::Service<http::Request<tonic::body::Body>> for SilentOnce {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = tonic_retry::BoxError;
+        type Future = futures::future::Either<
+            std::future::Pending<Result<Self::Response, Self::Error>>,
+            std::future::Ready<Result<Self::Response, Self::Error>>,
+        >;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+            self.markers
+                .lock()
+                .unwrap()
+                .push(request.extensions().get::<AfterAttemptTimeout>().copied());
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                return futures::future::Either::Left(std::future::pending());
+            }
+            let mut response = http::Response::new(tonic::body::Body::empty());
+            response
+                .headers_mut()
+                .insert("grpc-status", "0".parse().unwrap());
+            futures::future::Either::Right(std::future::ready(Ok(response)))
+        }
+    }
+
+    let markers = Arc::new(Mutex::new(Vec::new()));
+    let layer = RetryLayer::builder()
+        .default_policy(
+            RetryPolicy::builder()
+                .attempt_timeout(Duration::from_millis(200))
+                .backoff(one_ms_backoff())
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let mut service = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(SilentOnce {
+            calls: Arc::new(AtomicUsize::new(0)),
+            markers: Arc::clone(&markers),
+        });
+    let started = tokio::time::Instant::now();
+    service
+        .ready()
+        .await
+        .unwrap()
+        .call(mock::unary_request(None))
+        .await
+        .unwrap();
+    let markers = markers.lock().unwrap().clone();
+    assert_eq!(markers.len(), 2);
+    assert_eq!(markers[0], None);
+    let marker = markers[1].expect("the retry after a timeout is marked");
+    assert_eq!(marker.timed_out_attempt_started(), started);
+}
