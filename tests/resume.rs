@@ -24,9 +24,7 @@ use tonic_retry::{
 };
 use tonic_retry_testkit::pb::echo_client::EchoClient;
 use tonic_retry_testkit::pb::echo_server::{Echo, EchoServer};
-use tonic_retry_testkit::pb::{
-    Chunk, CollectReply, CountRequest, Numbered, SayReply, SayRequest,
-};
+use tonic_retry_testkit::pb::{Chunk, CollectReply, CountRequest, Numbered, SayReply, SayRequest};
 use tonic_retry_testkit::{
     Action, CutMode, FaultProxy, LOOPBACK_ANY, Method, Script, ScriptedServer, echo_client,
     endpoint, lazy_channel,
@@ -452,7 +450,11 @@ async fn a_blackholed_connection_is_detected_by_keepalive_and_resumed_on_a_new_o
         // end, a transport failure (observed with hyper 1, h2 0.4).
         assert_eq!(outcome.reopen_log[0].kind, FailureKind::StreamEnded);
         assert_eq!(outcome.reopen_log[0].delivered, 60);
-        assert_eq!(blackhole.accepted(), 2, "the reopen went out on a new connection");
+        assert_eq!(
+            blackhole.accepted(),
+            2,
+            "the reopen went out on a new connection"
+        );
         assert_eq!(resumed_at(&server), [Some(0), Some(60)]);
     })
     .await
@@ -668,7 +670,10 @@ async fn a_server_that_cuts_after_every_message_is_not_reopened_for_ever() {
         println!("OBSERVED history:\n{history}");
         assert_eq!(history.stop_reason(), StopReason::Throttled);
         assert!(history.reopen_budget_spent().is_some());
-        assert!(history.to_string().contains("reopen budget spent"), "{history}");
+        assert!(
+            history.to_string().contains("reopen budget spent"),
+            "{history}"
+        );
         // The default budget: 10 reopens banked, one paid back every 10 messages.
         assert_eq!(outcome.reopens, 11);
         assert_eq!(outcome.seqs, (1..=12).collect::<Vec<_>>());

@@ -194,7 +194,11 @@ impl fmt::Display for ResumeHistory {
                 budget.reopens(),
                 if budget.reopens() == 1 { "" } else { "s" },
                 budget.messages_per_reopen(),
-                if budget.messages_per_reopen() == 1 { "" } else { "s" },
+                if budget.messages_per_reopen() == 1 {
+                    ""
+                } else {
+                    "s"
+                },
             )?;
         }
         for failure in &self.failures {

@@ -41,7 +41,9 @@ pub const DEFAULT_MESSAGES_PER_REOPEN: u32 = 10;
 /// [`reopen_budget_spent`](crate::ResumeHistory::reopen_budget_spent) is true.
 ///
 /// Counted in whole messages (integers): refilling costs one addition and one comparison per
-/// message, no clock read.
+/// message, no clock read. The budget is the stream's own; a [`throttle`](ResumePolicyBuilder::throttle)
+/// shared with the layer and other streams applies as well (a reopen needs both), for the
+/// outage that cuts every stream at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReopenBudget {
     reopens: u32,
@@ -456,7 +458,11 @@ mod tests {
             .reopen_budget(3, 1)
             .build()
             .unwrap();
-        assert_eq!(policy.reopen_budget().reopens(), 3, "an explicit budget is kept");
+        assert_eq!(
+            policy.reopen_budget().reopens(),
+            3,
+            "an explicit budget is kept"
+        );
     }
 
     #[test]

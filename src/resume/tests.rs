@@ -449,7 +449,10 @@ async fn heartbeat_timer_counts_from_the_last_message() {
 async fn a_quiet_stream_is_neither_reopened_nor_ended() {
     let idle = Duration::from_secs(1);
     // One message, an hour of silence (3,600 idle periods), then the rest.
-    let server = Server::new([Plan::Send(1, Then::PauseThenRest(Duration::from_secs(3_600)))]);
+    let server = Server::new([Plan::Send(
+        1,
+        Then::PauseThenRest(Duration::from_secs(3_600)),
+    )]);
     let policy = policy().idle_timeout(idle).build().unwrap();
     let mut stream = std::pin::pin!(ResumableStream::with_policy(
         policy,
@@ -468,7 +471,10 @@ async fn a_quiet_stream_is_neither_reopened_nor_ended() {
 #[tokio::test(start_paused = true)]
 async fn idle_timeout_reopens_a_hung_open_only() {
     let idle = Duration::from_millis(300);
-    let server = Server::new([Plan::HangOpen, Plan::Send(4, Then::PauseThenRest(idle * 50))]);
+    let server = Server::new([
+        Plan::HangOpen,
+        Plan::Send(4, Then::PauseThenRest(idle * 50)),
+    ]);
     let policy = policy().idle_timeout(idle).build().unwrap();
     let mut stream = std::pin::pin!(ResumableStream::with_policy(
         policy,
@@ -478,7 +484,11 @@ async fn idle_timeout_reopens_a_hung_open_only() {
     let (got, error) = drain(stream.as_mut()).await;
     assert!(error.is_none(), "{error:?}");
     assert_eq!(got, all());
-    assert_eq!(stream.reopens(), 1, "the hung open only, not the quiet stream");
+    assert_eq!(
+        stream.reopens(),
+        1,
+        "the hung open only, not the quiet stream"
+    );
     assert_eq!(server.cursors(), [None, None]);
 }
 
@@ -693,10 +703,16 @@ async fn a_server_that_cuts_after_every_message_spends_the_budget() {
     assert_eq!(got, [1, 2, 3, 4]);
     assert_eq!(stream.reopens(), 3);
     let error = error.expect("the stream ends");
-    assert_eq!(error.message(), reset().message(), "the last failure, unchanged");
+    assert_eq!(
+        error.message(),
+        reset().message(),
+        "the last failure, unchanged"
+    );
     let history = ResumeHistory::of(&error).expect("history");
     assert_eq!(history.stop_reason(), StopReason::Throttled);
-    let budget = history.reopen_budget_spent().expect("the budget stopped it");
+    let budget = history
+        .reopen_budget_spent()
+        .expect("the budget stopped it");
     assert_eq!((budget.reopens(), budget.messages_per_reopen()), (3, 4));
     // Every failure of the story is kept, each run of one failure after one message.
     assert_eq!(history.failures().len(), 4);
@@ -722,7 +738,12 @@ async fn the_default_budget_bounds_a_cut_after_every_message() {
     assert_eq!(stream.reopens(), 11);
     assert_eq!(got.len(), 12);
     let error = error.expect("the stream ends");
-    assert!(ResumeHistory::of(&error).unwrap().reopen_budget_spent().is_some());
+    assert!(
+        ResumeHistory::of(&error)
+            .unwrap()
+            .reopen_budget_spent()
+            .is_some()
+    );
 }
 
 #[tokio::test(start_paused = true)]
