@@ -327,8 +327,10 @@ impl ResumePolicyBuilder {
     /// `Duration::MAX` waits for ever. Only for servers that keep such a promise: with any
     /// other, a quiet stream would be reopened.
     ///
-    /// The silence is noticed between one and two timeouts after the last message: the clock
-    /// is not read per message, which keeps the happy path as cheap as a raw stream.
+    /// It bounds the wait for the response headers of an open too (the shorter of the two
+    /// timeouts applies there). The silence is noticed between one and two timeouts after the
+    /// last message: the clock is not read per message, which keeps the happy path as cheap as
+    /// a raw stream.
     pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
         self.policy.heartbeat_timeout = Some(timeout);
         self
