@@ -650,11 +650,12 @@ async fn raw_stream(mut client: EchoClient<Channel>, messages: u64) {
     assert_eq!(n, messages);
 }
 
-/// The same stream through `ResumableStream`, with or without an idle timeout (30 s).
+/// The same stream through `ResumableStream`, with or without a watchdog on it (a 30 s heartbeat
+/// timeout: since 0.1's quiet-stream fix the idle timeout watches only the open).
 async fn resumable_stream(client: EchoClient<Channel>, messages: u64, idle_timeout: bool) {
     let policy = if idle_timeout {
         ResumePolicy::builder()
-            .idle_timeout(Duration::from_secs(30))
+            .heartbeat_timeout(Duration::from_secs(30))
             .build()
             .expect("resume policy")
     } else {

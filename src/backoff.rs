@@ -130,7 +130,9 @@ impl Default for ExponentialBackoff {
 impl Backoff for ExponentialBackoff {
     fn delay(&self, retry: u32, random: f64) -> Option<Duration> {
         let factor = 1.0 - Self::JITTER + 2.0 * Self::JITTER * random.clamp(0.0, 1.0);
-        Some(self.base_delay(retry).mul_f64(factor))
+        let base = self.base_delay(retry);
+        // `mul_f64` panics past `Duration::MAX` (a huge max backoff): saturate instead.
+        Some(Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(base))
     }
 }
 

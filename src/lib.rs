@@ -80,8 +80,9 @@ pub use crate::policy::{
 };
 pub use crate::response_body::ResponseBody;
 pub use crate::resume::{
-    DEFAULT_MAX_FAILED_REOPENS, OpenedStream, ReopenRecord, ReopenThrottle, ResumableStream,
-    ResumeHistory, ResumePolicy, ResumePolicyBuilder,
+    DEFAULT_MAX_FAILED_REOPENS, DEFAULT_MESSAGES_PER_REOPEN, DEFAULT_REOPEN_BUDGET, OpenedStream,
+    ReopenBudget, ReopenRecord, ReopenThrottle, ResumableStream, ResumeHistory, ResumePolicy,
+    ResumePolicyBuilder,
 };
 pub use crate::service::Retry;
 pub use crate::service_config::{

@@ -5,24 +5,29 @@
 
 use std::error::Error as _;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::{Code, Request, Response, Status};
 use tonic_retry::{
     ExponentialBackoff, FailureKind, ResumableStream, ResumeHistory, ResumePolicy,
     ResumePolicyBuilder, StopReason,
 };
 use tonic_retry_testkit::pb::echo_client::EchoClient;
-use tonic_retry_testkit::pb::{Chunk, CountRequest};
+use tonic_retry_testkit::pb::echo_server::{Echo, EchoServer};
+use tonic_retry_testkit::pb::{Chunk, CollectReply, CountRequest, Numbered, SayReply, SayRequest};
 use tonic_retry_testkit::{
-    Action, CutMode, FaultProxy, Method, Script, ScriptedServer, echo_client, lazy_channel,
+    Action, CutMode, FaultProxy, LOOPBACK_ANY, Method, Script, ScriptedServer, echo_client,
+    endpoint, lazy_channel,
 };
 
 /// Upper bound for every test body; a test that needs it has failed.
@@ -315,33 +320,364 @@ async fn graceful_shutdown_goaway_resumes_on_the_next_server() {
     .expect("in time");
 }
 
+/// A client whose channel runs HTTP/2 keepalive: a ping every 100 ms, even with no call open,
+/// and the connection failed when an ack takes more than 500 ms. Short, so that the tests that
+/// need real keepalive stay short; the timeout leaves a loaded test machine room to answer.
+fn keepalive_client(addr: SocketAddr) -> EchoClient<Channel> {
+    let channel = endpoint(addr)
+        .http2_keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_timeout(Duration::from_millis(500))
+        .keep_alive_while_idle(true)
+        .connect_lazy();
+    EchoClient::new(channel)
+}
+
+/// A TCP forwarder that can blackhole the connections it carries: on command it stops
+/// forwarding on every existing connection without closing it (no FIN, no RST: a dead NAT
+/// entry), while new connections work normally. Counts the connections it accepted.
+struct Blackhole {
+    addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
+    epoch: watch::Sender<u64>,
+    task: JoinHandle<()>,
+}
+
+impl Blackhole {
+    async fn start(upstream: SocketAddr) -> Blackhole {
+        let listener = TcpListener::bind(LOOPBACK_ANY).await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (epoch, _) = watch::channel(0u64);
+        let (count, epochs) = (accepted.clone(), epoch.clone());
+        let task = tokio::spawn(async move {
+            // Dropping the set (when the forwarder is dropped) aborts every connection.
+            let mut connections = JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let born = *epochs.borrow();
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                connections.spawn(pipe(client_read, server_write, epochs.subscribe(), born));
+                connections.spawn(pipe(server_read, client_write, epochs.subscribe(), born));
+            }
+        });
+        Blackhole {
+            addr,
+            accepted,
+            epoch,
+            task,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// From now on, nothing more goes through the connections open now, in either direction.
+    fn blackhole_existing(&self) {
+        self.epoch.send_modify(|epoch| *epoch += 1);
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to` until either ends, or until the connection, born at epoch `born`, is
+/// blackholed: then it holds both ends open, forwarding nothing, until aborted.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut epoch: watch::Receiver<u64>,
+    born: u64,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let read = tokio::select! {
+            _ = epoch.wait_for(|&now| now > born) => None,
+            read = from.read(&mut buf) => Some(read),
+        };
+        // Bytes read after the blackhole fell are swallowed too.
+        let Some(read) = read.filter(|_| *epoch.borrow() <= born) else {
+            break;
+        };
+        match read {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    std::future::pending::<()>().await;
+    drop((from, to));
+}
+
+/// Issue 10 §4/§6: an idle reopen went down the same dead HTTP/2 connection (a 10,000-message
+/// stream delivered 256, then UNAVAILABLE). With keepalive on the endpoint, the blackholed
+/// connection fails with a keepalive timeout, a transport failure: the stream is reopened, and
+/// the reopen reaches the server over a new TCP connection.
 #[tokio::test]
-async fn stall_trips_the_idle_timeout_and_resumes() {
+async fn a_blackholed_connection_is_detected_by_keepalive_and_resumed_on_a_new_one() {
     timeout(LIMIT, async {
-        // The whole stream flows (no scripted silence): only the proxy's stall stops it. 20 MB
-        // is far more than HTTP/2 flow control lets be in flight, so the stall bites mid-stream.
-        let server = ScriptedServer::start(Script::new().record_payloads(false)).await;
-        let proxy = FaultProxy::start(server.addr()).await;
-        let policy = fast_policy().idle_timeout(Duration::from_millis(300));
-        let mut run = spawn_count(echo_client(proxy.addr()), policy, 20_000, 1024);
-        run.wait_seq(100).await;
-        proxy.stall_all();
-        // The idle timeout fires once what was in flight has been delivered.
-        run.wait_reopens(1).await;
-        proxy.resume();
+        let (server, _) = silent_after(60).await;
+        let blackhole = Blackhole::start(server.addr()).await;
+        let mut run = spawn_count(keepalive_client(blackhole.addr()), fast_policy(), 300, 0);
+        run.wait_seq(60).await;
+        assert_eq!(blackhole.accepted(), 1);
+        blackhole.blackhole_existing();
         let outcome = run.finish().await;
-        show("stall (idle timeout 300 ms)", &outcome);
+        show("blackhole with keepalive", &outcome);
         assert!(outcome.error.is_none(), "{:?}", outcome.error);
-        outcome.check_exactly_once(20_000);
-        let first = &outcome.reopen_log[0];
-        assert_eq!(first.kind, FailureKind::IdleTimeout);
-        assert!(first.message.contains("idle timeout"));
-        let attempts = resumed_at(&server);
-        assert_eq!(attempts[0], Some(0));
-        assert!(
-            attempts[1].is_some_and(|cursor| cursor >= 100),
-            "{attempts:?}"
+        outcome.check_exactly_once(300);
+        assert_eq!(outcome.reopens, 1);
+        // hyper hands the keepalive timeout to the connection's task; the streams on the
+        // connection it then drops end with the same h2 "broken pipe" as after a FIN: a stream
+        // end, a transport failure (observed with hyper 1, h2 0.4).
+        assert_eq!(outcome.reopen_log[0].kind, FailureKind::StreamEnded);
+        assert_eq!(outcome.reopen_log[0].delivered, 60);
+        assert_eq!(
+            blackhole.accepted(),
+            2,
+            "the reopen went out on a new connection"
         );
+        assert_eq!(resumed_at(&server), [Some(0), Some(60)]);
+    })
+    .await
+    .expect("in time");
+}
+
+/// A server whose `Count` sends a message only once the test has released it, and counts its
+/// calls; `ignore_cursor` makes it send every call from the start.
+#[derive(Clone)]
+struct Gated {
+    released: watch::Receiver<u64>,
+    calls: Arc<AtomicU64>,
+    ignore_cursor: bool,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Echo for Gated {
+    async fn say(&self, _: Request<SayRequest>) -> Result<Response<SayReply>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    type CountStream = BoxStream<Numbered>;
+
+    async fn count(
+        &self,
+        request: Request<CountRequest>,
+    ) -> Result<Response<Self::CountStream>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let request = request.into_inner();
+        let start_after = if self.ignore_cursor {
+            0
+        } else {
+            request.start_after
+        };
+        let end = request.count;
+        let messages = futures::stream::unfold(
+            (start_after + 1, self.released.clone()),
+            move |(seq, mut released)| async move {
+                if seq > end {
+                    return None;
+                }
+                released.wait_for(|&up_to| up_to >= seq).await.ok()?;
+                let message = Numbered {
+                    seq,
+                    padding: Default::default(),
+                };
+                Some((Ok(message), (seq + 1, released)))
+            },
+        );
+        Ok(Response::new(Box::pin(messages)))
+    }
+
+    async fn collect(
+        &self,
+        _: Request<tonic::Streaming<Chunk>>,
+    ) -> Result<Response<CollectReply>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    type ChatStream = BoxStream<Chunk>;
+
+    async fn chat(
+        &self,
+        _: Request<tonic::Streaming<Chunk>>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+}
+
+/// A running [`Gated`] server.
+struct GatedServer {
+    addr: SocketAddr,
+    release: watch::Sender<u64>,
+    calls: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl GatedServer {
+    async fn start(ignore_cursor: bool) -> GatedServer {
+        let listener = TcpListener::bind(LOOPBACK_ANY).await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (release, released) = watch::channel(0u64);
+        let calls = Arc::new(AtomicU64::new(0));
+        let service = Gated {
+            released,
+            calls: calls.clone(),
+            ignore_cursor,
+        };
+        let incoming = futures::stream::unfold(listener, |listener| async move {
+            let accepted = listener.accept().await.map(|(stream, _)| stream);
+            Some((accepted, listener))
+        });
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(EchoServer::new(service))
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        GatedServer {
+            addr,
+            release,
+            calls,
+            task,
+        }
+    }
+
+    /// Lets every message up to `seq` go.
+    fn release(&self, seq: u64) {
+        self.release.send_replace(seq);
+    }
+
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for GatedServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Issue 10 §6: a healthy quiet stream was reopened at every idle period and ended after
+/// `max_failed_reopens` of them. With keepalive pings answered, it is left alone: one call, one
+/// connection, every message once.
+#[tokio::test]
+async fn a_quiet_stream_on_a_live_connection_is_left_alone() {
+    timeout(LIMIT, async {
+        let server = GatedServer::start(false).await;
+        let forwarder = Blackhole::start(server.addr).await;
+        server.release(1);
+        let policy = fast_policy().idle_timeout(Duration::from_millis(100));
+        let mut run = spawn_count(keepalive_client(forwarder.addr()), policy, 50, 0);
+        run.wait_seq(1).await;
+        // The silence is what is under test, not a way to synchronise: ten idle periods, and
+        // ten keepalive pings (each answered, or the connection would fail).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        server.release(50);
+        let outcome = run.finish().await;
+        assert!(outcome.error.is_none(), "{:?}", outcome.error);
+        outcome.check_exactly_once(50);
+        assert_eq!(outcome.reopens, 0, "{:?}", outcome.reopen_log);
+        assert_eq!(server.calls(), 1);
+        assert_eq!(forwarder.accepted(), 1);
+    })
+    .await
+    .expect("in time");
+}
+
+/// Issue 10 §6: a server that ignores the cursor and replays from the start; with an ordered
+/// cursor the caller sees each message once.
+#[tokio::test]
+async fn an_ordered_cursor_drops_a_replay_from_a_server_that_ignores_the_cursor() {
+    timeout(LIMIT, async {
+        let server = GatedServer::start(true).await;
+        let proxy = FaultProxy::start(server.addr).await;
+        server.release(40);
+        let client = echo_client(proxy.addr());
+        let stream = ResumableStream::with_policy(
+            fast_policy().build().unwrap(),
+            move |cursor: Option<u64>| {
+                let mut client = client.clone();
+                async move {
+                    let request = CountRequest {
+                        start_after: cursor.unwrap_or(0),
+                        count: 100,
+                        padding_len: 0,
+                    };
+                    client.count(request).await
+                }
+            },
+            |message| message.seq,
+        )
+        .ordered_cursor();
+        let mut stream = pin!(stream);
+        let mut seqs = Vec::new();
+        while let Some(message) = stream.next().await {
+            let seq = message.expect("no error reaches the caller").seq;
+            seqs.push(seq);
+            if seq == 40 {
+                proxy.reset_all();
+                server.release(100);
+            }
+        }
+        assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+        assert_eq!(stream.reopens(), 1);
+        assert_eq!(stream.replays_dropped(), 40);
+        assert_eq!(server.calls(), 2);
+    })
+    .await
+    .expect("in time");
+}
+
+/// Issue 10 §6: a server that cuts the stream after every message was reopened for as long as
+/// it had messages to send. The reopen budget ends it, and the history says why.
+#[tokio::test]
+async fn a_server_that_cuts_after_every_message_is_not_reopened_for_ever() {
+    timeout(LIMIT, async {
+        let server = ScriptedServer::start(Script::new().default_action(
+            Method::Count,
+            Action::stream_then_fail(1, Code::Unavailable, "cut after one message"),
+        ))
+        .await;
+        let run = spawn_count(echo_client(server.addr()), fast_policy(), 1_000, 0);
+        let outcome = run.finish().await;
+        show("cut after every message", &outcome);
+        let error = outcome.error.expect("the stream ends");
+        assert_eq!(error.code(), Code::Unavailable);
+        assert_eq!(error.message(), "cut after one message");
+        let history = ResumeHistory::of(&error).expect("the reopen history");
+        println!("OBSERVED history:\n{history}");
+        assert_eq!(history.stop_reason(), StopReason::Throttled);
+        assert!(history.reopen_budget_spent().is_some());
+        assert!(
+            history.to_string().contains("reopen budget spent"),
+            "{history}"
+        );
+        // The default budget: 10 reopens banked, one paid back every 10 messages.
+        assert_eq!(outcome.reopens, 11);
+        assert_eq!(outcome.seqs, (1..=12).collect::<Vec<_>>());
+        assert_eq!(server.attempt_count_for(Method::Count), 12);
     })
     .await
     .expect("in time");

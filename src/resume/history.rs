@@ -10,6 +10,7 @@ use tonic::{Code, Status};
 use crate::code::code_name;
 use crate::history::StopReason;
 use crate::kind::FailureKind;
+use crate::resume::policy::ReopenBudget;
 
 /// One failure of a resumable stream, and the reopen it led to (if any).
 #[derive(Debug, Clone)]
@@ -106,6 +107,8 @@ impl fmt::Display for ReopenRecord {
 pub struct ResumeHistory {
     pub(crate) failures: Vec<ReopenRecord>,
     pub(crate) stop: StopReason,
+    /// Set when the reopen budget was what stopped the stream.
+    pub(crate) budget: Option<ReopenBudget>,
     pub(crate) reopens: u64,
     pub(crate) delivered: u64,
     pub(crate) elapsed: Duration,
@@ -118,9 +121,10 @@ impl ResumeHistory {
         crate::history::find_in_sources(status)
     }
 
-    /// The failures in a row that ended the stream, oldest first; the last is the one the
-    /// caller's status reports. Earlier runs, each ended by a message getting through, are not
-    /// kept.
+    /// The most recent failures (at most 32), oldest first; the last is the one the caller's
+    /// status reports. Each says how many messages its open delivered, so a stream cut after
+    /// every few messages shows as such; [`ReopenRecord::failure`] numbers the failures of
+    /// each run in a row.
     pub fn failures(&self) -> &[ReopenRecord] {
         &self.failures
     }
@@ -131,11 +135,19 @@ impl ResumeHistory {
     }
 
     /// Why the stream stopped reopening: [`StopReason::AttemptsExhausted`] when the bound on
-    /// failed reopens was reached, [`StopReason::Throttled`], [`StopReason::BackoffExhausted`],
-    /// or [`StopReason::NotRetryable`] / [`StopReason::FailFast`] for a status that ends the
-    /// stream after failed reopens.
+    /// failed reopens in a row was reached, [`StopReason::Throttled`] when the
+    /// [reopen budget](crate::ReopenBudget) was spent (see
+    /// [`reopen_budget_spent`](ResumeHistory::reopen_budget_spent)) or a shared throttle vetoed
+    /// the reopen, [`StopReason::BackoffExhausted`], or [`StopReason::NotRetryable`] /
+    /// [`StopReason::FailFast`] for a status that ends the stream after failed reopens.
     pub fn stop_reason(&self) -> StopReason {
         self.stop
+    }
+
+    /// The stream's own reopen budget was spent: it was reopened more often than its progress
+    /// paid for (a server that cuts it after every few messages). The budget it had.
+    pub fn reopen_budget_spent(&self) -> Option<ReopenBudget> {
+        self.budget
     }
 
     /// Reopens made over the stream's whole life.
@@ -174,6 +186,21 @@ impl fmt::Display for ResumeHistory {
             self.elapsed,
             self.stop,
         )?;
+        if let Some(budget) = self.budget {
+            write!(
+                f,
+                " (reopen budget spent: {} reopen{} banked at most, one paid back every {} \
+                 message{}; the server cut the stream more often than it made progress)",
+                budget.reopens(),
+                if budget.reopens() == 1 { "" } else { "s" },
+                budget.messages_per_reopen(),
+                if budget.messages_per_reopen() == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+            )?;
+        }
         for failure in &self.failures {
             write!(f, "\n  {failure}")?;
         }

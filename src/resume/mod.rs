@@ -14,6 +14,7 @@ mod tests;
 
 pub use self::history::{ReopenRecord, ResumeHistory};
 pub use self::policy::{
-    DEFAULT_MAX_FAILED_REOPENS, ReopenThrottle, ResumePolicy, ResumePolicyBuilder,
+    DEFAULT_MAX_FAILED_REOPENS, DEFAULT_MESSAGES_PER_REOPEN, DEFAULT_REOPEN_BUDGET, ReopenBudget,
+    ReopenThrottle, ResumePolicy, ResumePolicyBuilder,
 };
 pub use self::stream::{OpenedStream, ResumableStream};

@@ -17,6 +17,61 @@ use crate::throttle::RetryThrottle;
 /// The default bound on reopens in a row that deliver no message before the stream gives up.
 pub const DEFAULT_MAX_FAILED_REOPENS: u32 = 5;
 
+/// The default size of the [reopen budget](ResumePolicyBuilder::reopen_budget), in reopens
+/// (raised to [`max_failed_reopens`](ResumePolicyBuilder::max_failed_reopens) when that is
+/// larger and no budget is set).
+pub const DEFAULT_REOPEN_BUDGET: u32 = 10;
+
+/// The default progress that pays for one reopen: this many delivered messages.
+pub const DEFAULT_MESSAGES_PER_REOPEN: u32 = 10;
+
+/// The bound on reopens over a stream's life: a token bucket that every reopen draws from and
+/// that delivered messages refill.
+///
+/// The bucket holds [`reopens`](ReopenBudget::reopens) reopens and starts full. Each reopen
+/// takes one; each message delivered to the caller gives back
+/// `1 / `[`messages_per_reopen`](ReopenBudget::messages_per_reopen) of one, up to the
+/// bucket's size, never beyond. So a stream that delivers at least `messages_per_reopen`
+/// messages between cuts is reopened for as long as it lives, while a server that cuts it after
+/// every message (or every few) empties the bucket after a bounded number of reopens: about
+/// `reopens * messages_per_reopen / (messages_per_reopen - delivered_per_cut)`. The stream
+/// then ends with the last error and a [`ResumeHistory`](crate::ResumeHistory) whose
+/// [`stop_reason`](crate::ResumeHistory::stop_reason) is
+/// [`StopReason::Throttled`](crate::StopReason::Throttled) and whose
+/// [`reopen_budget_spent`](crate::ResumeHistory::reopen_budget_spent) is true.
+///
+/// Counted in whole messages (integers): refilling costs one addition and one comparison per
+/// message, no clock read. The budget is the stream's own; a [`throttle`](ResumePolicyBuilder::throttle)
+/// shared with the layer and other streams applies as well (a reopen needs both), for the
+/// outage that cuts every stream at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReopenBudget {
+    reopens: u32,
+    messages_per_reopen: u32,
+}
+
+impl ReopenBudget {
+    /// The size of the bucket, in reopens.
+    pub fn reopens(&self) -> u32 {
+        self.reopens
+    }
+
+    /// How many delivered messages pay back one reopen.
+    pub fn messages_per_reopen(&self) -> u32 {
+        self.messages_per_reopen
+    }
+
+    /// The bucket's size in its unit, the message.
+    pub(crate) fn capacity(&self) -> u64 {
+        u64::from(self.reopens) * u64::from(self.messages_per_reopen)
+    }
+
+    /// What one reopen costs, in messages.
+    pub(crate) fn cost(&self) -> u64 {
+        u64::from(self.messages_per_reopen)
+    }
+}
+
 /// Something shared between calls that may veto a reopen: the hook for a retry throttle shared
 /// with the [`RetryLayer`](crate::RetryLayer), so a server-wide outage does not turn every open
 /// stream into a reopen storm.
@@ -53,12 +108,32 @@ type ReopenHook = Arc<dyn Fn(&ReopenRecord) + Send + Sync>;
 /// How a [`ResumableStream`](crate::ResumableStream) reopens its call.
 ///
 /// A stream is reopened when it ends by a transport failure (a reset or closed connection,
-/// `RST_STREAM`, GOAWAY, a keepalive timeout, a stream that ends without `grpc-status`
+/// `RST_STREAM`, GOAWAY, an HTTP/2 keepalive timeout, a stream that ends without `grpc-status`
 /// trailers, a connection refused while reopening, ...), when it ends with one of the
-/// [retryable codes](ResumePolicyBuilder::retryable_codes) (default UNAVAILABLE), or when no
-/// message arrived within the [idle timeout](ResumePolicyBuilder::idle_timeout). It is never
-/// reopened on a [fail-fast code](ResumePolicyBuilder::fail_fast_codes), on another status the
-/// server sent, or after a clean end.
+/// [retryable codes](ResumePolicyBuilder::retryable_codes) (default UNAVAILABLE), when an open
+/// got no response headers within the [idle timeout](ResumePolicyBuilder::idle_timeout), or
+/// when a server that promised a [heartbeat](ResumePolicyBuilder::heartbeat_timeout) broke the
+/// promise. It is never reopened on a [fail-fast code](ResumePolicyBuilder::fail_fast_codes),
+/// on another status the server sent, or after a clean end.
+///
+/// Two bounds stop the reopens, whichever comes first:
+/// [`max_failed_reopens`](ResumePolicyBuilder::max_failed_reopens) reopens in a row that
+/// deliver nothing, and the [reopen budget](ReopenBudget), which progress refills but only up
+/// to its size, so a server that cuts the stream after every message cannot keep it reopening
+/// for ever.
+///
+/// # Quiet streams and dead connections
+///
+/// A stream on which the server has nothing to say is healthy, however long it stays quiet: it
+/// is never reopened or ended for being quiet. A *dead* connection under it (a NAT, firewall or
+/// load balancer that dropped it without FIN or RST) looks the same from the stream, so it is
+/// the transport's job to notice: enable **HTTP/2 keepalive on the endpoint** (a ping every
+/// interval, the connection failed when the ack does not come within the keepalive timeout,
+/// pings sent while idle too). The stream then ends with a keepalive failure, which is a
+/// transport failure: it is reopened, and since the channel dropped the dead connection, the
+/// reopen goes out on a new one. Without keepalive, a blackholed stream waits for ever, as a
+/// plain tonic stream would; an idle timeout alone cannot help, because a reopen through the
+/// same channel would go down the same dead connection.
 ///
 /// ```
 /// use std::time::Duration;
@@ -80,12 +155,17 @@ type ReopenHook = Arc<dyn Fn(&ReopenRecord) + Send + Sync>;
 ///
 /// let err = ResumePolicy::builder().max_failed_reopens(0).build().unwrap_err();
 /// assert_eq!(err.field(), "max_failed_reopens");
+/// let err = ResumePolicy::builder().reopen_budget(10, 0).build().unwrap_err();
+/// assert_eq!(err.field(), "reopen_budget.messages_per_reopen");
 /// # Ok::<(), tonic_retry::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct ResumePolicy {
     pub(crate) max_failed_reopens: u32,
+    /// `None`: the default, sized from `max_failed_reopens`.
+    pub(crate) reopen_budget: Option<ReopenBudget>,
     pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) heartbeat_timeout: Option<Duration>,
     pub(crate) backoff: Arc<dyn Backoff>,
     pub(crate) retryable: CodeSet,
     pub(crate) fail_fast: CodeSet,
@@ -108,10 +188,34 @@ impl ResumePolicy {
         self.max_failed_reopens
     }
 
-    /// The longest wait for a message (or for the response headers of a reopen) before the
-    /// connection is presumed half-open and the call reopened.
+    /// The reopen budget: how many reopens the bucket holds and how much progress pays one
+    /// back.
+    pub fn reopen_budget(&self) -> ReopenBudget {
+        self.reopen_budget.unwrap_or(ReopenBudget {
+            reopens: DEFAULT_REOPEN_BUDGET.max(self.max_failed_reopens),
+            messages_per_reopen: DEFAULT_MESSAGES_PER_REOPEN,
+        })
+    }
+
+    /// The longest wait for the response headers of an open before it is presumed hung and
+    /// the call reopened. Once open, a quiet stream is never ended for being quiet.
     pub fn idle_timeout(&self) -> Option<Duration> {
         self.idle_timeout
+    }
+
+    /// The longest silence the server promised never to keep: a longer one is a stall, and the
+    /// call is reopened.
+    pub fn heartbeat_timeout(&self) -> Option<Duration> {
+        self.heartbeat_timeout
+    }
+
+    /// The watchdog on an open: the shorter of the two timeouts set, if any (response headers
+    /// are a sign of life for both).
+    pub(crate) fn open_timeout(&self) -> Option<Duration> {
+        match (self.idle_timeout, self.heartbeat_timeout) {
+            (Some(idle), Some(heartbeat)) => Some(idle.min(heartbeat)),
+            (idle, heartbeat) => idle.or(heartbeat),
+        }
     }
 
     /// The backoff schedule between reopens.
@@ -131,13 +235,16 @@ impl ResumePolicy {
 }
 
 impl Default for ResumePolicy {
-    /// Five failed reopens in a row at most, 100 ms doubling to 5 s with A6 jitter, no idle
-    /// timeout, UNAVAILABLE reopened, UNIMPLEMENTED, PERMISSION_DENIED and UNAUTHENTICATED
-    /// ending the stream.
+    /// Five failed reopens in a row at most, a budget of ten reopens refilled by one every ten
+    /// messages, 100 ms doubling to 5 s with A6 jitter, no idle or heartbeat timeout,
+    /// UNAVAILABLE reopened, UNIMPLEMENTED, PERMISSION_DENIED and UNAUTHENTICATED ending the
+    /// stream.
     fn default() -> Self {
         ResumePolicy {
             max_failed_reopens: DEFAULT_MAX_FAILED_REOPENS,
+            reopen_budget: None,
             idle_timeout: None,
+            heartbeat_timeout: None,
             backoff: Arc::new(ExponentialBackoff::default()),
             retryable: DEFAULT_RETRYABLE_CODES,
             fail_fast: DEFAULT_FAIL_FAST_CODES,
@@ -152,7 +259,9 @@ impl fmt::Debug for ResumePolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResumePolicy")
             .field("max_failed_reopens", &self.max_failed_reopens)
+            .field("reopen_budget", &self.reopen_budget())
             .field("idle_timeout", &self.idle_timeout)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("backoff", &self.backoff)
             .field("retryable", &self.retryable)
             .field("fail_fast", &self.fail_fast)
@@ -178,29 +287,58 @@ impl ResumePolicyBuilder {
         self
     }
 
-    /// Reopen when no message arrived for `timeout` (nor the response headers of a reopen):
-    /// the only way to notice a half-open connection, which sends neither FIN nor RST. Must be
-    /// positive. Choose it longer than the longest silence the server may keep on purpose.
-    /// The silence is noticed between one and two timeouts after the last message: the clock
-    /// is not read per message, which keeps the happy path as cheap as a raw stream.
+    /// The reopen budget (see [`ReopenBudget`]): the bucket holds `reopens` reopens, each
+    /// reopen takes one, and every `messages_per_reopen` messages delivered give one back, up
+    /// to `reopens`. Both must be at least 1. The default holds
+    /// [`DEFAULT_REOPEN_BUDGET`] reopens (or `max_failed_reopens`, if larger) refilled by one
+    /// every [`DEFAULT_MESSAGES_PER_REOPEN`] messages.
+    pub fn reopen_budget(mut self, reopens: u32, messages_per_reopen: u32) -> Self {
+        self.policy.reopen_budget = Some(ReopenBudget {
+            reopens,
+            messages_per_reopen,
+        });
+        self
+    }
+
+    /// Reopen an open that got no response headers within `timeout`: a call stuck before the
+    /// server answered (a server that accepts and never answers, or an open sent down a dead
+    /// connection). Must be positive; `Duration::MAX` waits for ever.
     ///
-    /// A reopen made through the same `Channel` may go out on the same (dead) connection, which
-    /// the channel still believes alive: pair the idle timeout with HTTP/2 keepalive
-    /// (`Endpoint::http2_keep_alive_interval` and `keep_alive_timeout`) so the channel drops
-    /// it, or have the factory connect a new channel when it is called with a cursor.
+    /// Once the response headers arrived the call is open, and a quiet stream is healthy: it is
+    /// not reopened nor ended however long it stays quiet. A connection that died under it is
+    /// detected by HTTP/2 keepalive on the endpoint (see
+    /// [`ResumePolicy`#quiet-streams-and-dead-connections](ResumePolicy#quiet-streams-and-dead-connections)),
+    /// and a server that promised to send something regularly by the
+    /// [heartbeat timeout](ResumePolicyBuilder::heartbeat_timeout).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.policy.idle_timeout = Some(timeout);
         self
     }
 
-    /// No idle timeout (the default): a silent stream is waited on for ever.
+    /// No idle timeout (the default): an open is waited on until the transport fails it.
     pub fn no_idle_timeout(mut self) -> Self {
         self.policy.idle_timeout = None;
         self
     }
 
+    /// The server promises to send a message at least every `timeout` (a heartbeat): a longer
+    /// silence means the call stalled on a live connection (the server's handler is stuck, which
+    /// keepalive cannot see), and the call is reopened, as a failure. Must be positive;
+    /// `Duration::MAX` waits for ever. Only for servers that keep such a promise: with any
+    /// other, a quiet stream would be reopened.
+    ///
+    /// It bounds the wait for the response headers of an open too (the shorter of the two
+    /// timeouts applies there). The silence is noticed between one and two timeouts after the
+    /// last message: the clock is not read per message, which keeps the happy path as cheap as
+    /// a raw stream.
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.heartbeat_timeout = Some(timeout);
+        self
+    }
+
     /// The backoff schedule between reopens, such as an [`ExponentialBackoff`]; retry number
-    /// `n` is the `n`th reopen in a row. A schedule that returns `None` ends the stream.
+    /// `n` is the `n`th reopen in a row. A schedule that returns `None` ends the stream. A
+    /// delay too long for the clock to represent (`Duration::MAX`) waits for ever.
     pub fn backoff(mut self, backoff: impl Backoff) -> Self {
         self.policy.backoff = Arc::new(backoff);
         self
@@ -251,10 +389,29 @@ impl ResumePolicyBuilder {
                 "must be >= 1 (a stream that is never reopened needs no wrapper)",
             ));
         }
-        if let Some(timeout) = policy.idle_timeout
-            && timeout.is_zero()
-        {
-            return Err(ConfigError::new("idle_timeout", "0s", "must be > 0"));
+        if let Some(budget) = policy.reopen_budget {
+            if budget.reopens == 0 {
+                return Err(ConfigError::new(
+                    "reopen_budget.reopens",
+                    "0",
+                    "must be >= 1 (a stream that is never reopened needs no wrapper)",
+                ));
+            }
+            if budget.messages_per_reopen == 0 {
+                return Err(ConfigError::new(
+                    "reopen_budget.messages_per_reopen",
+                    "0",
+                    "must be >= 1 (a reopen that costs no progress is not bounded)",
+                ));
+            }
+        }
+        for (field, timeout) in [
+            ("idle_timeout", policy.idle_timeout),
+            ("heartbeat_timeout", policy.heartbeat_timeout),
+        ] {
+            if timeout.is_some_and(|timeout| timeout.is_zero()) {
+                return Err(ConfigError::new(field, "0s", "must be > 0"));
+            }
         }
         if policy.retryable.contains(Code::Ok) {
             return Err(ConfigError::new(
@@ -286,6 +443,44 @@ mod tests {
         assert_eq!(policy.retryable_codes(), DEFAULT_RETRYABLE_CODES);
         assert!(policy.fail_fast_codes().contains(Code::PermissionDenied));
         assert!(ResumePolicy::builder().build().is_ok());
+        let budget = policy.reopen_budget();
+        assert_eq!(budget.reopens(), DEFAULT_REOPEN_BUDGET);
+        assert_eq!(budget.messages_per_reopen(), DEFAULT_MESSAGES_PER_REOPEN);
+    }
+
+    #[test]
+    fn the_default_budget_allows_the_failed_reopens_asked_for() {
+        let policy = ResumePolicy::builder()
+            .max_failed_reopens(50)
+            .build()
+            .unwrap();
+        assert_eq!(policy.reopen_budget().reopens(), 50);
+        let policy = ResumePolicy::builder()
+            .max_failed_reopens(50)
+            .reopen_budget(3, 1)
+            .build()
+            .unwrap();
+        assert_eq!(
+            policy.reopen_budget().reopens(),
+            3,
+            "an explicit budget is kept"
+        );
+    }
+
+    #[test]
+    fn extreme_values_build() {
+        let policy = ResumePolicy::builder()
+            .max_failed_reopens(u32::MAX)
+            .reopen_budget(u32::MAX, u32::MAX)
+            .idle_timeout(Duration::MAX)
+            .heartbeat_timeout(Duration::MAX)
+            .build()
+            .unwrap();
+        assert_eq!(
+            policy.reopen_budget().capacity(),
+            u64::from(u32::MAX) * u64::from(u32::MAX)
+        );
+        assert_eq!(policy.open_timeout(), Some(Duration::MAX));
     }
 
     #[test]
@@ -298,6 +493,18 @@ mod tests {
             (
                 ResumePolicy::builder().idle_timeout(Duration::ZERO),
                 "idle_timeout",
+            ),
+            (
+                ResumePolicy::builder().heartbeat_timeout(Duration::ZERO),
+                "heartbeat_timeout",
+            ),
+            (
+                ResumePolicy::builder().reopen_budget(0, 10),
+                "reopen_budget.reopens",
+            ),
+            (
+                ResumePolicy::builder().reopen_budget(10, 0),
+                "reopen_budget.messages_per_reopen",
             ),
             (
                 ResumePolicy::builder().retryable_codes([Code::Unavailable, Code::Ok]),

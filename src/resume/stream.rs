@@ -8,11 +8,16 @@
 //!    └──── timer fires ──── Backoff <──reopen── decide ──give up / not retryable──> Done
 //! ```
 //!
-//! One `Sleep`, pinned in the struct, is the backoff timer in `Backoff` and the idle timer in
-//! `Opening` and `Streaming`. Neither the timer nor the clock is touched per message: a message
-//! only bumps a counter, and when the timer fires it re-arms itself for another idle period if
-//! the counter moved since it was armed. So a silent stream is detected between one and two idle
-//! periods after its last message, and nothing is allocated or read from the clock per message.
+//! One `Sleep`, pinned in the struct, is the backoff timer in `Backoff`, the watchdog on an open
+//! (idle timeout) in `Opening`, and the heartbeat watchdog in `Streaming` when the server
+//! promised one; a quiet stream with no heartbeat promise has no timer at all. Neither the timer
+//! nor the clock is touched per message: a message only bumps a counter (and refills the reopen
+//! budget by one, an addition), and when the timer fires it re-arms itself for another period if
+//! the counter moved since it was armed. So a broken heartbeat is detected between one and two
+//! periods after the last message, and nothing is allocated or read from the clock per message.
+//!
+//! Every instant is computed with checked arithmetic: a timeout or a backoff too long for the
+//! clock (`Duration::MAX`) waits for ever instead of overflowing.
 
 use std::fmt;
 use std::future::Future;
@@ -31,7 +36,7 @@ use crate::history::{StopReason, with_history};
 use crate::kind::FailureKind;
 use crate::resume::classify::{Verdict, classify_status};
 use crate::resume::history::{ReopenRecord, ResumeHistory};
-use crate::resume::policy::ResumePolicy;
+use crate::resume::policy::{ReopenBudget, ResumePolicy};
 
 /// What the future of a [`ResumableStream`]'s factory yields on success: the opened call's
 /// stream of messages.
@@ -105,15 +110,20 @@ impl<Fut, S> State<Fut, S> {
 /// It is built from a *factory*, called with the cursor of the last delivered message (`None`
 /// before the first) to open the call, and a *cursor function* that takes the cursor from a
 /// message. When the stream fails in a way the [`ResumePolicy`] reopens (a transport end, a
-/// retryable code, the idle timeout), the factory is called again with the last cursor after a
-/// backoff; the server is expected to send only what follows it. The same wrapper serves
-/// server-streaming and bidirectional calls: for a bidirectional call the factory builds a fresh
-/// outbound stream each time.
+/// keepalive failure, a retryable code, an open that hung past the idle timeout), the factory is
+/// called again with the last cursor after a backoff; the server is expected to send only what
+/// follows it (if it may not, see [`ordered_cursor`](ResumableStream::ordered_cursor)). The
+/// same wrapper serves server-streaming and bidirectional calls: for a bidirectional call the
+/// factory builds a fresh outbound stream each time. A quiet stream is never reopened for being
+/// quiet: pair it with HTTP/2 keepalive on the endpoint so that a dead connection is noticed
+/// (see [`ResumePolicy`#quiet-streams-and-dead-connections](ResumePolicy#quiet-streams-and-dead-connections)).
 ///
 /// After [`max_failed_reopens`](crate::ResumePolicyBuilder::max_failed_reopens) reopens in a
-/// row that deliver nothing, it yields the last error, unchanged in code and message, with a
-/// [`ResumeHistory`] as its source, and ends. A status the server sent on purpose (say
-/// INVALID_ARGUMENT), a fail-fast code and a clean end end the stream at once.
+/// row that deliver nothing, or once the [reopen budget](crate::ReopenBudget) is spent (a
+/// server that cuts the stream after every few messages), it yields the last error, unchanged
+/// in code and message, with a [`ResumeHistory`] as its source, and ends. A status the server
+/// sent on purpose (say INVALID_ARGUMENT), a fail-fast code and a clean end end the stream at
+/// once.
 ///
 /// It is lazy: nothing is called until it is first polled, which must happen inside a Tokio
 /// runtime (its timer is Tokio's). It holds its timer and the factory's future inline, so it is
@@ -173,16 +183,24 @@ where
     ctl: Control<C>,
 }
 
+/// Failures kept for the history: the most recent ones, enough to tell a story, bounded so that
+/// a stream reopened for days does not grow without end.
+const MAX_RECORDS: usize = 32;
+
 /// The bookkeeping of a stream, apart from its pinned parts.
 struct Control<C> {
     policy: ResumePolicy,
     jitter: Jitter,
     cursor: Option<C>,
+    /// With an ordered cursor: whether a message's cursor comes after the last delivered one.
+    is_after: Option<fn(&C, &C) -> bool>,
     /// Set at the first poll.
     started: Option<Instant>,
+    /// Whether the timer holds a deadline (an unrepresentable one leaves it unarmed: never).
+    timer_armed: bool,
     /// Messages (and response headers) that arrived, as a counter: cheaper than a clock read.
     activity: u64,
-    /// `activity` when the idle timer was last armed.
+    /// `activity` when the watchdog was last armed.
     activity_at_arm: u64,
     /// Failures in a row since a message last arrived.
     failures: u32,
@@ -190,12 +208,48 @@ struct Control<C> {
     delivered: u64,
     /// Messages the current open of the call delivered.
     delivered_here: u64,
-    /// The current run of failures in a row.
+    /// Replayed messages dropped by the ordered-cursor check, over the stream's life.
+    replays_dropped: u64,
+    /// Replayed messages dropped in the current open of the call.
+    dropped_here: u64,
+    budget: Budget,
+    /// The most recent failures, oldest first.
     history: Vec<ReopenRecord>,
+}
+
+/// The reopen budget's bucket, in messages: a reopen costs `cost`, a message gives back one.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    credits: u64,
+    capacity: u64,
+    cost: u64,
+}
+
+impl Budget {
+    fn new(budget: ReopenBudget) -> Budget {
+        Budget {
+            credits: budget.capacity(),
+            capacity: budget.capacity(),
+            cost: budget.cost(),
+        }
+    }
+
+    fn refill(&mut self) {
+        self.credits = self.credits.saturating_add(1).min(self.capacity);
+    }
+
+    fn allows_reopen(&self) -> bool {
+        self.credits >= self.cost
+    }
+
+    fn take(&mut self) {
+        self.credits = self.credits.saturating_sub(self.cost);
+    }
 }
 
 /// What to do after a failure.
 enum Next {
+    /// Reopen after this delay (one the clock cannot represent: never).
     Reopen(Duration),
     End(Status),
 }
@@ -221,6 +275,7 @@ where
             Some(seed) => Jitter::seeded(seed),
             None => Jitter::from_entropy(),
         };
+        let budget = Budget::new(policy.reopen_budget());
         ResumableStream {
             state: State::Start,
             timer: None,
@@ -230,13 +285,18 @@ where
                 policy,
                 jitter,
                 cursor: None,
+                is_after: None,
                 started: None,
+                timer_armed: false,
                 activity: 0,
                 activity_at_arm: 0,
                 failures: 0,
                 reopens: 0,
                 delivered: 0,
                 delivered_here: 0,
+                replays_dropped: 0,
+                dropped_here: 0,
+                budget,
                 history: Vec::new(),
             },
         }
@@ -247,6 +307,46 @@ where
     #[must_use]
     pub fn starting_after(mut self, cursor: C) -> Self {
         self.ctl.cursor = Some(cursor);
+        self
+    }
+
+    /// Declares the cursor *ordered*: every message comes after the one before it, so that a
+    /// message whose cursor is at or before the last delivered one is a replay. Such messages
+    /// are dropped, not delivered: the caller sees each message once even from a server that
+    /// ignores the cursor and sends a reopened call from the start.
+    ///
+    /// Without it, "nothing twice" rests on the server honouring the cursor. The check costs one
+    /// comparison per message. Dropped messages are counted
+    /// ([`replays_dropped`](ResumableStream::replays_dropped)) and logged (once per open, at
+    /// debug level); they do not refill the [reopen budget](crate::ReopenBudget), since they
+    /// are no progress. Dropping rather than failing keeps the stream going when the server
+    /// merely replays; a server that goes backwards for good shows as a stream that delivers
+    /// nothing new, which the reopen bounds and the caller's own deadline handle.
+    ///
+    /// ```
+    /// # async fn doc(client: tonic_retry_testkit::pb::echo_client::EchoClient<tonic::transport::Channel>) {
+    /// use tonic_retry::ResumableStream;
+    /// use tonic_retry_testkit::pb::CountRequest;
+    ///
+    /// let numbers = ResumableStream::new(
+    ///     move |cursor: Option<u64>| {
+    ///         let mut client = client.clone();
+    ///         async move {
+    ///             let request = CountRequest { start_after: cursor.unwrap_or(0), count: 100, padding_len: 0 };
+    ///             client.count(request).await
+    ///         }
+    ///     },
+    ///     |message| message.seq,
+    /// )
+    /// .ordered_cursor();
+    /// # drop(numbers); }
+    /// ```
+    #[must_use]
+    pub fn ordered_cursor(mut self) -> Self
+    where
+        C: Ord,
+    {
+        self.ctl.is_after = Some(|new, last| new > last);
         self
     }
 }
@@ -268,6 +368,12 @@ where
     /// Messages delivered so far.
     pub fn delivered(&self) -> u64 {
         self.ctl.delivered
+    }
+
+    /// Replayed messages dropped so far by the [ordered-cursor](ResumableStream::ordered_cursor)
+    /// check.
+    pub fn replays_dropped(&self) -> u64 {
+        self.ctl.replays_dropped
     }
 
     /// The cursor of the last delivered message: where a reopen resumes.
@@ -298,7 +404,7 @@ where
                 StateProj::Start => {
                     let future = (this.factory)(this.ctl.cursor.clone());
                     this.state.set(State::Opening { future });
-                    this.ctl.arm_idle(this.timer.as_mut());
+                    this.ctl.on_open(this.timer.as_mut());
                     continue;
                 }
                 StateProj::Opening { future } => match future.poll(cx) {
@@ -306,19 +412,28 @@ where
                         this.state.set(State::Streaming {
                             stream: opened.into_stream(),
                         });
-                        this.ctl.delivered_here = 0;
                         this.ctl.touch();
                         continue;
                     }
                     Poll::Ready(Err(status)) => (status, None),
                     Poll::Pending => {
-                        ready!(this.ctl.poll_idle(this.timer.as_mut(), cx));
-                        this.ctl.idle_failure()
+                        let Some(period) = this.ctl.policy.open_timeout() else {
+                            return Poll::Pending;
+                        };
+                        ready!(this.ctl.poll_watchdog(this.timer.as_mut(), period, cx));
+                        this.ctl.hung_open()
                     }
                 },
                 StateProj::Streaming { stream } => match stream.poll_next(cx) {
                     Poll::Ready(Some(Ok(message))) => {
-                        this.ctl.cursor = Some((this.cursor_fn)(&message));
+                        let cursor = (this.cursor_fn)(&message);
+                        if let (Some(is_after), Some(last)) = (this.ctl.is_after, &this.ctl.cursor)
+                            && !is_after(&cursor, last)
+                        {
+                            this.ctl.on_replayed();
+                            continue;
+                        }
+                        this.ctl.cursor = Some(cursor);
                         this.ctl.on_message();
                         return Poll::Ready(Some(Ok(message)));
                     }
@@ -328,11 +443,19 @@ where
                         return Poll::Ready(None);
                     }
                     Poll::Pending => {
-                        ready!(this.ctl.poll_idle(this.timer.as_mut(), cx));
-                        this.ctl.idle_failure()
+                        // Quiet is healthy: only a server that promised a heartbeat is watched.
+                        let Some(period) = this.ctl.policy.heartbeat_timeout else {
+                            return Poll::Pending;
+                        };
+                        ready!(this.ctl.poll_watchdog(this.timer.as_mut(), period, cx));
+                        this.ctl.broken_heartbeat()
                     }
                 },
                 StateProj::Backoff => {
+                    if !this.ctl.timer_armed {
+                        // A delay the clock cannot represent: wait for ever, as asked.
+                        return Poll::Pending;
+                    }
                     if let Some(timer) = this.timer.as_mut().as_pin_mut() {
                         ready!(timer.poll(cx));
                     }
@@ -344,7 +467,7 @@ where
             match this.ctl.on_failure(failure, kind) {
                 Next::Reopen(delay) if delay.is_zero() => this.state.set(State::Start),
                 Next::Reopen(delay) => {
-                    set_timer(this.timer.as_mut(), Instant::now() + delay);
+                    this.ctl.arm(this.timer.as_mut(), Some(delay));
                     this.state.set(State::Backoff);
                 }
                 Next::End(status) => {
@@ -379,35 +502,53 @@ where
             .field("reopens", &self.ctl.reopens)
             .field("consecutive_failures", &self.ctl.failures)
             .field("delivered", &self.ctl.delivered)
+            .field("replays_dropped", &self.ctl.replays_dropped)
             .field("policy", &self.ctl.policy)
             .finish_non_exhaustive()
     }
 }
 
-/// Moves the timer to `deadline`, creating it the first time. `Sleep::reset` does not allocate.
-fn set_timer(mut timer: Pin<&mut Option<Sleep>>, deadline: Instant) {
-    if let Some(sleep) = timer.as_mut().as_pin_mut() {
-        sleep.reset(deadline);
-        return;
-    }
-    // Once per stream: the `Sleep` lives inline in the pinned stream, not in a box.
-    timer.set(Some(sleep_until(deadline)));
+/// Tokio's own bound for "never" (`tokio::time::sleep(Duration::MAX)` sleeps this long): about
+/// 30 years, which its timer represents.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `now + after`, capped at the far future; `None` only if even that overflows the clock.
+fn deadline_after(now: Instant, after: Duration) -> Option<Instant> {
+    now.checked_add(after.min(FAR_FUTURE))
 }
 
 impl<C> Control<C> {
     fn now_since_start(&self) -> Duration {
-        self.started
-            .map_or(Duration::ZERO, |started| Instant::now() - started)
+        self.started.map_or(Duration::ZERO, |started| {
+            Instant::now().saturating_duration_since(started)
+        })
     }
 
-    /// A call is being opened: start the idle timer, if there is one.
-    fn arm_idle(&mut self, timer: Pin<&mut Option<Sleep>>) {
+    /// Moves the timer to `after` from now (`None`: never), creating it the first time.
+    /// `Sleep::reset` does not allocate; the `Sleep` lives inline in the pinned stream.
+    fn arm(&mut self, mut timer: Pin<&mut Option<Sleep>>, after: Option<Duration>) {
+        let deadline = after.and_then(|after| deadline_after(Instant::now(), after));
+        self.timer_armed = deadline.is_some();
+        let Some(deadline) = deadline else {
+            return;
+        };
+        if let Some(sleep) = timer.as_mut().as_pin_mut() {
+            sleep.reset(deadline);
+            return;
+        }
+        timer.set(Some(sleep_until(deadline)));
+    }
+
+    /// A call is being opened: start the watchdog on the open, if there is one.
+    fn on_open(&mut self, timer: Pin<&mut Option<Sleep>>) {
         if self.started.is_none() {
             self.started = Some(Instant::now());
         }
-        if let Some(idle) = self.policy.idle_timeout {
+        self.delivered_here = 0;
+        self.dropped_here = 0;
+        if let Some(period) = self.policy.open_timeout() {
             self.activity_at_arm = self.activity;
-            set_timer(timer, Instant::now() + idle);
+            self.arm(timer, Some(period));
         }
     }
 
@@ -417,8 +558,9 @@ impl<C> Control<C> {
     }
 
     fn on_message(&mut self) {
-        self.delivered += 1;
-        self.delivered_here += 1;
+        self.delivered = self.delivered.saturating_add(1);
+        self.delivered_here = self.delivered_here.saturating_add(1);
+        self.budget.refill();
         self.touch();
         if self.failures > 0 {
             tracing::debug!(
@@ -427,45 +569,72 @@ impl<C> Control<C> {
                 "resumable stream flowing again"
             );
             self.failures = 0;
-            self.history.clear();
             if let Some(throttle) = &self.policy.throttle {
                 throttle.record_success();
             }
         }
     }
 
-    /// Ready when a whole idle period passed with nothing arriving; pending otherwise (or with
-    /// no idle timeout).
-    fn poll_idle(&mut self, mut timer: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(idle) = self.policy.idle_timeout else {
-            return Poll::Pending;
-        };
+    /// A replayed message was dropped: a sign of life, but no progress.
+    fn on_replayed(&mut self) {
+        self.touch();
+        if self.dropped_here == 0 {
+            tracing::debug!(
+                reopens = self.reopens,
+                delivered = self.delivered,
+                "resumable stream dropping messages at or before its cursor: the server \
+                 replays what was already delivered"
+            );
+        }
+        self.dropped_here = self.dropped_here.saturating_add(1);
+        self.replays_dropped = self.replays_dropped.saturating_add(1);
+    }
+
+    /// Ready when a whole `period` passed with nothing arriving; pending otherwise.
+    fn poll_watchdog(
+        &mut self,
+        mut timer: Pin<&mut Option<Sleep>>,
+        period: Duration,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
         loop {
-            let Some(mut sleep) = timer.as_mut().as_pin_mut() else {
+            if !self.timer_armed {
+                return Poll::Pending;
+            }
+            let Some(sleep) = timer.as_mut().as_pin_mut() else {
                 return Poll::Pending;
             };
-            ready!(sleep.as_mut().poll(cx));
+            ready!(sleep.poll(cx));
             if self.activity == self.activity_at_arm {
                 return Poll::Ready(());
             }
             // Something arrived during the last period: watch another one.
             self.activity_at_arm = self.activity;
-            sleep.reset(Instant::now() + idle);
+            self.arm(timer.as_mut(), Some(period));
         }
     }
 
-    fn idle_failure(&self) -> (Status, Option<FailureKind>) {
-        let idle = self.policy.idle_timeout.unwrap_or_default();
+    fn hung_open(&self) -> (Status, Option<FailureKind>) {
+        let idle = self.policy.open_timeout().unwrap_or_default();
         let status = Status::unavailable(format!(
-            "no message within the idle timeout of {idle:?}: the connection may be half-open \
-             or the server stalled"
+            "no response headers within the idle timeout of {idle:?}: the server did not \
+             answer, or the call went down a dead connection"
+        ));
+        (status, Some(FailureKind::IdleTimeout))
+    }
+
+    fn broken_heartbeat(&self) -> (Status, Option<FailureKind>) {
+        let heartbeat = self.policy.heartbeat_timeout.unwrap_or_default();
+        let status = Status::unavailable(format!(
+            "no message within the heartbeat timeout of {heartbeat:?}: the server stalled, or \
+             the connection is half-open"
         ));
         (status, Some(FailureKind::IdleTimeout))
     }
 
     /// The stream (or the attempt to open it) ended with `status`: reopen, or end with the
-    /// status to yield. `forced` is the kind of a failure this crate decided on (the idle
-    /// timeout), which always asks for a reopen.
+    /// status to yield. `forced` is the kind of a failure this crate decided on (a watchdog),
+    /// which always asks for a reopen.
     fn on_failure(&mut self, status: Status, forced: Option<FailureKind>) -> Next {
         let verdict = match forced {
             Some(kind) => Verdict::Reopen(kind),
@@ -473,24 +642,28 @@ impl<C> Control<C> {
         };
         let kind = match verdict {
             Verdict::End(reason, kind) => {
-                if self.history.is_empty() {
+                if self.failures == 0 {
                     // A status the server sent with nothing failing before it: as it came.
                     return Next::End(status);
                 }
-                self.failures += 1;
+                self.failures = self.failures.saturating_add(1);
                 self.record(&status, kind, None);
-                return Next::End(self.give_up(status, reason));
+                return Next::End(self.give_up(status, reason, false));
             }
             Verdict::Reopen(kind) => kind,
         };
-        self.failures += 1;
+        self.failures = self.failures.saturating_add(1);
         let failed_reopens = self.failures - 1;
         let throttle = self.policy.throttle.as_ref();
         if let Some(throttle) = throttle {
             throttle.record_failure();
         }
+        let mut budget_spent = false;
         let stop = if failed_reopens >= self.policy.max_failed_reopens {
             Some(StopReason::AttemptsExhausted)
+        } else if !self.budget.allows_reopen() {
+            budget_spent = true;
+            Some(StopReason::Throttled)
         } else if throttle.is_some_and(|throttle| !throttle.allows_reopen()) {
             Some(StopReason::Throttled)
         } else {
@@ -506,9 +679,10 @@ impl<C> Control<C> {
         self.record(&status, kind, delay);
         let Some(delay) = delay else {
             let reason = stop.unwrap_or(StopReason::BackoffExhausted);
-            return Next::End(self.give_up(status, reason));
+            return Next::End(self.give_up(status, reason, budget_spent));
         };
-        self.reopens += 1;
+        self.budget.take();
+        self.reopens = self.reopens.saturating_add(1);
         tracing::info!(
             reopen = self.reopens,
             failure = self.failures,
@@ -536,23 +710,29 @@ impl<C> Control<C> {
             delay,
         };
         self.delivered_here = 0;
+        if self.history.len() >= MAX_RECORDS {
+            self.history.remove(0);
+        }
         self.history.push(record);
     }
 
     /// The caller's error: the last failure's status, unchanged, with the history as its source.
-    fn give_up(&mut self, status: Status, stop: StopReason) -> Status {
+    fn give_up(&mut self, status: Status, stop: StopReason, budget_spent: bool) -> Status {
         tracing::debug!(
             reopens = self.reopens,
             failures = self.failures,
             code = code_name(status.code()),
             reason = %stop,
+            budget_spent,
             "resumable stream giving up"
         );
         let failures = std::mem::take(&mut self.history);
         let (reopens, delivered, elapsed) = (self.reopens, self.delivered, self.now_since_start());
+        let budget = budget_spent.then(|| self.policy.reopen_budget());
         with_history(status, |cause| ResumeHistory {
             failures,
             stop,
+            budget,
             reopens,
             delivered,
             elapsed,

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tonic::{Code, Status};
 
 use super::*;
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, ExponentialBackoff};
 use crate::history::StopReason;
 use crate::kind::FailureKind;
 use crate::throttle::RetryThrottle;
@@ -31,7 +31,7 @@ impl OpenedStream for Mock {
 }
 
 /// How one open of the mock call goes.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 enum Plan {
     /// The open itself fails.
     FailOpen(Status),
@@ -41,12 +41,14 @@ enum Plan {
     Send(u64, Then),
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 enum Then {
     /// End cleanly (OK trailers), whatever was sent.
     End,
     Fail(Status),
     Hang,
+    /// Stay quiet this long, then send what is left and end.
+    PauseThenRest(Duration),
 }
 
 const TOTAL: u64 = 20;
@@ -60,6 +62,8 @@ type Open = (Option<u64>, Instant);
 struct Server {
     script: Arc<Mutex<VecDeque<Plan>>>,
     opens: Arc<Mutex<Vec<Open>>>,
+    /// Ignores the cursor: every open starts from the beginning.
+    replays: bool,
 }
 
 impl Server {
@@ -67,6 +71,15 @@ impl Server {
         Server {
             script: Arc::new(Mutex::new(plans.into_iter().collect())),
             opens: Arc::default(),
+            replays: false,
+        }
+    }
+
+    /// A server that ignores the cursor and sends every open from the start.
+    fn replaying(plans: impl IntoIterator<Item = Plan>) -> Server {
+        Server {
+            replays: true,
+            ..Server::new(plans)
         }
     }
 
@@ -92,7 +105,11 @@ impl Server {
                 .unwrap()
                 .pop_front()
                 .unwrap_or(Plan::Send(u64::MAX, Then::End));
-            let start = cursor.unwrap_or(0);
+            let start = if server.replays {
+                0
+            } else {
+                cursor.unwrap_or(0)
+            };
             Box::pin(async move {
                 let (n, then) = match plan {
                     Plan::FailOpen(status) => return Err(status),
@@ -105,6 +122,10 @@ impl Server {
                     Then::End => Box::pin(stream::empty()),
                     Then::Fail(status) => Box::pin(stream::once(async move { Err(status) })),
                     Then::Hang => Box::pin(stream::pending()),
+                    Then::PauseThenRest(pause) => Box::pin(
+                        stream::once(tokio::time::sleep(pause))
+                            .flat_map(move |()| stream::iter((end + 1..=TOTAL).map(Ok))),
+                    ),
                 };
                 Ok(Mock(Box::pin(messages.chain(tail))))
             })
@@ -373,14 +394,14 @@ async fn a_status_after_failed_reopens_carries_the_history() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn idle_timeout_reopens_a_silent_stream_and_a_hung_open() {
+async fn heartbeat_timeout_reopens_a_silent_stream_and_a_hung_open() {
     let server = Server::new([
         Plan::Send(6, Then::Hang),
         Plan::HangOpen,
         Plan::Send(3, Then::Hang),
     ]);
-    let idle = Duration::from_millis(300);
-    let policy = policy().idle_timeout(idle).build().unwrap();
+    let heartbeat = Duration::from_millis(300);
+    let policy = policy().heartbeat_timeout(heartbeat).build().unwrap();
     let mut stream = std::pin::pin!(ResumableStream::with_policy(
         policy,
         server.factory(),
@@ -392,19 +413,19 @@ async fn idle_timeout_reopens_a_silent_stream_and_a_hung_open() {
     assert_eq!(got, all());
     assert_eq!(stream.reopens(), 3);
     assert_eq!(server.cursors(), [None, Some(6), Some(6), Some(9)]);
-    // Three silences, each noticed one to two idle periods after the last arrival, plus the
+    // Three silences, each noticed one to two periods after the last arrival, plus the
     // backoffs: 10 ms, 20 ms, 10 ms (the count restarted at message 7).
     let backoffs = Duration::from_millis(40);
     let elapsed = Instant::now() - started;
-    assert!(elapsed >= idle * 3 + backoffs, "{elapsed:?}");
-    assert!(elapsed <= idle * 6 + backoffs, "{elapsed:?}");
+    assert!(elapsed >= heartbeat * 3 + backoffs, "{elapsed:?}");
+    assert!(elapsed <= heartbeat * 6 + backoffs, "{elapsed:?}");
 }
 
 #[tokio::test(start_paused = true)]
-async fn idle_timer_counts_from_the_last_message() {
-    // Messages 150 ms apart never trip a 300 ms idle timeout, however long the stream.
+async fn heartbeat_timer_counts_from_the_last_message() {
+    // Messages 150 ms apart never trip a 300 ms heartbeat timeout, however long the stream.
     let policy = policy()
-        .idle_timeout(Duration::from_millis(300))
+        .heartbeat_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
     let factory = |cursor: Option<u64>| async move {
@@ -420,6 +441,55 @@ async fn idle_timer_counts_from_the_last_message() {
     assert!(error.is_none());
     assert_eq!(got, (1..=10).collect::<Vec<_>>());
     assert_eq!(stream.reopens(), 0);
+}
+
+/// Issue 10 §6: a healthy quiet stream was reopened at every idle period, and ended once
+/// `max_failed_reopens` such reopens had delivered nothing.
+#[tokio::test(start_paused = true)]
+async fn a_quiet_stream_is_neither_reopened_nor_ended() {
+    let idle = Duration::from_secs(1);
+    // One message, an hour of silence (3,600 idle periods), then the rest.
+    let server = Server::new([Plan::Send(
+        1,
+        Then::PauseThenRest(Duration::from_secs(3_600)),
+    )]);
+    let policy = policy().idle_timeout(idle).build().unwrap();
+    let mut stream = std::pin::pin!(ResumableStream::with_policy(
+        policy,
+        server.factory(),
+        |n: &u64| *n
+    ));
+    let started = Instant::now();
+    let (got, error) = drain(stream.as_mut()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(got, all());
+    assert_eq!(stream.reopens(), 0);
+    assert_eq!(server.cursors(), [None], "opened once");
+    assert!(Instant::now() - started >= Duration::from_secs(3_600));
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_reopens_a_hung_open_only() {
+    let idle = Duration::from_millis(300);
+    let server = Server::new([
+        Plan::HangOpen,
+        Plan::Send(4, Then::PauseThenRest(idle * 50)),
+    ]);
+    let policy = policy().idle_timeout(idle).build().unwrap();
+    let mut stream = std::pin::pin!(ResumableStream::with_policy(
+        policy,
+        server.factory(),
+        |n: &u64| *n
+    ));
+    let (got, error) = drain(stream.as_mut()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(got, all());
+    assert_eq!(
+        stream.reopens(),
+        1,
+        "the hung open only, not the quiet stream"
+    );
+    assert_eq!(server.cursors(), [None, None]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -609,5 +679,289 @@ mod real_streaming {
         assert_eq!(got, [1, 2, 3]);
         assert_eq!(error.unwrap().code(), Code::InvalidArgument);
         assert_eq!(stream.reopens(), 0);
+    }
+}
+
+/// Issue 10 §6: the bound counted only reopens that delivered nothing, so a server that cut the
+/// stream after every message was reopened for as long as it had messages.
+#[tokio::test(start_paused = true)]
+async fn a_server_that_cuts_after_every_message_spends_the_budget() {
+    let server = Server::new(std::iter::repeat_n(
+        Plan::Send(1, Then::Fail(reset())),
+        TOTAL as usize,
+    ));
+    // 3 reopens banked, one paid back every 4 messages: 12 credits, a reopen costs 4, each
+    // message gives back 1. Before reopen k the bucket holds 12 - 3 (k - 1): reopens 1 to 3
+    // pass, the fourth finds 3 < 4.
+    let policy = policy().reopen_budget(3, 4).build().unwrap();
+    let mut stream = std::pin::pin!(ResumableStream::with_policy(
+        policy,
+        server.factory(),
+        |n: &u64| *n
+    ));
+    let (got, error) = drain(stream.as_mut()).await;
+    assert_eq!(got, [1, 2, 3, 4]);
+    assert_eq!(stream.reopens(), 3);
+    let error = error.expect("the stream ends");
+    assert_eq!(
+        error.message(),
+        reset().message(),
+        "the last failure, unchanged"
+    );
+    let history = ResumeHistory::of(&error).expect("history");
+    assert_eq!(history.stop_reason(), StopReason::Throttled);
+    let budget = history
+        .reopen_budget_spent()
+        .expect("the budget stopped it");
+    assert_eq!((budget.reopens(), budget.messages_per_reopen()), (3, 4));
+    // Every failure of the story is kept, each run of one failure after one message.
+    assert_eq!(history.failures().len(), 4);
+    assert!(history.failures().iter().all(|f| f.delivered() == 1));
+    let text = history.to_string();
+    assert!(text.contains("reopen budget spent"), "{text}");
+    assert!(text.contains("after 3 reopens and 4 messages"), "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_budget_bounds_a_cut_after_every_message() {
+    let server = Server::new(std::iter::repeat_n(
+        Plan::Send(1, Then::Fail(Status::unavailable("bye"))),
+        TOTAL as usize,
+    ));
+    let mut stream = std::pin::pin!(ResumableStream::with_policy(
+        policy().build().unwrap(),
+        server.factory(),
+        |n: &u64| *n
+    ));
+    let (got, error) = drain(stream.as_mut()).await;
+    // 10 reopens banked, 10 messages a reopen: 100 credits, each cycle costs 10 and pays 1 back.
+    assert_eq!(stream.reopens(), 11);
+    assert_eq!(got.len(), 12);
+    let error = error.expect("the stream ends");
+    assert!(
+        ResumeHistory::of(&error)
+            .unwrap()
+            .reopen_budget_spent()
+            .is_some()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn progress_pays_for_reopens_for_ever() {
+    // Cut after every 4 messages with a budget of one reopen per 4 messages: as many reopens
+    // as the stream needs, though the bucket holds only one.
+    let server = Server::new(std::iter::repeat_n(Plan::Send(4, Then::Fail(reset())), 4));
+    let policy = policy().reopen_budget(1, 4).build().unwrap();
+    let mut stream = std::pin::pin!(ResumableStream::with_policy(
+        policy,
+        server.factory(),
+        |n: &u64| *n
+    ));
+    let (got, error) = drain(stream.as_mut()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(got, all());
+    assert_eq!(stream.reopens(), 4);
+}
+
+/// Issue 10 §6: "nothing twice" rested on the server honouring the cursor.
+#[tokio::test(start_paused = true)]
+async fn an_ordered_cursor_drops_what_a_replaying_server_sends_again() {
+    let plans = [
+        Plan::Send(5, Then::Fail(reset())),
+        Plan::Send(8, Then::Fail(reset())),
+    ];
+    let server = Server::replaying(plans.clone());
+    let mut stream = std::pin::pin!(
+        ResumableStream::with_policy(policy().build().unwrap(), server.factory(), |n: &u64| *n)
+            .ordered_cursor()
+    );
+    let (got, error) = drain(stream.as_mut()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(got, all(), "each message once, in order");
+    assert_eq!(stream.replays_dropped(), 5 + 8);
+    assert_eq!(server.cursors(), [None, Some(5), Some(8)]);
+
+    // Without the check, the replay reaches the caller.
+    let server = Server::replaying(plans);
+    let mut stream = std::pin::pin!(ResumableStream::with_policy(
+        policy().build().unwrap(),
+        server.factory(),
+        |n: &u64| *n
+    ));
+    let (got, _) = drain(stream.as_mut()).await;
+    assert_eq!(got.len(), 5 + 8 + 20);
+}
+
+/// A custom schedule that waits as long as a `Duration` can.
+#[derive(Debug)]
+struct Forever;
+
+impl Backoff for Forever {
+    fn delay(&self, _: u32, _: f64) -> Option<Duration> {
+        Some(Duration::MAX)
+    }
+}
+
+/// Issue 10 §3: `Instant + Duration::MAX` panicked at the first poll (idle timeout) or at the
+/// first reopen (backoff); `ExponentialBackoff`'s jitter overflowed in `mul_f64`.
+#[tokio::test(start_paused = true)]
+async fn extreme_durations_never_panic() {
+    let huge = ExponentialBackoff::new(Duration::MAX, Duration::MAX, f64::MAX).unwrap();
+    for backoff in [Arc::new(huge) as Arc<dyn Backoff>, Arc::new(Forever)] {
+        let server = Server::new([Plan::Send(2, Then::Fail(reset()))]);
+        let policy = ResumePolicy {
+            backoff,
+            ..ResumePolicy::builder()
+                .idle_timeout(Duration::MAX)
+                .heartbeat_timeout(Duration::MAX)
+                .max_failed_reopens(u32::MAX)
+                .reopen_budget(u32::MAX, u32::MAX)
+                .jitter_seed(u64::MAX)
+                .build()
+                .unwrap()
+        };
+        let mut stream = std::pin::pin!(ResumableStream::with_policy(
+            policy,
+            server.factory(),
+            |n: &u64| *n
+        ));
+        assert_eq!(stream.next().await.unwrap().unwrap(), 1);
+        assert_eq!(stream.next().await.unwrap().unwrap(), 2);
+        // The reopen waits "for ever": the clock's far future, not an overflow.
+        let waited = tokio::time::timeout(Duration::from_secs(3_600), stream.next()).await;
+        assert!(waited.is_err(), "still backing off after an hour");
+        assert_eq!(stream.reopens(), 1);
+    }
+}
+
+mod no_panic {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A schedule replaying arbitrary delays, `None` included.
+    #[derive(Debug)]
+    struct Scripted(Vec<Option<Duration>>);
+
+    impl Backoff for Scripted {
+        fn delay(&self, retry: u32, _: f64) -> Option<Duration> {
+            let index = usize::try_from(retry).unwrap_or(usize::MAX) % self.0.len().max(1);
+            self.0.get(index).copied().unwrap_or(Some(Duration::MAX))
+        }
+    }
+
+    fn duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            Just(Duration::from_nanos(1)),
+            (0u64..5_000).prop_map(Duration::from_millis),
+            any::<u64>().prop_map(Duration::from_secs),
+            (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+        ]
+    }
+
+    fn count() -> impl Strategy<Value = u32> {
+        prop_oneof![Just(0), Just(1), Just(u32::MAX), 0u32..20, any::<u32>()]
+    }
+
+    fn status() -> impl Strategy<Value = Status> {
+        prop_oneof![
+            Just(reset()),
+            Just(refused()),
+            Just(Status::unavailable("later")),
+            Just(Status::invalid_argument("bad")),
+            Just(Status::permission_denied("no")),
+            Just(Status::unknown(
+                "protocol error: missing grpc-status trailer, stream was terminated"
+            )),
+        ]
+    }
+
+    fn plan() -> impl Strategy<Value = Plan> {
+        let then = prop_oneof![
+            Just(Then::End),
+            status().prop_map(Then::Fail),
+            Just(Then::Hang),
+            duration().prop_map(Then::PauseThenRest),
+        ];
+        prop_oneof![
+            status().prop_map(Plan::FailOpen),
+            Just(Plan::HangOpen),
+            (prop_oneof![Just(0u64), Just(u64::MAX), 0u64..25], then)
+                .prop_map(|(n, then)| Plan::Send(n, then)),
+        ]
+    }
+
+    fn backoff() -> impl Strategy<Value = Arc<dyn Backoff>> {
+        prop_oneof![
+            proptest::collection::vec(proptest::option::of(duration()), 0..6)
+                .prop_map(|delays| Arc::new(Scripted(delays)) as Arc<dyn Backoff>),
+            (duration(), duration(), any::<f64>()).prop_map(|(initial, max, multiplier)| {
+                match ExponentialBackoff::new(initial, max, multiplier) {
+                    Ok(backoff) => Arc::new(backoff) as Arc<dyn Backoff>,
+                    Err(_) => Arc::new(ExponentialBackoff::default()),
+                }
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Arbitrary policy values, and an arbitrary script of opens, failures, silences and
+        /// replays: building never panics, and neither does the stream, which ends (or is
+        /// still waiting when the test stops looking, a century of paused time later).
+        #[test]
+        fn arbitrary_policies_and_events_never_panic(
+            max_failed_reopens in count(),
+            budget in proptest::option::of((count(), count())),
+            idle in proptest::option::of(duration()),
+            heartbeat in proptest::option::of(duration()),
+            backoff in backoff(),
+            seed in any::<u64>(),
+            plans in proptest::collection::vec(plan(), 0..12),
+            replays in any::<bool>(),
+            ordered in any::<bool>(),
+            start_after in proptest::option::of(0u64..25),
+        ) {
+            let mut builder = ResumePolicy::builder()
+                .max_failed_reopens(max_failed_reopens)
+                .jitter_seed(seed);
+            if let Some((reopens, messages)) = budget {
+                builder = builder.reopen_budget(reopens, messages);
+            }
+            if let Some(idle) = idle {
+                builder = builder.idle_timeout(idle);
+            }
+            if let Some(heartbeat) = heartbeat {
+                builder = builder.heartbeat_timeout(heartbeat);
+            }
+            let Ok(policy) = builder.build() else {
+                return Ok(());
+            };
+            let policy = ResumePolicy { backoff, ..policy };
+            let server = if replays { Server::replaying(plans) } else { Server::new(plans) };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let stream = ResumableStream::with_policy(policy, server.factory(), |n: &u64| *n);
+                let stream = match start_after {
+                    Some(cursor) => stream.starting_after(cursor),
+                    None => stream,
+                };
+                let century = Duration::from_secs(100 * 365 * 86_400);
+                if ordered {
+                    let mut stream = std::pin::pin!(stream.ordered_cursor());
+                    let _ = tokio::time::timeout(century, drain(stream.as_mut())).await;
+                } else {
+                    let mut stream = std::pin::pin!(stream);
+                    let _ = tokio::time::timeout(century, drain(stream.as_mut())).await;
+                }
+            });
+        }
     }
 }
