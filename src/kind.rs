@@ -221,8 +221,9 @@ impl FailureKind {
             StreamEnded => (
                 "stream ended",
                 "the connection or stream ended before the call completed: the server process may \
-                 have stopped or crashed, or a proxy cut the stream; check the server's logs and \
-                 the channel's lifetime",
+                 have stopped or crashed, a proxy cut the stream, or HTTP/2 keepalive found the \
+                 connection dead (hyper reports that to the stream as an end); check the \
+                 server's logs and the channel's lifetime",
                 false,
             ),
             ClosedBeforeSent => (
@@ -331,7 +332,8 @@ impl FailureKind {
             ),
             IdleTimeout => (
                 "idle timeout",
-                "no message arrived within the idle timeout: the connection is likely half-open \
+                "the stream's open got no response headers within the idle timeout, or a stream \
+                 with a heartbeat timeout went silent past it: the connection is likely half-open \
                  (a NAT, firewall or load balancer dropped it without FIN or RST), or the server \
                  stalled; enable HTTP/2 keepalive on the endpoint so that dead connections are \
                  detected and replaced",

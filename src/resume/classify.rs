@@ -34,6 +34,10 @@ pub(crate) fn classify_status(status: &Status, policy: &ResumePolicy) -> Verdict
         return Verdict::End(StopReason::FailFast, kind_of_status(code, status.message()));
     }
     if let Some(kind) = transport_kind(status) {
+        // The caller's own request failing, metadata the server refuses: no reopen changes it.
+        if kind.retry_cannot_help() {
+            return Verdict::End(StopReason::NotRetryable, kind);
+        }
         return Verdict::Reopen(kind);
     }
     if code == Code::Unknown && status.message().starts_with(MISSING_TRAILERS) {
