@@ -180,6 +180,9 @@ async fn a_span_per_call_and_one_per_attempt() {
     let log = SpanLog::default();
     let subscriber = tracing_subscriber::registry().with(log.clone());
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Another test's thread may have cached "no subscriber wants these spans" before this one
+    // was set: ask every callsite again.
+    tracing::callsite::rebuild_interest_cache();
     let server = flaky_twice().await;
     let layer = RetryLayer::builder()
         .default_policy(quick_policy())
