@@ -252,7 +252,8 @@ impl AfterAttemptTimeout {
 /// and concurrent retries of calls that timed out on the same connection replace it once. Calls
 /// already in flight on a replaced connection carry on there; new calls go to the new one.
 /// Requests without the marker cost an atomic load and an extensions lookup more than on a
-/// plain `Channel`: no lock.
+/// plain `Channel`, and take no lock; a new clone takes a read lock once, on its first
+/// `poll_ready`, to pick up the current connection.
 ///
 /// Like [`Endpoint::connect_lazy`], making one (and replacing a connection) must happen within
 /// a Tokio runtime.
@@ -449,9 +450,10 @@ enum Redirect {
         #[pin]
         future: tonic::transport::channel::ResponseFuture,
     },
+    /// Rare (after a replacement): the request is boxed so that the common future stays small.
     Waiting {
         channel: Channel,
-        request: Request<Body>,
+        request: Box<Request<Body>>,
     },
     /// Only between `Waiting` and `Sent`, inside one `poll`.
     Moving,
@@ -466,7 +468,10 @@ impl EvictingResponseFuture {
 
     fn redirected(channel: Channel, request: Request<Body>) -> EvictingResponseFuture {
         EvictingResponseFuture {
-            state: Redirect::Waiting { channel, request },
+            state: Redirect::Waiting {
+                channel,
+                request: Box::new(request),
+            },
         }
     }
 }
@@ -487,7 +492,7 @@ impl Future for EvictingResponseFuture {
                 request,
             } = state.as_mut().project_replace(Redirect::Moving)
             {
-                let future = channel.call(request);
+                let future = channel.call(*request);
                 state.set(Redirect::Sent { future });
             }
         }
@@ -497,6 +502,114 @@ impl Future for EvictingResponseFuture {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use tower::ServiceExt;
+
+    /// A lazy channel to a loopback listener that never answers: requests go nowhere, and
+    /// these tests only look at which connection each one was handed to.
+    fn silent_endpoint() -> (std::net::TcpListener, Endpoint) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri = format!("http://{}", listener.local_addr().unwrap());
+        (listener, Endpoint::from_shared(uri).unwrap())
+    }
+
+    fn request(timed_out: Option<Instant>) -> Request<Body> {
+        let mut request = Request::new(Body::empty());
+        if let Some(sent) = timed_out {
+            request
+                .extensions_mut()
+                .insert(AfterAttemptTimeout::new(sent));
+        }
+        request
+    }
+
+    /// Readies `service` and hands it `request`; the response is not awaited.
+    async fn send(service: &mut EvictingChannel, request: Request<Body>) -> EvictingResponseFuture {
+        service.ready().await.unwrap().call(request)
+    }
+
+    fn was_sent_at_once(future: &EvictingResponseFuture) -> bool {
+        matches!(future.state, Redirect::Sent { .. })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_marker_older_than_the_current_connection_does_not_evict() {
+        let (_listener, endpoint) = silent_endpoint();
+        let mut service = EvictingChannel::new(endpoint);
+        let first_opened = Instant::now();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let dead_attempt = Instant::now();
+        tokio::time::advance(Duration::from_secs(1)).await;
+
+        // The first retry of an attempt sent on the first connection replaces it.
+        let future = send(&mut service, request(Some(dead_attempt))).await;
+        assert!(!was_sent_at_once(&future), "sent on the new connection");
+        assert_eq!(service.evictions(), 1);
+
+        // Retries of attempts sent before the new connection opened do not replace it again,
+        // on this clone or another.
+        let mut other = service.clone();
+        for sent in [first_opened, dead_attempt] {
+            let future = send(&mut service, request(Some(sent))).await;
+            assert!(was_sent_at_once(&future));
+            let future = send(&mut other, request(Some(sent))).await;
+            assert!(was_sent_at_once(&future));
+        }
+        assert_eq!(service.evictions(), 1);
+
+        // An attempt sent on the new connection that timed out replaces it in turn.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let future = send(&mut other, request(Some(Instant::now()))).await;
+        assert!(!was_sent_at_once(&future));
+        assert_eq!(service.evictions(), 2);
+    }
+
+    #[tokio::test]
+    async fn requests_without_the_marker_never_evict() {
+        let (_listener, endpoint) = silent_endpoint();
+        let mut service = EvictingChannel::new(endpoint);
+        let mut clones: Vec<_> = (0..4).map(|_| service.clone()).collect();
+        for _ in 0..10 {
+            assert!(was_sent_at_once(&send(&mut service, request(None)).await));
+            for clone in &mut clones {
+                assert!(was_sent_at_once(&send(clone, request(None)).await));
+            }
+        }
+        assert_eq!(service.evictions(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clone_readied_before_a_replacement_sends_on_the_new_connection() {
+        let (_listener, endpoint) = silent_endpoint();
+        let mut service = EvictingChannel::new(endpoint);
+        let mut readied = service.clone();
+        readied.ready().await.unwrap();
+        assert_eq!(readied.local.as_ref().unwrap().generation, 0);
+
+        let future = send(&mut service, request(Some(Instant::now()))).await;
+        assert!(!was_sent_at_once(&future));
+        assert_eq!(service.evictions(), 1);
+
+        // The slot it reserved is on the replaced connection: the request waits for one on the
+        // new connection instead.
+        let future = readied.call(request(None));
+        assert!(!was_sent_at_once(&future));
+        assert_eq!(readied.local.as_ref().unwrap().generation, 1);
+        // The next one goes straight to the new connection.
+        assert!(was_sent_at_once(&send(&mut readied, request(None)).await));
+    }
+
+    #[tokio::test]
+    async fn a_new_clone_called_before_poll_ready_waits_for_a_slot() {
+        let (_listener, endpoint) = silent_endpoint();
+        let service = EvictingChannel::new(endpoint);
+        // A clone holds no connection until it is polled; a `Channel` handle not readied
+        // would panic here.
+        let mut clone = service.clone();
+        let future = clone.call(request(None));
+        assert!(!was_sent_at_once(&future));
+        assert_eq!(service.evictions(), 0);
+    }
 
     #[test]
     fn zero_durations_are_rejected_by_name() {
