@@ -255,6 +255,10 @@ impl AfterAttemptTimeout {
 /// plain `Channel`, and take no lock; a new clone takes a read lock once, on its first
 /// `poll_ready`, to pick up the current connection.
 ///
+/// Put it directly under the layer, one per endpoint. Under a balancer of several, the retry
+/// may reach another endpoint's channel than the one that timed out, and replace a healthy
+/// connection there.
+///
 /// Like [`Endpoint::connect_lazy`], making one (and replacing a connection) must happen within
 /// a Tokio runtime.
 pub struct EvictingChannel {
@@ -455,7 +459,7 @@ enum Redirect {
         channel: Channel,
         request: Box<Request<Body>>,
     },
-    /// Only between `Waiting` and `Sent`, inside one `poll`.
+    /// Only between `Waiting` and `Sent`, inside one `poll` (or after a panic there).
     Moving,
 }
 
@@ -481,20 +485,23 @@ impl Future for EvictingResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
-        loop {
-            match state.as_mut().project() {
-                RedirectProj::Sent { future } => return future.poll(cx),
-                RedirectProj::Waiting { channel, .. } => ready!(channel.poll_ready(cx))?,
-                RedirectProj::Moving => {}
-            }
+        if let RedirectProj::Waiting { channel, .. } = state.as_mut().project() {
+            ready!(channel.poll_ready(cx))?;
             if let RedirectOwn::Waiting {
                 mut channel,
                 request,
             } = state.as_mut().project_replace(Redirect::Moving)
             {
-                let future = channel.call(*request);
-                state.set(Redirect::Sent { future });
+                state.set(Redirect::Sent {
+                    future: channel.call(*request),
+                });
             }
+        }
+        match state.project() {
+            RedirectProj::Sent { future } => future.poll(cx),
+            // Only if `Channel::call` panicked in an earlier poll, like an `async fn` resumed
+            // after a panic.
+            _ => panic!("EvictingResponseFuture polled after a panic"),
         }
     }
 }
