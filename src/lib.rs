@@ -66,7 +66,9 @@ pub use crate::backoff::{Backoff, ExponentialBackoff};
 #[cfg(feature = "backoff")]
 pub use crate::backoff_crate::BackoffCrateSchedule;
 pub use crate::code::{CodeSet, code_from_name, code_name};
-pub use crate::endpoint::{AfterAttemptTimeout, Keepalive, keepalive};
+pub use crate::endpoint::{
+    AfterAttemptTimeout, EvictingChannel, EvictingResponseFuture, Keepalive, keepalive,
+};
 pub use crate::error::ConfigError;
 pub use crate::future::ResponseFuture;
 pub use crate::history::{AttemptRecord, CallHistory, StopReason};

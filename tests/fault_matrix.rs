@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tonic_retry::{
-    CallHistory, ExponentialBackoff, Keepalive, Retry, RetryLayer, RetryPolicy, RetryPolicyBuilder,
-    StopReason,
+    CallHistory, EvictingChannel, ExponentialBackoff, Keepalive, Retry, RetryLayer, RetryPolicy,
+    RetryPolicyBuilder, StopReason,
 };
 use tonic_retry_testkit::pb::echo_client::EchoClient;
 use tonic_retry_testkit::pb::other_client::OtherClient;
@@ -144,166 +144,74 @@ async fn blackholed_connection_keepalive_finds_it_and_the_retry_gets_a_new_one()
     .await;
 }
 
-/// A per-attempt timeout shorter than keepalive detection: the attempt times out while the dead
-/// connection still looks alive to tonic. The next attempt must still get a live connection.
+/// An attempt timeout of 200 ms, far shorter than the keepalive detection of 4 s.
+fn short_attempts() -> RetryLayer {
+    layer(
+        quick()
+            .attempt_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap(),
+    )
+}
+
+/// Keepalive that finds a dead connection in 4 s: too late for a 200 ms attempt timeout.
+fn slow_keepalive(addr: SocketAddr) -> tonic::transport::Endpoint {
+    Keepalive::new(Duration::from_secs(2), Duration::from_secs(2))
+        .unwrap()
+        .apply(endpoint(addr))
+}
+
+fn evicting_client(
+    evicting: EvictingChannel,
+    layer: &RetryLayer,
+) -> EchoClient<Retry<EvictingChannel>> {
+    EchoClient::new(ServiceBuilder::new().layer(layer.clone()).service(evicting))
+}
+
+/// Why [`EvictingChannel`] exists: with a plain `Channel` under the layer, a per-attempt timeout
+/// shorter than keepalive detection sends every retry down the same dead connection, which
+/// tonic still holds for alive, until the call's deadline.
+#[tokio::test]
+async fn blackholed_connection_on_a_plain_channel_every_retry_goes_down_the_dead_connection() {
+    guarded(async {
+        let server = ScriptedServer::start(Script::new()).await;
+        let proxy = FaultProxy::start(server.addr()).await;
+        let channel = slow_keepalive(proxy.addr()).connect_lazy();
+        let mut client = client(channel, &short_attempts());
+        client.say(say("warm")).await.unwrap();
+        proxy.blackhole_all();
+        proxy.wait_blackholed(1).await;
+
+        let deadline = Duration::from_secs(1);
+        let status = by_deadline(deadline, client.say(with_deadline(say("x"), deadline)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert!(
+            history(&status).attempts().len() >= 3,
+            "{}",
+            history(&status)
+        );
+        assert_eq!(proxy.stats().accepted, 1, "no retry got a new connection");
+        assert_eq!(
+            server.attempt_count(),
+            1,
+            "only the warm-up reached the server"
+        );
+    })
+    .await;
+}
+
+/// The same dead connection and short attempt timeout, with an [`EvictingChannel`] under the
+/// layer: the retry after the attempt timeout goes down a new connection and succeeds.
 #[tokio::test]
 async fn blackholed_connection_an_attempt_timeout_retries_on_a_live_connection() {
     guarded(async {
         let server = ScriptedServer::start(Script::new()).await;
         let proxy = FaultProxy::start(server.addr()).await;
-        let keepalive = Keepalive::new(Duration::from_secs(2), Duration::from_secs(2)).unwrap();
-        let channel = keepalive.apply(endpoint(proxy.addr())).connect_lazy();
-        let layer = layer(
-            quick()
-                .attempt_timeout(Duration::from_millis(200))
-                .build()
-                .unwrap(),
-        );
-        let mut client = client(channel, &layer);
-        client.say(say("warm")).await.unwrap();
-        proxy.blackhole_all();
-        proxy.wait_blackholed(1).await;
-
-        let deadline = Duration::from_secs(3);
-        let outcome = by_deadline(deadline, client.say(with_deadline(say("x"), deadline))).await;
-        let stats = proxy.stats();
-        match outcome {
-            Ok(reply) => {
-                assert_eq!(reply.into_inner().attempt, 2);
-                assert_eq!(stats.accepted, 2, "the retry went down a new connection");
-            }
-            Err(status) => panic!(
-                "every attempt went down the dead connection ({} connection(s) accepted): {}",
-                stats.accepted,
-                history(&status)
-            ),
-        }
-    })
-    .await;
-}
-
-/// PROTOTYPE of the eviction proposed for the layer (not product code): a service under the
-/// layer that owns the `Endpoint` and its current `Channel`, and swaps in a freshly dialled one
-/// when an attempt ran its whole `grpc-timeout` unanswered: dropped by the layer's per-attempt
-/// timer, or failed by tonic's own `grpc-timeout` timer, whichever fired first. Calls already on the old connection carry on; only new
-/// attempts go to the new one; one eviction per connection, however many attempts timed out.
-#[derive(Clone)]
-struct EvictOnTimeout {
-    endpoint: tonic::transport::Endpoint,
-    current: Arc<std::sync::Mutex<(u64, Channel)>>,
-    /// The channel polled ready for the next call, and its generation.
-    ready: Option<(u64, Channel)>,
-}
-
-impl EvictOnTimeout {
-    fn new(endpoint: tonic::transport::Endpoint) -> Self {
-        let channel = endpoint.connect_lazy();
-        EvictOnTimeout {
-            endpoint,
-            current: Arc::new(std::sync::Mutex::new((0, channel))),
-            ready: None,
-        }
-    }
-}
-
-/// Evicts the connection of generation `generation` when the attempt ran its whole timeout
-/// without an answer: dropped by the layer's timer, or failed by tonic's.
-struct EvictGuard {
-    endpoint: tonic::transport::Endpoint,
-    current: Arc<std::sync::Mutex<(u64, Channel)>>,
-    generation: u64,
-    started: Instant,
-    timeout: Option<Duration>,
-    armed: bool,
-}
-
-impl Drop for EvictGuard {
-    fn drop(&mut self) {
-        let Some(timeout) = self.timeout else { return };
-        // The layer's timer fires at the millisecond tick at or after the attempt's end.
-        if !self.armed || self.started.elapsed() + Duration::from_millis(1) < timeout {
-            return;
-        }
-        let mut current = self.current.lock().unwrap();
-        if current.0 == self.generation {
-            *current = (self.generation + 1, self.endpoint.connect_lazy());
-        }
-    }
-}
-
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
-    let amount: u64 = amount.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount * 3600),
-        "M" => Duration::from_secs(amount * 60),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
-
-impl tower::Service<http::Request<tonic::body::Body>> for EvictOnTimeout {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = tonic::transport::Error;
-    type Future = std::pin::Pin<
-        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        let latest = self.current.lock().unwrap().clone();
-        if self.ready.as_ref().is_none_or(|(g, _)| *g != latest.0) {
-            self.ready = Some(latest);
-        }
-        let (_, channel) = self.ready.as_mut().expect("set above");
-        tower::Service::poll_ready(channel, cx)
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let (generation, mut channel) = self.ready.take().expect("poll_ready first");
-        let guard = EvictGuard {
-            endpoint: self.endpoint.clone(),
-            current: Arc::clone(&self.current),
-            generation,
-            started: Instant::now(),
-            timeout: grpc_timeout(request.headers()),
-            armed: true,
-        };
-        let response = tower::Service::call(&mut channel, request);
-        Box::pin(async move {
-            let mut guard = guard;
-            let outcome = response.await;
-            // tonic's own `grpc-timeout` timer may end the attempt with an error first: an
-            // error at the attempt's end evicts too (the guard checks the time).
-            guard.armed = outcome.is_err();
-            outcome
-        })
-    }
-}
-
-/// The proposal's proof: the same dead connection and short attempt timeout as above, with the
-/// prototype under the layer. The retry after the attempt timeout dials a new connection.
-#[tokio::test]
-async fn prototype_evicting_on_an_attempt_timeout_retries_on_a_live_connection() {
-    guarded(async {
-        let server = ScriptedServer::start(Script::new()).await;
-        let proxy = FaultProxy::start(server.addr()).await;
-        let keepalive = Keepalive::new(Duration::from_secs(2), Duration::from_secs(2)).unwrap();
-        let evicting = EvictOnTimeout::new(keepalive.apply(endpoint(proxy.addr())));
-        let layer = layer(
-            quick()
-                .attempt_timeout(Duration::from_millis(200))
-                .build()
-                .unwrap(),
-        );
-        let mut client =
-            EchoClient::new(ServiceBuilder::new().layer(layer.clone()).service(evicting));
+        let evicting = EvictingChannel::new(slow_keepalive(proxy.addr()));
+        let layer = short_attempts();
+        let mut client = evicting_client(evicting.clone(), &layer);
         client.say(say("warm")).await.unwrap();
         proxy.blackhole_all();
         proxy.wait_blackholed(1).await;
@@ -311,20 +219,171 @@ async fn prototype_evicting_on_an_attempt_timeout_retries_on_a_live_connection()
         let deadline = Duration::from_secs(3);
         let reply = by_deadline(deadline, client.say(with_deadline(say("x"), deadline)))
             .await
-            .unwrap()
+            .unwrap_or_else(|status| {
+                panic!(
+                    "every attempt went down the dead connection ({} connection(s) accepted): {}",
+                    proxy.stats().accepted,
+                    history(&status)
+                )
+            })
             .into_inner();
 
-        assert_eq!(reply.attempt, 2);
+        assert_eq!(reply.attempt, 2, "the warm-up, then the retry");
         assert_eq!(
             proxy.stats().accepted,
             2,
             "the retry went down a new connection"
         );
+        assert_eq!(evicting.evictions(), 1);
         assert_eq!(
             layer.metrics().attempts(),
             3,
             "warm-up, the timed-out attempt, the retry"
         );
+
+        // Later calls stay on the new connection.
+        client.say(say("after")).await.unwrap();
+        assert_eq!(proxy.stats().accepted, 2);
+    })
+    .await;
+}
+
+/// Many calls time out on the same dead connection at once: their retries open one new
+/// connection between them, not one each.
+#[tokio::test]
+async fn concurrent_calls_timing_out_on_one_dead_connection_open_exactly_one_new_connection() {
+    guarded(async {
+        const CALLS: usize = 8;
+        let server = ScriptedServer::start(Script::new()).await;
+        let proxy = FaultProxy::start(server.addr()).await;
+        let evicting = EvictingChannel::new(slow_keepalive(proxy.addr()));
+        let layer = short_attempts();
+        let mut client = evicting_client(evicting.clone(), &layer);
+        client.say(say("warm")).await.unwrap();
+        proxy.blackhole_all();
+        proxy.wait_blackholed(1).await;
+
+        let deadline = Duration::from_secs(3);
+        let calls: Vec<_> = (0..CALLS)
+            .map(|i| {
+                let mut client = client.clone();
+                tokio::spawn(async move {
+                    let text = format!("call {i}");
+                    let request = with_deadline(say(&text), deadline);
+                    let reply = by_deadline(deadline, client.say(request)).await;
+                    (text, reply)
+                })
+            })
+            .collect();
+        for call in calls {
+            let (text, reply) = call.await.unwrap();
+            let reply = reply.unwrap_or_else(|status| panic!("{text}: {}", history(&status)));
+            assert_eq!(reply.into_inner().text, text);
+        }
+
+        assert_eq!(proxy.stats().accepted, 2, "one new connection for all");
+        assert_eq!(evicting.evictions(), 1);
+        assert_eq!(
+            layer.metrics().retries(),
+            CALLS as u64,
+            "each call retried once"
+        );
+        assert_eq!(
+            server.attempt_count(),
+            1 + CALLS,
+            "the warm-up and the retries"
+        );
+    })
+    .await;
+}
+
+/// Retries after failures that are not attempt timeouts, and plain calls, never reconnect:
+/// only the layer's mark of a timed-out attempt makes a new connection.
+#[tokio::test]
+async fn retries_without_an_attempt_timeout_never_reconnect() {
+    guarded(async {
+        let server = ScriptedServer::start(
+            Script::new()
+                .say(Action::fail(Code::Unavailable, "busy"))
+                .say(Action::fail(Code::Unavailable, "busy"))
+                .say(Action::Ok),
+        )
+        .await;
+        let proxy = FaultProxy::start(server.addr()).await;
+        let evicting = EvictingChannel::new(slow_keepalive(proxy.addr()));
+        let layer = short_attempts();
+        let mut client = evicting_client(evicting.clone(), &layer);
+
+        let reply = client.say(say("x")).await.unwrap().into_inner();
+        assert_eq!(reply.attempt, 3);
+        for i in 0..20 {
+            client.clone().say(say(&format!("{i}"))).await.unwrap();
+        }
+
+        assert_eq!(layer.metrics().retries(), 2);
+        assert_eq!(evicting.evictions(), 0);
+        assert_eq!(
+            proxy.stats().accepted,
+            1,
+            "every call on the first connection"
+        );
+    })
+    .await;
+}
+
+/// A response stream flowing on a connection that is replaced carries on there to its end:
+/// dropping the old connection's handles does not cancel the calls on it. Once the stream
+/// ends, nothing holds the old connection any more and it is closed.
+#[tokio::test]
+async fn a_stream_in_flight_on_a_replaced_connection_carries_on() {
+    guarded(async {
+        const MESSAGES: u64 = 64;
+        let server = ScriptedServer::start(Script::new().say(Action::Hang)).await;
+        let proxy = FaultProxy::start(server.addr()).await;
+        // A 64 KiB window and 1 MiB of messages: the server can only send the rest as the
+        // client reads, after the connection was replaced.
+        let endpoint = slow_keepalive(proxy.addr())
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535);
+        let evicting = EvictingChannel::new(endpoint);
+        // A clone holds no connection until it is polled: this one only reads the count.
+        let probe = evicting.clone();
+        let layer = short_attempts();
+        let mut client = evicting_client(evicting, &layer);
+
+        let mut stream = client
+            .count(CountRequest {
+                start_after: 0,
+                count: MESSAGES,
+                padding_len: 16 * 1024,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(stream.message().await.unwrap().unwrap().seq, 1);
+
+        // The first attempt hangs on the first connection and times out: the retry replaces it.
+        client.say(say("x")).await.unwrap();
+        assert_eq!(probe.evictions(), 1);
+        // The client's own handle moves to the new connection when it is next polled.
+        client.say(say("y")).await.unwrap();
+        let stats = proxy.stats();
+        assert_eq!(stats.accepted, 2);
+        assert!(
+            stats.bytes_down < MESSAGES * 16 * 1024,
+            "the stream was not sent yet"
+        );
+
+        let mut next = 2;
+        while let Some(message) = stream.message().await.unwrap() {
+            assert_eq!(message.seq, next);
+            next += 1;
+        }
+        assert_eq!(next, MESSAGES + 1, "every message, in order");
+        assert_eq!(server.attempt_count_for(Method::Count), 1, "never reopened");
+        drop(stream);
+        proxy.wait_closed(1).await;
+        assert_eq!(proxy.stats().open, 1, "the new connection stays");
     })
     .await;
 }
