@@ -27,6 +27,9 @@
 //! - [`ServiceConfig`] reads the standard gRPC service-config JSON (`methodConfig`,
 //!   `retryPolicy`, `timeout`, `retryThrottling`) with strict validation.
 //! - [`RetryThrottle`] (gRFC A6's token bucket) or any tower retry budget bounds the retries.
+//! - [`Keepalive`] turns on HTTP/2 keepalive for an `Endpoint`, so that a connection that went
+//!   silent is found and replaced; [`EvictingChannel`] opens a new connection for the retry of
+//!   an attempt that timed out on the current one.
 //! - [`ResumableStream`] reopens a streaming call that broke in the middle and resumes after the
 //!   last message delivered: nothing lost, nothing twice.
 //! - [`diagnose`] (feature `diagnose`) walks a target's layers: name resolution, TCP, the HTTP/2
