@@ -28,7 +28,7 @@ use tracing::Span;
 use crate::BoxError;
 use crate::body::CallBody;
 use crate::classify::{Classified, Failure, classify_response, classify_service_error};
-use crate::deadline::{GRPC_TIMEOUT, encode_grpc_timeout, parse_grpc_timeout};
+use crate::deadline::{GRPC_TIMEOUT, encode_grpc_timeout};
 use crate::endpoint::AfterAttemptTimeout;
 use crate::head::{RequestHead, grpc_path};
 use crate::history::{AttemptRecord, CallHistory, StopReason, with_history};
@@ -148,23 +148,23 @@ where
         Counters::bump(&shared.counters.attempts);
         shared.gate.on_call();
         let (mut parts, body) = request.into_parts();
-        let method = grpc_path(parts.uri.path());
+        let path = parts.uri.path();
         let policy = match parts.extensions.get::<RetryPolicy>() {
             Some(own) => CallPolicy::Own(Box::new(own.clone())),
-            None => CallPolicy::Table(shared.policies.lookup(method)),
+            // A table with only a default policy needs no method name.
+            None if shared.policies.has_only_default() => CallPolicy::Table(0),
+            None => CallPolicy::Table(shared.policies.lookup(grpc_path(path))),
         };
-        let span = call_span(method);
+        let span = call_span(path);
         let started = Instant::now();
-        let caller_timeout = parts
-            .headers
-            .get(&GRPC_TIMEOUT)
-            .and_then(|value| parse_grpc_timeout(value.as_bytes()));
+        let head = RequestHead::save(&parts);
+        let caller_timeout = head.caller_timeout();
         let policy_timeout = policy.resolve(&shared).call_timeout();
         let timeout = match (caller_timeout, policy_timeout) {
             (Some(caller), Some(policy)) => Some(caller.min(policy)),
             (caller, policy) => caller.or(policy),
         };
-        let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
+        let deadline = timeout.and_then(|timeout| started.checked_add(timeout));
         let buffer_limit = policy.resolve(&shared).buffer_limit();
         let mut body = CallBody::new(body, buffer_limit, &shared.buffer_budget);
         let first_body = body.first_attempt();
@@ -172,7 +172,7 @@ where
             service: None,
             spare,
             policy,
-            head: RequestHead::save(&parts),
+            head,
             body,
             started,
             timeout,
@@ -354,12 +354,14 @@ fn arm(mut timer: Pin<&mut Option<Sleep>>, at: Instant) {
     }
 }
 
-/// The call's span. Its fields are computed only when a subscriber enables it.
+/// The call's span, for the request path `path`. Its fields are computed only when a subscriber
+/// enables it.
 fn call_span(path: &str) -> Span {
     tracing::debug_span!(
         "grpc_retry",
-        rpc.service = crate::policy::split_path(path).map_or(path, |(service, _)| service),
-        rpc.method = crate::policy::split_path(path).map_or("", |(_, method)| method),
+        rpc.service =
+            crate::policy::split_path(grpc_path(path)).map_or(path, |(service, _)| service),
+        rpc.method = crate::policy::split_path(grpc_path(path)).map_or("", |(_, method)| method),
     )
 }
 

@@ -61,12 +61,21 @@ impl Failure {
     }
 }
 
+/// Whether a response head carries `grpc-status`. A head holds a few headers: comparing their
+/// names costs less than hashing one.
+fn has_grpc_status(headers: &http::HeaderMap) -> bool {
+    if headers.len() > 8 {
+        return headers.contains_key(&GRPC_STATUS);
+    }
+    headers.keys().any(|name| *name == GRPC_STATUS)
+}
+
 /// Classifies the response head of an attempt.
 pub(crate) fn classify_response<B>(
     mut response: http::Response<B>,
 ) -> Classified<http::Response<B>> {
     let headers = response.headers();
-    if headers.contains_key(&GRPC_STATUS) {
+    if has_grpc_status(headers) {
         if headers.get_all(&GRPC_STATUS).iter().nth(1).is_some() {
             return Classified::Failed(malformed(headers));
         }

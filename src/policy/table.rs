@@ -39,6 +39,11 @@ impl PolicyTable {
             .unwrap_or(0)
     }
 
+    /// Whether every call gets the default policy (no service or method has its own).
+    pub(crate) fn has_only_default(&self) -> bool {
+        self.services.is_empty()
+    }
+
     pub(crate) fn policy(&self, index: usize) -> &RetryPolicy {
         &self.policies[index]
     }
