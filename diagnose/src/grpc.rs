@@ -16,12 +16,11 @@ use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::report::{
+use crate::report::{
     HandshakeVerdict, HealthVerdict, ReflectionVerdict, ReflectionVersion, TargetVerdict, clean,
 };
-use super::{Endpoint, Target};
-use crate::classify::classify_error;
-use crate::kind::FailureKind;
+use crate::{Endpoint, Target};
+use tonic_retry::FailureKind;
 
 /// The service the handshake probe calls when no target is named: no server has it.
 const PROBE_SERVICE: &str = "tonic_retry.diagnose.NoSuchService";
@@ -120,7 +119,7 @@ async fn connect(
     match tokio::time::timeout(step, connecting).await {
         Err(_) => Err(HandshakeVerdict::TimedOut(step)),
         Ok(Err(error)) => Err(HandshakeVerdict::Failed {
-            kind: classify_error(&error).kind,
+            kind: FailureKind::of_error(&error),
             message: chain(&error),
         }),
         Ok(Ok(channel)) => Ok(channel),
@@ -184,7 +183,7 @@ async fn probe(
 /// The handshake verdict of a status that did not come from the server but from the transport.
 fn transport_failure(status: &Status, step: Duration) -> Option<HandshakeVerdict> {
     let source = status.source()?;
-    let kind = classify_error(source).kind;
+    let kind = FailureKind::of_error(source);
     if kind == FailureKind::TransportTimeout {
         return Some(HandshakeVerdict::TimedOut(step));
     }
@@ -210,7 +209,7 @@ async fn health(channel: Channel, service: &str, step: Duration) -> HealthVerdic
             _ if status.source().is_some() => {
                 let source = status.source().unwrap_or(&status);
                 HealthVerdict::Failed {
-                    kind: classify_error(source).kind,
+                    kind: FailureKind::of_error(source),
                     message: chain(source),
                 }
             }
@@ -318,7 +317,7 @@ async fn reflection(
         };
         if let Some(source) = status.source() {
             let verdict = ReflectionVerdict::Failed {
-                kind: classify_error(source).kind,
+                kind: FailureKind::of_error(source),
                 message: chain(source),
             };
             return (verdict, Described::default());

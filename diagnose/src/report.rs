@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 
-use super::grpc::GrpcChecks;
-use super::{Endpoint, Target};
-use crate::code::code_name;
-use crate::kind::FailureKind;
+use crate::grpc::GrpcChecks;
+use crate::{Endpoint, Target};
+use tonic_retry::FailureKind;
+use tonic_retry::code_name;
 
 /// Layer 1a: what name resolution gave.
 #[non_exhaustive]
@@ -213,7 +213,7 @@ pub enum TargetVerdict {
     Undetermined(String),
 }
 
-/// A layer of the reference text's debugging method.
+/// A layer of a gRPC target, from the name to the application, in the order they are checked.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Layer {
@@ -282,7 +282,7 @@ impl Conclusion {
     }
 }
 
-/// The result of a [`Diagnosis`](super::Diagnosis): a verdict per layer and a conclusion.
+/// The result of a [`Diagnosis`](crate::Diagnosis): a verdict per layer and a conclusion.
 /// `Display` prints one line per layer, then the verdict.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -490,7 +490,7 @@ impl Report {
             HandshakeVerdict::Grpc { code, .. }
                 if matches!(code, Code::PermissionDenied | Code::Unauthenticated) =>
             {
-                let kind = crate::classify::kind_of_status(*code, "");
+                let kind = FailureKind::of_status(*code, "");
                 return verdict(
                     Layer::Service,
                     Some(kind),

@@ -1,11 +1,10 @@
-//! `tonic_retry::diagnose` against real servers on loopback: every layer's verdict, within a
+//! `tonic_retry_diagnose` against real servers on loopback: every layer's verdict, within a
 //! bounded time. No test sends a DNS query (names go through an injected resolver) or any packet
 //! beyond 127.0.0.1.
 //!
 //! The tests run on tokio's paused clock: I/O on loopback takes no time on it and a step that
 //! waits takes exactly its timeout, so the bound on a diagnosis's duration is exact and holds
 //! however loaded the machine is.
-#![cfg(feature = "diagnose")]
 
 use std::io;
 use std::time::Duration;
@@ -13,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use tonic_retry::FailureKind;
-use tonic_retry::diagnose::{
+use tonic_retry_diagnose::{
     DiagnoseOptions, Diagnosis, HandshakeVerdict, HealthVerdict, Layer, ReflectionVerdict,
     ReflectionVersion, Report, ResolveVerdict, StaticResolver, TargetVerdict, TcpVerdict,
 };
