@@ -19,6 +19,7 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::report::{
     HandshakeVerdict, HealthVerdict, ReflectionVerdict, ReflectionVersion, TargetVerdict, clean,
 };
+use crate::sniff::{Sniffed, sniff};
 use crate::{Endpoint, Target};
 use tonic_retry::FailureKind;
 
@@ -71,7 +72,7 @@ pub(super) async fn run(
         Ok(channel) => channel,
         Err(handshake) => {
             let mut checks = GrpcChecks::skipped("the HTTP/2 connection failed", target);
-            checks.handshake = handshake;
+            checks.handshake = name_failure(handshake, addr, step).await;
             return checks;
         }
     };
@@ -79,7 +80,7 @@ pub(super) async fn run(
     let (handshake, probe_message) = probe(channel.clone(), target, step).await;
     if !handshake.is_ok() {
         let mut checks = GrpcChecks::skipped("no gRPC answer to the handshake probe", target);
-        checks.handshake = handshake;
+        checks.handshake = name_failure(handshake, addr, step).await;
         return checks;
     }
     let health = health(channel.clone(), "", step).await;
@@ -123,6 +124,37 @@ async fn connect(
             message: chain(&error),
         }),
         Ok(Ok(channel)) => Ok(channel),
+    }
+}
+
+/// A handshake that failed below gRPC, named by what the peer answers an HTTP/2 client preface
+/// on a connection of its own: another protocol, or a connection dropped before a byte. Other
+/// verdicts, and failures the answer does not explain, stand as they are.
+async fn name_failure(
+    handshake: HandshakeVerdict,
+    addr: SocketAddr,
+    step: Duration,
+) -> HandshakeVerdict {
+    let HandshakeVerdict::Failed { kind, message } = handshake else {
+        return handshake;
+    };
+    match sniff(addr, step).await {
+        Sniffed::Other(answer) => HandshakeVerdict::NotHttp2 {
+            answer,
+            kind,
+            message,
+        },
+        Sniffed::Reset => HandshakeVerdict::ClosedAfterAccept {
+            reset: true,
+            kind,
+            message,
+        },
+        Sniffed::Closed => HandshakeVerdict::ClosedAfterAccept {
+            reset: false,
+            kind,
+            message,
+        },
+        Sniffed::Http2 | Sniffed::Unknown => HandshakeVerdict::Failed { kind, message },
     }
 }
 

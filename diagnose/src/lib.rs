@@ -44,6 +44,7 @@
 mod grpc;
 mod report;
 mod resolve;
+mod sniff;
 mod tcp;
 
 use std::error::Error;
@@ -55,8 +56,8 @@ use std::time::{Duration, Instant};
 use http::Uri;
 
 pub use self::report::{
-    Conclusion, HandshakeVerdict, HealthVerdict, Layer, ReflectionVerdict, ReflectionVersion,
-    Report, ResolveVerdict, TargetVerdict, TcpCheck, TcpVerdict,
+    Conclusion, HandshakeVerdict, HealthVerdict, Layer, OtherProtocol, ReflectionVerdict,
+    ReflectionVersion, Report, ResolveVerdict, TargetVerdict, TcpCheck, TcpVerdict,
 };
 pub use self::resolve::{Resolve, ResolveFuture, StaticResolver, SystemResolver};
 
