@@ -134,7 +134,7 @@ fn is_settings_frame(answer: &[u8]) -> bool {
     };
     let length = u32::from_be_bytes([0, header[0], header[1], header[2]]);
     let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
-    header[3] == 0x04 && stream == 0 && length % 6 == 0 && length <= 16_384
+    header[3] == 0x04 && stream == 0 && length.is_multiple_of(6) && length <= 16_384
 }
 
 /// A TLS record header: an alert (21) or a handshake (22), protocol version 3.x.
