@@ -119,8 +119,9 @@ pub enum HandshakeVerdict {
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OtherProtocol {
-    /// An HTTP/1.x response, by its status line (such as `HTTP/1.1 400 Bad Request`): an
-    /// HTTP/1.1 server, or a proxy that speaks only HTTP/1.1 to its clients.
+    /// An HTTP/1.x response, by its first line (a status line such as `HTTP/1.1 400 Bad
+    /// Request`, or the start of an HTML page): an HTTP/1.1 server, or a proxy that speaks only
+    /// HTTP/1.1 to its clients.
     Http1(String),
     /// A TLS record (an alert, most often), or an HTTP/1.x answer saying that the port expects
     /// TLS: the server wants `https://`.

@@ -111,7 +111,7 @@ fn judge(answer: &[u8], ending: Ending) -> Sniffed {
     if is_tls_record(answer) {
         return Sniffed::Other(OtherProtocol::Tls);
     }
-    if answer.starts_with(b"HTTP/") {
+    if answer.starts_with(b"HTTP/") || is_html(answer) {
         let text = String::from_utf8_lossy(answer);
         // Go's TLS servers (and others) answer plaintext with an HTTP/1.x 400 that says so.
         if text.contains("HTTPS") || text.contains("TLS") || text.contains("SSL") {
@@ -135,6 +135,13 @@ fn is_settings_frame(answer: &[u8]) -> bool {
     let length = u32::from_be_bytes([0, header[0], header[1], header[2]]);
     let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
     header[3] == 0x04 && stream == 0 && length.is_multiple_of(6) && length <= 16_384
+}
+
+/// An HTML page with no HTTP head: what some HTTP/1.x servers (Python's `http.server`) answer
+/// a request line they read as HTTP/0.9.
+fn is_html(answer: &[u8]) -> bool {
+    let lowercase = answer.trim_ascii_start().to_ascii_lowercase();
+    lowercase.starts_with(b"<!doctype html") || lowercase.starts_with(b"<html")
 }
 
 /// A TLS record header: an alert (21) or a handshake (22), protocol version 3.x.
@@ -167,6 +174,10 @@ mod tests {
         assert_eq!(
             judge(b"\x00\x01garbage\n", Ending::Reset),
             Sniffed::Other(OtherProtocol::Unknown("\\x00\\x01garbage\\n".to_owned()))
+        );
+        assert_eq!(
+            judge(b"<!DOCTYPE HTML>\n<html lang=\"en\">", Ending::Closed),
+            Sniffed::Other(OtherProtocol::Http1("<!DOCTYPE HTML>".to_owned()))
         );
         assert_eq!(judge(b"", Ending::Reset), Sniffed::Reset);
         assert_eq!(judge(b"", Ending::Closed), Sniffed::Closed);
