@@ -40,7 +40,7 @@ pub enum TcpVerdict {
     Connected(Duration),
     /// The connect failed: refused, unreachable, ...
     Failed {
-        /// The failure, named by the crate's one table of kinds.
+        /// The failure, named by `tonic-retry`'s table of kinds.
         kind: FailureKind,
         /// The operating system's message.
         message: String,
@@ -88,7 +88,7 @@ pub enum HandshakeVerdict {
     NotHttp2 {
         /// What it answered in, told by the first bytes of its answer.
         answer: OtherProtocol,
-        /// The failure the handshake met, named by the crate's one table of kinds.
+        /// The failure the handshake met, named by `tonic-retry`'s table of kinds.
         kind: FailureKind,
         /// The handshake error's source chain.
         message: String,
@@ -97,14 +97,14 @@ pub enum HandshakeVerdict {
     ClosedAfterAccept {
         /// It reset the connection (`RST`), rather than closing it (`FIN`).
         reset: bool,
-        /// The failure the handshake met, named by the crate's one table of kinds.
+        /// The failure the handshake met, named by `tonic-retry`'s table of kinds.
         kind: FailureKind,
         /// The handshake error's source chain.
         message: String,
     },
     /// The HTTP/2 connection or the call failed below gRPC.
     Failed {
-        /// The failure, named by the crate's one table of kinds.
+        /// The failure, named by `tonic-retry`'s table of kinds.
         kind: FailureKind,
         /// The error's source chain.
         message: String,
@@ -177,7 +177,7 @@ pub enum HealthVerdict {
     },
     /// The call failed below gRPC.
     Failed {
-        /// The failure, named by the crate's one table of kinds.
+        /// The failure, named by `tonic-retry`'s table of kinds.
         kind: FailureKind,
         /// The error's source chain.
         message: String,
@@ -232,7 +232,7 @@ pub enum ReflectionVerdict {
     },
     /// The call failed below gRPC.
     Failed {
-        /// The failure, named by the crate's one table of kinds.
+        /// The failure, named by `tonic-retry`'s table of kinds.
         kind: FailureKind,
         /// The error's source chain.
         message: String,
@@ -317,7 +317,7 @@ impl Conclusion {
         self.layer
     }
 
-    /// The kind of failure a call would meet, from the crate's one table, if one is expected.
+    /// The kind of failure a call would meet, from `tonic-retry`'s table, if one is expected.
     pub fn kind(&self) -> Option<FailureKind> {
         self.kind
     }
@@ -714,7 +714,7 @@ impl Report {
             None,
             cause,
             "if calls still fail, the cause is in the application: read the failing call's \
-             status message and its CallHistory, and the server's logs",
+             status message and its history (tonic_retry::CallHistory), and the server's logs",
         )
     }
 
