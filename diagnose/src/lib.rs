@@ -9,7 +9,9 @@
 //! 1. name resolution: every address, IPv4 and IPv6;
 //! 2. TCP: a connect to each address, at once;
 //! 3. the HTTP/2 + gRPC handshake: a call to a method no server has, which any gRPC server
-//!    answers with a status;
+//!    answers with a status; when it fails below gRPC, the first bytes the peer answers to an
+//!    HTTP/2 client preface tell an HTTP/1.1 server, a port that expects TLS, or a server that
+//!    accepts connections only to reset them;
 //! 4. the standard health service (`grpc.health.v1.Health`);
 //! 5. server reflection (`v1`, then `v1alpha`), and whether the named service and method exist.
 //!
@@ -262,7 +264,10 @@ impl Diagnosis {
     /// once), then over the first address that connects: the HTTP/2 + gRPC handshake (a call to
     /// a method no server has, which any gRPC server answers with a status), the standard health
     /// service, and server reflection (`v1`, then `v1alpha`). A layer that cannot be reached is
-    /// reported as skipped. The report ends with the most likely cause and what to do.
+    /// reported as skipped. A handshake that fails below gRPC is looked at once more, over a
+    /// connection of its own: the first bytes the peer answers to an HTTP/2 client preface (see
+    /// [`HandshakeVerdict::NotHttp2`] and [`HandshakeVerdict::ClosedAfterAccept`]). The report
+    /// ends with the most likely cause and what to do.
     ///
     /// # Errors
     /// Only for inputs that cannot be diagnosed: a malformed URI or target name. Every failure
