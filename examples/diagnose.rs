@@ -1,6 +1,8 @@
-//! Walks the layers of a gRPC target, the way the reference text debugs `_InactiveRpcError`:
-//! name resolution, TCP, the HTTP/2 + gRPC handshake, the health service, server reflection and
-//! the named service/method; then prints the most likely cause and what to do.
+//! Walks the layers of a gRPC target with the `tonic-retry-diagnose` crate: name resolution, TCP,
+//! the HTTP/2 + gRPC handshake, the health service, server reflection and the named
+//! service/method; then prints the most likely cause and what to do. Run it when a call fails
+//! with UNAVAILABLE, "failed to connect to all addresses" or "unknown service" (what Python's
+//! grpcio shows as `_InactiveRpcError` for the same failures) and the cause is not plain.
 //!
 //! ```text
 //! cargo run --example diagnose -- <uri> [package.Service[/Method]] [--timeout SECONDS]
@@ -12,7 +14,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tonic_retry::diagnose::{DiagnoseOptions, Diagnosis, Layer};
+use tonic_retry_diagnose::{DiagnoseOptions, Diagnosis, Layer};
 
 const USAGE: &str =
     "usage: diagnose <uri> [package.Service[/Method]] [--timeout SECONDS]  (default 2 s a step)";

@@ -349,7 +349,7 @@ impl FailureKind {
                 "the server does not serve this service: the client stubs and the server disagree \
                  (compare the .proto package and service names on both sides; list the server's \
                  services with reflection: grpcurl -plaintext ADDR list, or \
-                 tonic_retry::diagnose)",
+                 tonic-retry-diagnose)",
                 false,
             ),
             UnknownMethod => (
@@ -364,7 +364,7 @@ impl FailureKind {
                 "the server (or a proxy answering HTTP 404) does not implement this call; tonic \
                  servers answer an unknown service and an unknown method alike, with an empty \
                  message: tell them apart with reflection (grpcurl -plaintext ADDR list, then \
-                 grpcurl -plaintext ADDR describe SERVICE, or tonic_retry::diagnose) and compare \
+                 grpcurl -plaintext ADDR describe SERVICE, or tonic-retry-diagnose) and compare \
                  with the client's .proto",
                 false,
             ),

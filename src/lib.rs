@@ -32,8 +32,9 @@
 //!   an attempt that timed out on the current one.
 //! - [`ResumableStream`] reopens a streaming call that broke in the middle and resumes after the
 //!   last message delivered: nothing lost, nothing twice.
-//! - [`diagnose`] (feature `diagnose`) walks a target's layers: name resolution, TCP, the HTTP/2
-//!   and gRPC handshake, health and reflection.
+//! - [`FailureKind`] names what went wrong in an attempt, with a hint of what to check next. The
+//!   `tonic-retry-diagnose` crate walks a target's layers (name resolution, TCP, the HTTP/2 and
+//!   gRPC handshake, health and reflection) and names what fails with the same kinds.
 //!
 //! [tonic]: https://docs.rs/tonic
 
@@ -47,8 +48,6 @@ mod body;
 mod classify;
 mod code;
 mod deadline;
-#[cfg(feature = "diagnose")]
-pub mod diagnose;
 mod endpoint;
 mod error;
 mod future;

@@ -1,4 +1,4 @@
-//! Every failure kind of the reference text's table (and the others the transport produces),
+//! Every failure kind of the `FailureKind` table (and the others the transport produces),
 //! reproduced for real on loopback through the RetryLayer: the caller's status carries a
 //! history whose last attempt has the right kind, and a hint a person can act on.
 //!

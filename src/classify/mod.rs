@@ -235,6 +235,50 @@ pub(crate) fn kind_of_status(code: Code, message: &str) -> FailureKind {
     }
 }
 
+/// The classifier, for code that makes its own calls outside the layer (such as the
+/// `tonic-retry-diagnose` crate): the same names the layer gives the attempts of a call.
+impl FailureKind {
+    /// Names the transport failure behind `error` by walking its source chain, as the layer does
+    /// for a failed attempt: [`FailureKind::Transport`] when no cause in the chain is known.
+    ///
+    /// An error met while connecting says more wrapped in a [`tonic::ConnectError`]: then nothing
+    /// of a request was sent, whatever the operating system called the failure.
+    ///
+    /// ```
+    /// use std::io;
+    /// use tonic_retry::FailureKind;
+    ///
+    /// let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+    /// assert_eq!(FailureKind::of_error(&refused), FailureKind::ConnectionRefused);
+    ///
+    /// let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+    /// let while_connecting = tonic::ConnectError(Box::new(reset));
+    /// assert_eq!(
+    ///     FailureKind::of_error(&while_connecting),
+    ///     FailureKind::ClosedBeforeSent
+    /// );
+    /// ```
+    pub fn of_error(error: &(dyn Error + 'static)) -> FailureKind {
+        classify_error(error).kind
+    }
+
+    /// Names the failure behind a status a server sent, from its code and message: UNIMPLEMENTED
+    /// "unknown service X" is [`FailureKind::UnknownService`], PERMISSION_DENIED is
+    /// [`FailureKind::PermissionDenied`], a code with no kind of its own is
+    /// [`FailureKind::ServerStatus`].
+    ///
+    /// ```
+    /// use tonic::Code;
+    /// use tonic_retry::FailureKind;
+    ///
+    /// let kind = FailureKind::of_status(Code::Unimplemented, "unknown service pkg.Greeter");
+    /// assert_eq!(kind, FailureKind::UnknownService);
+    /// ```
+    pub fn of_status(code: Code, message: &str) -> FailureKind {
+        kind_of_status(code, message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

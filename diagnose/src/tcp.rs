@@ -5,10 +5,9 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use super::MAX_ADDRESSES;
-use super::report::{TcpCheck, TcpVerdict, clean};
-use crate::classify::classify_error;
-use crate::kind::FailureKind;
+use crate::MAX_ADDRESSES;
+use crate::report::{TcpCheck, TcpVerdict, clean};
+use tonic_retry::FailureKind;
 
 pub(super) async fn run(addrs: &[SocketAddr], step: Duration) -> Vec<TcpCheck> {
     let mut tasks = tokio::task::JoinSet::new();
@@ -34,8 +33,8 @@ async fn connect(addr: SocketAddr, step: Duration) -> TcpVerdict {
         Ok(Err(error)) => {
             let message = clean(&error.to_string(), 200);
             // Named as a connect error, so that the classifier knows nothing was sent.
-            let named = classify_error(&tonic::ConnectError(Box::new(error)));
-            let kind = match named.kind {
+            let named = FailureKind::of_error(&tonic::ConnectError(Box::new(error)));
+            let kind = match named {
                 FailureKind::TransportTimeout => FailureKind::ConnectTimeout,
                 kind => kind,
             };

@@ -1,9 +1,27 @@
-//! The reference text's layered debugging method, as code: walk from name resolution to the
-//! named method and say, layer by layer, what answers and what does not.
+//! Layered diagnosis of a gRPC target, for tonic clients: walk from name resolution to the named
+//! method and say, layer by layer, what answers and what does not, then name the most likely
+//! cause and what to check next.
+//!
+//! A failing call shows one status (in Python's grpcio, an `_InactiveRpcError` saying
+//! "failed to connect to all addresses", "Connection reset by peer", "unknown service X"...); the
+//! cause sits in one of the layers under it. [`Diagnosis::run`] checks each in turn:
+//!
+//! 1. name resolution: every address, IPv4 and IPv6;
+//! 2. TCP: a connect to each address, at once;
+//! 3. the HTTP/2 + gRPC handshake: a call to a method no server has, which any gRPC server
+//!    answers with a status; when it fails below gRPC, the first bytes the peer answers to an
+//!    HTTP/2 client preface tell an HTTP/1.1 server, a port that expects TLS, or a server that
+//!    accepts connections only to reset them;
+//! 4. the standard health service (`grpc.health.v1.Health`);
+//! 5. server reflection (`v1`, then `v1alpha`), and whether the named service and method exist.
+//!
+//! Failures are named with [`tonic_retry::FailureKind`], the table of kinds (and hints) that
+//! `tonic-retry`'s layer attaches to the errors of failed calls, so a report and a failed call
+//! say the same thing.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use tonic_retry::diagnose::{DiagnoseOptions, Diagnosis};
+//! use tonic_retry_diagnose::{DiagnoseOptions, Diagnosis};
 //!
 //! let report = Diagnosis::run(
 //!     "http://127.0.0.1:50051",
@@ -15,12 +33,20 @@
 //! # Ok(()) }
 //! ```
 //!
+//! From a checkout of `tonic-retry`, the same as a command:
+//! `cargo run --example diagnose -- http://127.0.0.1:50051 helloworld.Greeter/SayHello`.
+//!
 //! Every step is bounded by [`DiagnoseOptions::step_timeout`], and nothing a peer sends can make
 //! a step panic: the worst a peer can do is make a step time out or fail, which is a verdict.
+//! Only plaintext targets are probed above TCP: for an `https://` URI the gRPC layers are
+//! reported as skipped.
+
+#![forbid(unsafe_code)]
 
 mod grpc;
 mod report;
 mod resolve;
+mod sniff;
 mod tcp;
 
 use std::error::Error;
@@ -32,8 +58,8 @@ use std::time::{Duration, Instant};
 use http::Uri;
 
 pub use self::report::{
-    Conclusion, HandshakeVerdict, HealthVerdict, Layer, ReflectionVerdict, ReflectionVersion,
-    Report, ResolveVerdict, TargetVerdict, TcpCheck, TcpVerdict,
+    Conclusion, HandshakeVerdict, HealthVerdict, Layer, OtherProtocol, ReflectionVerdict,
+    ReflectionVersion, Report, ResolveVerdict, TargetVerdict, TcpCheck, TcpVerdict,
 };
 pub use self::resolve::{Resolve, ResolveFuture, StaticResolver, SystemResolver};
 
@@ -225,7 +251,7 @@ impl Endpoint {
     }
 }
 
-/// Runs the layered diagnosis of a gRPC target. See the [module documentation](self).
+/// Runs the layered diagnosis of a gRPC target. See the [crate documentation](crate).
 #[derive(Debug, Clone, Copy)]
 pub struct Diagnosis;
 
@@ -238,7 +264,10 @@ impl Diagnosis {
     /// once), then over the first address that connects: the HTTP/2 + gRPC handshake (a call to
     /// a method no server has, which any gRPC server answers with a status), the standard health
     /// service, and server reflection (`v1`, then `v1alpha`). A layer that cannot be reached is
-    /// reported as skipped. The report ends with the most likely cause and what to do.
+    /// reported as skipped. A handshake that fails below gRPC is looked at once more, over a
+    /// connection of its own: the first bytes the peer answers to an HTTP/2 client preface (see
+    /// [`HandshakeVerdict::NotHttp2`] and [`HandshakeVerdict::ClosedAfterAccept`]). The report
+    /// ends with the most likely cause and what to do.
     ///
     /// # Errors
     /// Only for inputs that cannot be diagnosed: a malformed URI or target name. Every failure

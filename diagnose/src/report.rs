@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 
-use super::grpc::GrpcChecks;
-use super::{Endpoint, Target};
-use crate::code::code_name;
-use crate::kind::FailureKind;
+use crate::grpc::GrpcChecks;
+use crate::{Endpoint, Target};
+use tonic_retry::FailureKind;
+use tonic_retry::code_name;
 
 /// Layer 1a: what name resolution gave.
 #[non_exhaustive]
@@ -40,7 +40,7 @@ pub enum TcpVerdict {
     Connected(Duration),
     /// The connect failed: refused, unreachable, ...
     Failed {
-        /// The failure, named by the crate's one table of kinds.
+        /// The failure, named by `tonic-retry`'s table of kinds.
         kind: FailureKind,
         /// The operating system's message.
         message: String,
@@ -83,9 +83,28 @@ pub enum HandshakeVerdict {
     },
     /// An HTTP/2 server answered, but not with gRPC (no `grpc-status`).
     NotGrpc(String),
+    /// The peer does not speak HTTP/2: it answered the HTTP/2 client preface in another
+    /// protocol (an HTTP/1.1 server, a port that expects TLS, ...).
+    NotHttp2 {
+        /// What it answered in, told by the first bytes of its answer.
+        answer: OtherProtocol,
+        /// The failure the handshake met, named by `tonic-retry`'s table of kinds.
+        kind: FailureKind,
+        /// The handshake error's source chain.
+        message: String,
+    },
+    /// The server accepted the TCP connection, then reset (or closed) it before sending a byte.
+    ClosedAfterAccept {
+        /// It reset the connection (`RST`), rather than closing it (`FIN`).
+        reset: bool,
+        /// The failure the handshake met, named by `tonic-retry`'s table of kinds.
+        kind: FailureKind,
+        /// The handshake error's source chain.
+        message: String,
+    },
     /// The HTTP/2 connection or the call failed below gRPC.
     Failed {
-        /// The failure, named by the crate's one table of kinds.
+        /// The failure, named by `tonic-retry`'s table of kinds.
         kind: FailureKind,
         /// The error's source chain.
         message: String,
@@ -94,6 +113,38 @@ pub enum HandshakeVerdict {
     TimedOut(Duration),
     /// Not tried, for this reason.
     Skipped(String),
+}
+
+/// The protocol a peer that does not speak HTTP/2 answered in, told by its first bytes.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OtherProtocol {
+    /// An HTTP/1.x response, by its first line (a status line such as `HTTP/1.1 400 Bad
+    /// Request`, or the start of an HTML page): an HTTP/1.1 server, or a proxy that speaks only
+    /// HTTP/1.1 to its clients.
+    Http1(String),
+    /// A TLS record (an alert, most often), or an HTTP/1.x answer saying that the port expects
+    /// TLS: the server wants `https://`.
+    Tls,
+    /// Bytes of no protocol named here: the first of them, escaped.
+    Unknown(String),
+}
+
+impl fmt::Display for OtherProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OtherProtocol::Http1(status_line) => {
+                write!(f, "it answered as an HTTP/1.x server ({status_line:?})")
+            }
+            OtherProtocol::Tls => f.write_str("it answered with TLS: it expects https://"),
+            OtherProtocol::Unknown(first_bytes) => {
+                write!(
+                    f,
+                    "it answered with bytes of no known protocol (\"{first_bytes}\")"
+                )
+            }
+        }
+    }
 }
 
 impl HandshakeVerdict {
@@ -126,7 +177,7 @@ pub enum HealthVerdict {
     },
     /// The call failed below gRPC.
     Failed {
-        /// The failure, named by the crate's one table of kinds.
+        /// The failure, named by `tonic-retry`'s table of kinds.
         kind: FailureKind,
         /// The error's source chain.
         message: String,
@@ -181,7 +232,7 @@ pub enum ReflectionVerdict {
     },
     /// The call failed below gRPC.
     Failed {
-        /// The failure, named by the crate's one table of kinds.
+        /// The failure, named by `tonic-retry`'s table of kinds.
         kind: FailureKind,
         /// The error's source chain.
         message: String,
@@ -213,7 +264,7 @@ pub enum TargetVerdict {
     Undetermined(String),
 }
 
-/// A layer of the reference text's debugging method.
+/// A layer of a gRPC target, from the name to the application, in the order they are checked.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Layer {
@@ -266,7 +317,7 @@ impl Conclusion {
         self.layer
     }
 
-    /// The kind of failure a call would meet, from the crate's one table, if one is expected.
+    /// The kind of failure a call would meet, from `tonic-retry`'s table, if one is expected.
     pub fn kind(&self) -> Option<FailureKind> {
         self.kind
     }
@@ -282,7 +333,7 @@ impl Conclusion {
     }
 }
 
-/// The result of a [`Diagnosis`](super::Diagnosis): a verdict per layer and a conclusion.
+/// The result of a [`Diagnosis`](crate::Diagnosis): a verdict per layer and a conclusion.
 /// `Display` prints one line per layer, then the verdict.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -490,7 +541,7 @@ impl Report {
             HandshakeVerdict::Grpc { code, .. }
                 if matches!(code, Code::PermissionDenied | Code::Unauthenticated) =>
             {
-                let kind = crate::classify::kind_of_status(*code, "");
+                let kind = FailureKind::of_status(*code, "");
                 return verdict(
                     Layer::Service,
                     Some(kind),
@@ -514,6 +565,50 @@ impl Report {
                     ),
                     "the port serves plain HTTP, or a proxy in front has no route for gRPC: check \
                      the port and the proxy's gRPC routing",
+                );
+            }
+            HandshakeVerdict::NotHttp2 { answer, .. } => {
+                // Whatever the HTTP/2 stack made of the answer (a GOAWAY, an ended stream, ...
+                // depending on timing), a call meets the client's own protocol error.
+                let kind = FailureKind::LocalProtocolError;
+                let (cause, advice) = match answer {
+                    OtherProtocol::Http1(_) => (
+                        format!("TCP connects, but the peer does not speak HTTP/2: {answer}"),
+                        "the port serves HTTP/1.1 (a web server, or a proxy or load balancer \
+                         without HTTP/2 toward its clients): use the gRPC port, or enable \
+                         HTTP/2 (h2c for plaintext) on the proxy",
+                    ),
+                    OtherProtocol::Tls => (
+                        format!(
+                            "TCP connects, but the peer does not speak plaintext HTTP/2: \
+                             {answer}"
+                        ),
+                        "the server expects TLS: use https:// (with tonic, a ClientTlsConfig on \
+                         the Endpoint); check the port with grpcurl ADDR list, without \
+                         -plaintext",
+                    ),
+                    OtherProtocol::Unknown(_) => (
+                        format!(
+                            "TCP connects, but the peer does not speak HTTP/2 (an HTTP/1.1 \
+                             server? TLS expected?): {answer}"
+                        ),
+                        "check that it is the gRPC port and what listens on it (ss -ltnp); a \
+                         TLS port needs https://, an HTTP/1.1 server or a proxy without HTTP/2 \
+                         cannot carry gRPC",
+                    ),
+                };
+                return verdict(Layer::Handshake, Some(kind), cause, advice);
+            }
+            HandshakeVerdict::ClosedAfterAccept { reset, .. } => {
+                let kind = FailureKind::ClosedBeforeSent;
+                return verdict(
+                    Layer::Handshake,
+                    Some(kind),
+                    format!(
+                        "the server accepted then {} the connection, before answering a byte",
+                        if *reset { "reset" } else { "closed" }
+                    ),
+                    kind.hint(),
                 );
             }
             HandshakeVerdict::Failed { kind, message } => {
@@ -619,7 +714,7 @@ impl Report {
             None,
             cause,
             "if calls still fail, the cause is in the application: read the failing call's \
-             status message and its CallHistory, and the server's logs",
+             status message and its history (tonic_retry::CallHistory), and the server's logs",
         )
     }
 
@@ -651,6 +746,13 @@ impl Report {
                 FailureKind::NoAddressReachable,
                 "no address to connect to".to_owned(),
                 FailureKind::NoAddressReachable.hint().to_owned(),
+            ),
+            // A refused connect is answered with a RST to the SYN; a reset one was established
+            // first: the peer accepted, then reset it.
+            Some(FailureKind::ClosedBeforeSent) if same => (
+                FailureKind::ClosedBeforeSent,
+                format!("the server accepted then reset the connection, at {addrs}"),
+                FailureKind::ClosedBeforeSent.hint().to_owned(),
             ),
             Some(FailureKind::ConnectionRefused) if same => (
                 FailureKind::ConnectionRefused,
@@ -778,6 +880,16 @@ impl fmt::Display for Report {
             HandshakeVerdict::NotGrpc(message) => {
                 (FAIL, format!("HTTP/2 answers, but not gRPC: {message}"))
             }
+            HandshakeVerdict::NotHttp2 { answer, .. } => {
+                (FAIL, format!("the peer does not speak HTTP/2: {answer}"))
+            }
+            HandshakeVerdict::ClosedAfterAccept { reset, message, .. } => (
+                FAIL,
+                format!(
+                    "the server accepted then {} the connection ({message})",
+                    if *reset { "reset" } else { "closed" }
+                ),
+            ),
             HandshakeVerdict::Failed { kind, message } => (FAIL, format!("{kind}: {message}")),
             HandshakeVerdict::TimedOut(step) => (FAIL, format!("no answer within {step:?}")),
             HandshakeVerdict::Skipped(reason) => (SKIP, reason.clone()),

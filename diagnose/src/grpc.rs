@@ -16,12 +16,12 @@ use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::report::{
+use crate::report::{
     HandshakeVerdict, HealthVerdict, ReflectionVerdict, ReflectionVersion, TargetVerdict, clean,
 };
-use super::{Endpoint, Target};
-use crate::classify::classify_error;
-use crate::kind::FailureKind;
+use crate::sniff::{Sniffed, sniff};
+use crate::{Endpoint, Target};
+use tonic_retry::FailureKind;
 
 /// The service the handshake probe calls when no target is named: no server has it.
 const PROBE_SERVICE: &str = "tonic_retry.diagnose.NoSuchService";
@@ -72,7 +72,7 @@ pub(super) async fn run(
         Ok(channel) => channel,
         Err(handshake) => {
             let mut checks = GrpcChecks::skipped("the HTTP/2 connection failed", target);
-            checks.handshake = handshake;
+            checks.handshake = name_failure(handshake, addr, step).await;
             return checks;
         }
     };
@@ -80,7 +80,7 @@ pub(super) async fn run(
     let (handshake, probe_message) = probe(channel.clone(), target, step).await;
     if !handshake.is_ok() {
         let mut checks = GrpcChecks::skipped("no gRPC answer to the handshake probe", target);
-        checks.handshake = handshake;
+        checks.handshake = name_failure(handshake, addr, step).await;
         return checks;
     }
     let health = health(channel.clone(), "", step).await;
@@ -120,10 +120,41 @@ async fn connect(
     match tokio::time::timeout(step, connecting).await {
         Err(_) => Err(HandshakeVerdict::TimedOut(step)),
         Ok(Err(error)) => Err(HandshakeVerdict::Failed {
-            kind: classify_error(&error).kind,
+            kind: FailureKind::of_error(&error),
             message: chain(&error),
         }),
         Ok(Ok(channel)) => Ok(channel),
+    }
+}
+
+/// A handshake that failed below gRPC, named by what the peer answers an HTTP/2 client preface
+/// on a connection of its own: another protocol, or a connection dropped before a byte. Other
+/// verdicts, and failures the answer does not explain, stand as they are.
+async fn name_failure(
+    handshake: HandshakeVerdict,
+    addr: SocketAddr,
+    step: Duration,
+) -> HandshakeVerdict {
+    let HandshakeVerdict::Failed { kind, message } = handshake else {
+        return handshake;
+    };
+    match sniff(addr, step).await {
+        Sniffed::Other(answer) => HandshakeVerdict::NotHttp2 {
+            answer,
+            kind,
+            message,
+        },
+        Sniffed::Reset => HandshakeVerdict::ClosedAfterAccept {
+            reset: true,
+            kind,
+            message,
+        },
+        Sniffed::Closed => HandshakeVerdict::ClosedAfterAccept {
+            reset: false,
+            kind,
+            message,
+        },
+        Sniffed::Http2 | Sniffed::Unknown => HandshakeVerdict::Failed { kind, message },
     }
 }
 
@@ -184,7 +215,7 @@ async fn probe(
 /// The handshake verdict of a status that did not come from the server but from the transport.
 fn transport_failure(status: &Status, step: Duration) -> Option<HandshakeVerdict> {
     let source = status.source()?;
-    let kind = classify_error(source).kind;
+    let kind = FailureKind::of_error(source);
     if kind == FailureKind::TransportTimeout {
         return Some(HandshakeVerdict::TimedOut(step));
     }
@@ -210,7 +241,7 @@ async fn health(channel: Channel, service: &str, step: Duration) -> HealthVerdic
             _ if status.source().is_some() => {
                 let source = status.source().unwrap_or(&status);
                 HealthVerdict::Failed {
-                    kind: classify_error(source).kind,
+                    kind: FailureKind::of_error(source),
                     message: chain(source),
                 }
             }
@@ -318,7 +349,7 @@ async fn reflection(
         };
         if let Some(source) = status.source() {
             let verdict = ReflectionVerdict::Failed {
-                kind: classify_error(source).kind,
+                kind: FailureKind::of_error(source),
                 message: chain(source),
             };
             return (verdict, Described::default());

@@ -1,11 +1,10 @@
-//! `tonic_retry::diagnose` against real servers on loopback: every layer's verdict, within a
+//! `tonic_retry_diagnose` against real servers on loopback: every layer's verdict, within a
 //! bounded time. No test sends a DNS query (names go through an injected resolver) or any packet
 //! beyond 127.0.0.1.
 //!
 //! The tests run on tokio's paused clock: I/O on loopback takes no time on it and a step that
 //! waits takes exactly its timeout, so the bound on a diagnosis's duration is exact and holds
 //! however loaded the machine is.
-#![cfg(feature = "diagnose")]
 
 use std::io;
 use std::time::Duration;
@@ -13,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use tonic_retry::FailureKind;
-use tonic_retry::diagnose::{
+use tonic_retry_diagnose::{
     DiagnoseOptions, Diagnosis, HandshakeVerdict, HealthVerdict, Layer, ReflectionVerdict,
     ReflectionVersion, Report, ResolveVerdict, StaticResolver, TargetVerdict, TcpVerdict,
 };
@@ -303,4 +302,136 @@ async fn malformed_inputs_are_errors_not_panics() {
         let error = Diagnosis::run(uri, target, options()).await.unwrap_err();
         assert!(!error.to_string().is_empty());
     }
+}
+
+/// What a raw TCP peer does with each connection it accepts.
+#[derive(Clone, Copy)]
+enum Peer {
+    /// Writes these bytes, closes its side, and reads until the client goes.
+    Answers(&'static [u8]),
+    /// Resets every connection at once (`SO_LINGER` 0, then close).
+    ResetsAtAccept,
+    /// Holds the first connection (the TCP step's) and resets every later one.
+    ResetsAfterTheFirst,
+}
+
+/// A peer written on a raw TCP listener on loopback, doing `peer` with every connection.
+async fn raw_peer(peer: Peer) -> std::net::SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            match peer {
+                Peer::Answers(bytes) => {
+                    tokio::spawn(async move {
+                        let _ = socket.write_all(bytes).await;
+                        let _ = socket.shutdown().await;
+                        // Reading what the client sent keeps the close a FIN (closing with
+                        // unread data would send a RST).
+                        let _ = tokio::io::copy(&mut socket, &mut tokio::io::sink()).await;
+                    });
+                }
+                Peer::ResetsAfterTheFirst if held.is_empty() => held.push(socket),
+                Peer::ResetsAtAccept | Peer::ResetsAfterTheFirst => {
+                    socket.set_zero_linger().unwrap();
+                    drop(socket);
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_does_not_speak_http2() {
+    use tonic_retry_diagnose::OtherProtocol;
+    let cases: [(&[u8], OtherProtocol); 4] = [
+        (
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            OtherProtocol::Http1("HTTP/1.1 400 Bad Request".to_owned()),
+        ),
+        // A TLS server's fatal alert (protocol_version) to bytes that are not a ClientHello.
+        (
+            &[0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46],
+            OtherProtocol::Tls,
+        ),
+        // What Go's TLS servers answer to plaintext.
+        (
+            b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
+            OtherProtocol::Tls,
+        ),
+        (
+            b"\x00\x01garbage",
+            OtherProtocol::Unknown("\\x00\\x01garbage".to_owned()),
+        ),
+    ];
+    for (answer, protocol) in cases {
+        let addr = raw_peer(Peer::Answers(answer)).await;
+        let report = diagnose(&format!("http://{addr}"), Some("a.B/C"), options()).await;
+        assert!(matches!(
+            report.connects()[0].verdict(),
+            TcpVerdict::Connected(_)
+        ));
+        match report.handshake() {
+            HandshakeVerdict::NotHttp2 { answer, .. } => assert_eq!(answer, &protocol),
+            other => panic!("{other:?}"),
+        }
+        let conclusion = report.conclusion();
+        assert_eq!(conclusion.layer(), Layer::Handshake);
+        assert_eq!(conclusion.kind(), Some(FailureKind::LocalProtocolError));
+        assert!(
+            conclusion.cause().contains("does not speak"),
+            "{}",
+            conclusion.cause()
+        );
+        if protocol == OtherProtocol::Tls {
+            assert!(conclusion.advice().contains("https://"));
+        }
+        let text = report.to_string();
+        assert!(text.contains("does not speak HTTP/2"), "{text}");
+        assert!(!text.to_ascii_lowercase().contains("goaway"), "{text}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_resets_connections_at_accept() {
+    // The TCP step's own connect may see the reset (it is established, then reset), or the
+    // handshake does: either way the verdict says what the server did.
+    let addr = raw_peer(Peer::ResetsAtAccept).await;
+    let report = diagnose(&format!("http://{addr}"), None, options()).await;
+    let conclusion = report.conclusion();
+    assert!(
+        matches!(conclusion.layer(), Layer::Tcp | Layer::Handshake),
+        "{conclusion:?}"
+    );
+    assert_eq!(conclusion.kind(), Some(FailureKind::ClosedBeforeSent));
+    assert!(
+        conclusion.cause().contains("accepted then reset"),
+        "{}",
+        conclusion.cause()
+    );
+
+    // Once the TCP step connected: the handshake's connections are the ones reset.
+    let addr = raw_peer(Peer::ResetsAfterTheFirst).await;
+    let report = diagnose(&format!("http://{addr}"), None, options()).await;
+    assert!(matches!(
+        report.connects()[0].verdict(),
+        TcpVerdict::Connected(_)
+    ));
+    assert!(
+        matches!(
+            report.handshake(),
+            HandshakeVerdict::ClosedAfterAccept { reset: true, .. }
+        ),
+        "{:?}",
+        report.handshake()
+    );
+    let conclusion = report.conclusion();
+    assert_eq!(conclusion.layer(), Layer::Handshake);
+    assert_eq!(conclusion.kind(), Some(FailureKind::ClosedBeforeSent));
+    assert!(conclusion.cause().contains("accepted then reset"));
+    let text = report.to_string();
+    assert!(!text.to_ascii_lowercase().contains("cancel"), "{text}");
 }
