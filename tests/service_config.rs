@@ -478,6 +478,16 @@ fn bad_configs_name_the_exact_path() {
             "retryThrottling.tokenRatio".into(),
             "3 decimal places",
         ),
+        (
+            with_throttling(json!({"maxTokens": 10, "tokenRatio": 1e-10})),
+            "retryThrottling.tokenRatio".into(),
+            "at least 0.001",
+        ),
+        (
+            with_throttling(json!({"maxTokens": 1e-10, "tokenRatio": 0.1})),
+            "retryThrottling.maxTokens".into(),
+            "at least 0.001",
+        ),
     ];
     assert!(cases.len() >= 15);
     for (json, field, reason) in &cases {
@@ -489,6 +499,22 @@ fn bad_configs_name_the_exact_path() {
         );
         assert!(err.to_string().starts_with(&format!("{field}: ")), "{err}");
     }
+}
+
+/// Issue 10 §3: this parsed, then building the layer panicked with `unreachable!`.
+#[test]
+fn a_token_ratio_too_small_to_keep_is_rejected_at_parse_time() {
+    let json = r#"{"retryThrottling":{"maxTokens":10,"tokenRatio":1e-10}}"#;
+    let err = parse_err(json);
+    assert_eq!(
+        err.to_string(),
+        "retryThrottling.tokenRatio: must be at least 0.001 (three decimal places are kept), got 1e-10"
+    );
+    // The typed constructor shares the validation, under the JSON names.
+    assert_eq!(
+        RetryThrottling::new(10.0, 1e-10).unwrap_err().field(),
+        "tokenRatio"
+    );
 }
 
 #[test]

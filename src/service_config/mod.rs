@@ -22,7 +22,7 @@ use crate::policy::{
     DEFAULT_FAIL_FAST_CODES, DEFAULT_MAX_ATTEMPTS, RetryPolicy, RetryPolicyBuilder,
     validate_method, validate_service,
 };
-use crate::throttle::RetryThrottle;
+use crate::throttle::{RetryThrottle, bucket_settings};
 
 use self::duration::{MAX_DURATION, format_duration};
 
@@ -592,30 +592,20 @@ pub struct RetryThrottling {
 }
 
 impl RetryThrottling {
-    /// `max_tokens` in (0, 1000]; `token_ratio` in (0, 1000] with at most three decimal places.
+    /// `max_tokens` in (0, 1000]; `token_ratio` in (0, 1000] with at most three decimal places;
+    /// each at least 0.001. This is [`RetryThrottle::new`]'s own validation (under the JSON
+    /// names), so every accepted value builds a throttle; only the decimal places are stricter
+    /// here, where the throttle rounds.
     pub fn new(max_tokens: f64, token_ratio: f64) -> Result<RetryThrottling, ConfigError> {
-        if !(max_tokens > 0.0 && max_tokens <= 1000.0) {
-            return Err(ConfigError::new(
-                "maxTokens",
-                max_tokens.to_string(),
-                "must be in (0, 1000]",
-            ));
-        }
-        if !(token_ratio > 0.0 && token_ratio <= 1000.0) {
-            return Err(ConfigError::new(
-                "tokenRatio",
-                token_ratio.to_string(),
-                "must be in (0, 1000]",
-            ));
-        }
         let thousandths = token_ratio * 1000.0;
-        if (thousandths - thousandths.round()).abs() > 1e-6 {
+        if thousandths.is_finite() && (thousandths - thousandths.round()).abs() > 1e-6 {
             return Err(ConfigError::new(
                 "tokenRatio",
                 token_ratio.to_string(),
                 "must have at most 3 decimal places",
             ));
         }
+        bucket_settings(max_tokens, token_ratio, ("maxTokens", "tokenRatio"))?;
         Ok(RetryThrottling {
             max_tokens,
             token_ratio,
@@ -636,7 +626,7 @@ impl RetryThrottling {
     /// [`RetryLayerBuilder::throttle`].
     pub fn to_throttle(&self) -> RetryThrottle {
         RetryThrottle::new(self.max_tokens, self.token_ratio)
-            .unwrap_or_else(|err| unreachable!("validated by RetryThrottling::new: {err}"))
+            .unwrap_or_else(|err| unreachable!("validated by the same bucket_settings: {err}"))
     }
 }
 
