@@ -620,6 +620,40 @@ fn max_attempts_above_the_cap_is_capped_with_a_warning() {
     assert!(logs.contains("capped to 2"), "{logs}");
 }
 
+/// Issue 10 §5: gRFC A6 caps maxAttempts at 5; no cap a caller passes lifts a policy past
+/// `MAX_ATTEMPTS_LIMIT`, and the typed constructor refuses what the builder refuses.
+#[test]
+fn max_attempts_never_exceeds_the_limit() {
+    let huge = with_policy(policy_with("maxAttempts", json!(1e30)));
+    let attempts = |config: ServiceConfig| {
+        config.method_configs()[0]
+            .retry_policy()
+            .unwrap()
+            .max_attempts()
+    };
+    assert_eq!(attempts(ServiceConfig::from_json(&huge).unwrap()), 5);
+    let (config, _) = with_logs(|| ServiceConfig::from_json_with_cap(&huge, u32::MAX).unwrap());
+    assert_eq!(attempts(config), tonic_retry::MAX_ATTEMPTS_LIMIT);
+
+    let err = RetryPolicyConfig::new(
+        u32::MAX,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        2.0,
+        [Code::Unavailable],
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "maxAttempts: must be <= 100 (MAX_ATTEMPTS_LIMIT), got 4294967295"
+    );
+    let err = tonic_retry::RetryPolicy::builder()
+        .max_attempts(u32::MAX)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "max_attempts");
+}
+
 #[test]
 fn hedging_policy_is_ignored_with_a_warning() {
     let json = json!({"methodConfig": [{
@@ -723,12 +757,16 @@ fn service_config_policies_reach_the_layer() {
         ]}"#,
     )
     .unwrap();
-    let policy = config.method_configs()[0].to_policy();
-    assert!(policy.retryable_codes().contains(Code::PermissionDenied));
+    let (policy, logs) = with_logs(|| config.method_configs()[0].to_policy());
     assert!(
         policy.fail_fast_codes().contains(Code::PermissionDenied),
         "fail-fast codes win over retryableStatusCodes, as everywhere in tonic-retry"
     );
+    assert!(
+        !policy.retryable_codes().contains(Code::PermissionDenied),
+        "and the policy says so"
+    );
+    assert!(logs.contains("WARN") && logs.contains("PERMISSION_DENIED"), "{logs}");
     assert!(policy.fail_fast_codes().contains(Code::Unimplemented));
 
     // The same name set on the builder directly is configured twice.

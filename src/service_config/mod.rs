@@ -19,8 +19,8 @@ use crate::code::CodeSet;
 use crate::error::ConfigError;
 use crate::layer::RetryLayerBuilder;
 use crate::policy::{
-    DEFAULT_FAIL_FAST_CODES, DEFAULT_MAX_ATTEMPTS, RetryPolicy, RetryPolicyBuilder,
-    validate_method, validate_service,
+    DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, RetryPolicy, RetryPolicyBuilder, validate_method,
+    validate_service,
 };
 use crate::throttle::{RetryThrottle, bucket_settings};
 
@@ -109,7 +109,8 @@ impl ServiceConfig {
 
     /// Parses and validates a service config, capping `maxAttempts` at `max_attempts_cap`
     /// (gRPC's channel option of the same purpose). A value above the cap is lowered to it and a
-    /// `tracing` warning names its path; a cap below 2 is taken as 2.
+    /// `tracing` warning names its path; a cap below 2 is taken as 2, a cap above
+    /// [`MAX_ATTEMPTS_LIMIT`](crate::MAX_ATTEMPTS_LIMIT) (100) as that limit.
     ///
     /// ```
     /// use tonic_retry::ServiceConfig;
@@ -128,7 +129,7 @@ impl ServiceConfig {
         json: &str,
         max_attempts_cap: u32,
     ) -> Result<ServiceConfig, ConfigError> {
-        parse::parse(json, max_attempts_cap.max(2))
+        parse::parse(json, max_attempts_cap.clamp(2, MAX_ATTEMPTS_LIMIT))
     }
 
     /// The config as pretty-printed JSON, fields in gRFC A6's order. Parsing it again gives an
@@ -454,8 +455,9 @@ pub struct RetryPolicyConfig {
 }
 
 impl RetryPolicyConfig {
-    /// A retry policy. `max_attempts` counts the first attempt and must be at least 2 (it is not
-    /// capped here: the cap is the parser's); both backoffs more than zero, `max_backoff` at
+    /// A retry policy. `max_attempts` counts the first attempt and must be at least 2 and at most
+    /// [`MAX_ATTEMPTS_LIMIT`](crate::MAX_ATTEMPTS_LIMIT) (gRFC A6's cap of 5 is the parser's, see
+    /// [`ServiceConfig::from_json_with_cap`]); both backoffs more than zero, `max_backoff` at
     /// least `initial_backoff`; the multiplier finite and more than zero; at least one
     /// retryable code, and not OK.
     pub fn new(
@@ -470,6 +472,13 @@ impl RetryPolicyConfig {
                 "maxAttempts",
                 max_attempts.to_string(),
                 "must be >= 2",
+            ));
+        }
+        if max_attempts > MAX_ATTEMPTS_LIMIT {
+            return Err(ConfigError::new(
+                "maxAttempts",
+                max_attempts.to_string(),
+                format!("must be <= {MAX_ATTEMPTS_LIMIT} (MAX_ATTEMPTS_LIMIT)"),
             ));
         }
         check_duration("initialBackoff", initial_backoff)?;
@@ -491,6 +500,15 @@ impl RetryPolicyConfig {
                 "must be > 0",
             ));
         }
+        // The schedule's own validation, so that `to_policy` cannot fail on anything accepted.
+        ExponentialBackoff::new(initial_backoff, max_backoff, backoff_multiplier).map_err(|err| {
+            let field = match err.field() {
+                "initial_backoff" => "initialBackoff",
+                "max_backoff" => "maxBackoff",
+                _ => "backoffMultiplier",
+            };
+            ConfigError::new(field, err.value(), err.reason())
+        })?;
         let codes: CodeSet = retryable_status_codes.into_iter().collect();
         if codes.is_empty() {
             return Err(ConfigError::new(
@@ -542,31 +560,22 @@ impl RetryPolicyConfig {
 
     /// The [`RetryPolicy`]: these attempts, an [`ExponentialBackoff`] with A6 jitter, these
     /// retryable codes. The fail-fast codes (UNIMPLEMENTED, PERMISSION_DENIED, UNAUTHENTICATED)
-    /// still fail fast even when listed as retryable, as everywhere in this crate: retrying
-    /// cannot fix a missing method or a caller who is not allowed. Such a listing is reported
-    /// with a warning, never dropped silently.
+    /// still fail fast even when listed as retryable, exactly as with
+    /// [`RetryPolicyBuilder::retryable_codes`]: retrying cannot fix a missing method or a caller
+    /// who is not allowed. Such a listing is left out of the policy's retryable codes with a
+    /// `tracing` warning, never dropped silently.
     pub fn to_policy(&self) -> RetryPolicy {
+        // `new` validated these fields with the same constructors; they cannot fail here.
         let backoff = ExponentialBackoff::new(
             self.initial_backoff,
             self.max_backoff,
             self.backoff_multiplier,
         )
         .unwrap_or_else(|err| unreachable!("validated by RetryPolicyConfig::new: {err}"));
-        let retryable = self.retryable_status_codes;
-        let never_retried: CodeSet = DEFAULT_FAIL_FAST_CODES
-            .iter()
-            .filter(|code| retryable.contains(*code))
-            .collect();
-        if !never_retried.is_empty() {
-            tracing::warn!(
-                codes = %never_retried,
-                "retryableStatusCodes lists fail-fast codes; tonic-retry never retries them"
-            );
-        }
         RetryPolicy::builder()
             .max_attempts(self.max_attempts)
             .backoff(backoff)
-            .retryable_codes(retryable.iter())
+            .retryable_codes(self.retryable_status_codes.iter())
             .build()
             .unwrap_or_else(|err| unreachable!("validated by RetryPolicyConfig::new: {err}"))
     }
