@@ -248,18 +248,36 @@ mod tests {
         let steep =
             ExponentialBackoff::new(Duration::from_nanos(1), Duration::from_secs(1), f64::MAX)
                 .unwrap();
-        let randoms = [0.0, 0.5, 1.0, -1.0, 2.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+        let randoms = [
+            0.0,
+            0.5,
+            1.0,
+            -1.0,
+            2.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
         for retry in [0, 1, 2, 3, 1000, u32::MAX - 1, u32::MAX] {
             assert_eq!(widest.base_delay(retry), limit);
             for random in randoms {
                 let delay = widest.delay(retry, random).unwrap();
-                assert!(within_jitter(delay, limit), "{delay:?} at {retry}, {random}");
+                assert!(
+                    within_jitter(delay, limit),
+                    "{delay:?} at {retry}, {random}"
+                );
             }
         }
         assert_eq!(steep.base_delay(1), Duration::from_nanos(1));
         assert_eq!(steep.base_delay(2), Duration::from_secs(1));
-        assert_eq!(steep.delay(u32::MAX, 1.0), Some(Duration::from_millis(1200)));
-        assert_eq!(steep.delay(u32::MAX, f64::NAN), Some(Duration::from_secs(1)));
+        assert_eq!(
+            steep.delay(u32::MAX, 1.0),
+            Some(Duration::from_millis(1200))
+        );
+        assert_eq!(
+            steep.delay(u32::MAX, f64::NAN),
+            Some(Duration::from_secs(1))
+        );
     }
 
     proptest! {

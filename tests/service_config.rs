@@ -766,7 +766,10 @@ fn service_config_policies_reach_the_layer() {
         !policy.retryable_codes().contains(Code::PermissionDenied),
         "and the policy says so"
     );
-    assert!(logs.contains("WARN") && logs.contains("PERMISSION_DENIED"), "{logs}");
+    assert!(
+        logs.contains("WARN") && logs.contains("PERMISSION_DENIED"),
+        "{logs}"
+    );
     assert!(policy.fail_fast_codes().contains(Code::Unimplemented));
 
     // The same name set on the builder directly is configured twice.
@@ -927,8 +930,9 @@ mod end_to_end {
 /// whichever comes first.
 #[test]
 fn a_default_policy_from_two_sources_is_an_error() {
-    let config = ServiceConfig::from_json(r#"{"methodConfig": [{"name": [{"service": "a.A"}, {}]}]}"#)
-        .unwrap();
+    let config =
+        ServiceConfig::from_json(r#"{"methodConfig": [{"name": [{"service": "a.A"}, {}]}]}"#)
+            .unwrap();
     let policy = tonic_retry::RetryPolicy::default;
     let errors = [
         RetryLayer::builder()
@@ -1072,7 +1076,8 @@ fn forty_thousand_names_are_checked_and_found() {
     let again = MethodConfig::new([MethodName::method("pkg.S39999", "M").unwrap()]).unwrap();
     let err = typed.with_method_config(again).unwrap_err();
     assert!(
-        err.reason().contains("first at methodConfig[39999].name[0]"),
+        err.reason()
+            .contains("first at methodConfig[39999].name[0]"),
         "{err}"
     );
 }

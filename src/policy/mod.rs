@@ -323,7 +323,10 @@ mod tests {
     fn each_invalid_field_is_named() {
         let cases = [
             (RetryPolicy::builder().max_attempts(0), "max_attempts"),
-            (RetryPolicy::builder().max_attempts(u32::MAX), "max_attempts"),
+            (
+                RetryPolicy::builder().max_attempts(u32::MAX),
+                "max_attempts",
+            ),
             (
                 RetryPolicy::builder().max_attempts(MAX_ATTEMPTS_LIMIT + 1),
                 "max_attempts",

@@ -542,14 +542,16 @@ impl RetryPolicyConfig {
             ));
         }
         // The schedule's own validation, so that `to_policy` cannot fail on anything accepted.
-        ExponentialBackoff::new(initial_backoff, max_backoff, backoff_multiplier).map_err(|err| {
-            let field = match err.field() {
-                "initial_backoff" => "initialBackoff",
-                "max_backoff" => "maxBackoff",
-                _ => "backoffMultiplier",
-            };
-            ConfigError::new(field, err.value(), err.reason())
-        })?;
+        ExponentialBackoff::new(initial_backoff, max_backoff, backoff_multiplier).map_err(
+            |err| {
+                let field = match err.field() {
+                    "initial_backoff" => "initialBackoff",
+                    "max_backoff" => "maxBackoff",
+                    _ => "backoffMultiplier",
+                };
+                ConfigError::new(field, err.value(), err.reason())
+            },
+        )?;
         let codes: CodeSet = retryable_status_codes.into_iter().collect();
         if codes.is_empty() {
             return Err(ConfigError::new(
