@@ -47,18 +47,14 @@ impl ExponentialBackoff {
     /// The jitter of gRFC A6: each delay is scaled by a factor drawn from `1 ± JITTER`.
     pub const JITTER: f64 = 0.2;
 
-    /// The longest `initial` or `max` a schedule takes: protobuf's largest duration, 315,576,000,000
-    /// seconds (about 10,000 years), the same bound as a service config's durations. Longer
-    /// values (such as `Duration::MAX` meant as "no cap") are rejected: a delay that long could
-    /// not be added to a clock reading.
-    pub const MAX_DELAY: Duration = Duration::from_secs(315_576_000_000);
-
     /// A schedule from `initial` growing by `multiplier` up to `max`.
     ///
-    /// Both durations must be positive and at most [`MAX_DELAY`](Self::MAX_DELAY), `max` at least
-    /// `initial`, and the multiplier finite and positive (gRFC A6; a multiplier below 1 shrinks
-    /// the delays, which is allowed; a huge one reaches `max` at the first growth). Every delay
-    /// is then computed with saturating arithmetic: no retry number and no multiplier overflows.
+    /// Both durations must be positive, `max` at least `initial`, and the multiplier finite and
+    /// positive (gRFC A6; a multiplier below 1 shrinks the delays, which is allowed; a huge one
+    /// reaches `max` at the first growth). Any durations are taken, up to `Duration::MAX` (as "no
+    /// cap"): every delay is computed with saturating arithmetic, so no duration, retry number or
+    /// multiplier overflows, and the layer and resumable streams add delays to the clock with
+    /// checked arithmetic.
     pub fn new(
         initial: Duration,
         max: Duration,
@@ -69,15 +65,6 @@ impl ExponentialBackoff {
         }
         if max.is_zero() {
             return Err(ConfigError::new("max_backoff", "0s", "must be > 0"));
-        }
-        for (field, duration) in [("initial_backoff", initial), ("max_backoff", max)] {
-            if duration > Self::MAX_DELAY {
-                return Err(ConfigError::new(
-                    field,
-                    format!("{duration:?}"),
-                    format!("must be at most {:?}", Self::MAX_DELAY),
-                ));
-            }
         }
         if max < initial {
             return Err(ConfigError::new(
@@ -223,28 +210,19 @@ mod tests {
         assert!((0.45..0.55).contains(&mean), "mean {mean}");
     }
 
-    #[test]
-    fn durations_beyond_max_delay_are_rejected() {
-        let second = Duration::from_secs(1);
-        let err = ExponentialBackoff::new(second, Duration::MAX, 2.0).unwrap_err();
-        assert_eq!(err.field(), "max_backoff", "{err}");
-        assert!(err.reason().contains("at most"), "{err}");
-        let err = ExponentialBackoff::new(Duration::MAX, Duration::MAX, 2.0).unwrap_err();
-        assert_eq!(err.field(), "initial_backoff", "{err}");
-        let limit = ExponentialBackoff::MAX_DELAY;
-        assert!(ExponentialBackoff::new(limit, limit, 2.0).is_ok());
-    }
-
     /// `delay` is `base` scaled by a factor in `1 ± JITTER` (give or take float rounding).
     fn within_jitter(delay: Duration, base: Duration) -> bool {
         let ratio = delay.as_secs_f64() / base.as_secs_f64();
         (0.8 - 1e-12..=1.2 + 1e-12).contains(&ratio)
     }
 
+    /// Issue 10 §3: `Duration::MAX` panicked in `mul_f64` at the first retry.
     #[test]
     fn extreme_schedules_saturate_instead_of_panicking() {
-        let limit = ExponentialBackoff::MAX_DELAY;
-        let widest = ExponentialBackoff::new(limit, limit, f64::MAX).unwrap();
+        let widest = ExponentialBackoff::new(Duration::MAX, Duration::MAX, f64::MAX).unwrap();
+        let uncapped = ExponentialBackoff::new(Duration::from_secs(1), Duration::MAX, 2.0).unwrap();
+        let limit = Duration::from_secs(315_576_000_000);
+        let long = ExponentialBackoff::new(limit, limit, f64::MAX).unwrap();
         let steep =
             ExponentialBackoff::new(Duration::from_nanos(1), Duration::from_secs(1), f64::MAX)
                 .unwrap();
@@ -259,15 +237,22 @@ mod tests {
             f64::NEG_INFINITY,
         ];
         for retry in [0, 1, 2, 3, 1000, u32::MAX - 1, u32::MAX] {
-            assert_eq!(widest.base_delay(retry), limit);
+            assert_eq!(widest.base_delay(retry), Duration::MAX);
+            assert_eq!(long.base_delay(retry), limit);
             for random in randoms {
-                let delay = widest.delay(retry, random).unwrap();
+                let delay = long.delay(retry, random).unwrap();
                 assert!(
                     within_jitter(delay, limit),
                     "{delay:?} at {retry}, {random}"
                 );
+                // Past `Duration::MAX` the jittered delay saturates there.
+                let delay = widest.delay(retry, random).unwrap();
+                assert!(delay >= Duration::MAX.mul_f64(0.79), "{delay:?}");
+                let _ = uncapped.delay(retry, random).unwrap();
             }
         }
+        assert_eq!(widest.delay(1, 1.0), Some(Duration::MAX));
+        assert_eq!(uncapped.delay(200, 1.0), Some(Duration::MAX));
         assert_eq!(steep.base_delay(1), Duration::from_nanos(1));
         assert_eq!(steep.base_delay(2), Duration::from_secs(1));
         assert_eq!(

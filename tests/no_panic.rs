@@ -20,8 +20,9 @@ fn duration() -> impl Strategy<Value = Duration> {
     prop_oneof![
         Just(Duration::ZERO),
         Just(Duration::MAX),
-        Just(ExponentialBackoff::MAX_DELAY),
-        Just(ExponentialBackoff::MAX_DELAY + Duration::from_nanos(1)),
+        // Protobuf's largest duration, the service config's bound, and just past it.
+        Just(Duration::from_secs(315_576_000_000)),
+        Just(Duration::new(315_576_000_000, 1)),
         Just(Duration::from_nanos(1)),
         (0u64..10_000).prop_map(Duration::from_millis),
         (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
