@@ -50,7 +50,11 @@ impl ExponentialBackoff {
     /// A schedule from `initial` growing by `multiplier` up to `max`.
     ///
     /// Both durations must be positive, `max` at least `initial`, and the multiplier finite and
-    /// positive (gRFC A6; a multiplier below 1 shrinks the delays, which is allowed).
+    /// positive (gRFC A6; a multiplier below 1 shrinks the delays, which is allowed; a huge one
+    /// reaches `max` at the first growth). Any durations are taken, up to `Duration::MAX` (as "no
+    /// cap"): every delay is computed with saturating arithmetic, so no duration, retry number or
+    /// multiplier overflows, and the layer and resumable streams add delays to the clock with
+    /// checked arithmetic.
     pub fn new(
         initial: Duration,
         max: Duration,
@@ -109,9 +113,12 @@ impl ExponentialBackoff {
     }
 
     /// The delay before retry `retry` without jitter: `min(initial * multiplier^(retry-1), max)`.
+    /// Any `retry` is fine: past `max` the delay stays at `max` (`retry` 0 reads as 1).
     pub fn base_delay(&self, retry: u32) -> Duration {
         let exponent = i32::try_from(retry.saturating_sub(1)).unwrap_or(i32::MAX);
         let seconds = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
+        // Too large (or infinite) is past `max`; `max` is also the answer for NaN, which a
+        // validated multiplier cannot give but a clamp must not turn into zero.
         Duration::try_from_secs_f64(seconds).map_or(self.max, |delay| delay.min(self.max))
     }
 }
@@ -128,11 +135,17 @@ impl Default for ExponentialBackoff {
 }
 
 impl Backoff for ExponentialBackoff {
+    /// Any `random` is fine: it is clamped to `[0, 1]`, and NaN means no jitter. The jittered
+    /// delay saturates at `Duration::MAX` rather than overflow (`Duration::mul_f64` panics).
     fn delay(&self, retry: u32, random: f64) -> Option<Duration> {
-        let factor = 1.0 - Self::JITTER + 2.0 * Self::JITTER * random.clamp(0.0, 1.0);
-        let base = self.base_delay(retry);
-        // `mul_f64` panics past `Duration::MAX` (a huge max backoff): saturate instead.
-        Some(Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(base))
+        let random = if random.is_nan() {
+            0.5
+        } else {
+            random.clamp(0.0, 1.0)
+        };
+        let factor = 1.0 - Self::JITTER + 2.0 * Self::JITTER * random;
+        let seconds = self.base_delay(retry).as_secs_f64() * factor;
+        Some(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
     }
 }
 
@@ -197,7 +210,79 @@ mod tests {
         assert!((0.45..0.55).contains(&mean), "mean {mean}");
     }
 
+    /// `delay` is `base` scaled by a factor in `1 ± JITTER` (give or take float rounding).
+    fn within_jitter(delay: Duration, base: Duration) -> bool {
+        let ratio = delay.as_secs_f64() / base.as_secs_f64();
+        (0.8 - 1e-12..=1.2 + 1e-12).contains(&ratio)
+    }
+
+    /// Issue 10 §3: `Duration::MAX` panicked in `mul_f64` at the first retry.
+    #[test]
+    fn extreme_schedules_saturate_instead_of_panicking() {
+        let widest = ExponentialBackoff::new(Duration::MAX, Duration::MAX, f64::MAX).unwrap();
+        let uncapped = ExponentialBackoff::new(Duration::from_secs(1), Duration::MAX, 2.0).unwrap();
+        let limit = Duration::from_secs(315_576_000_000);
+        let long = ExponentialBackoff::new(limit, limit, f64::MAX).unwrap();
+        let steep =
+            ExponentialBackoff::new(Duration::from_nanos(1), Duration::from_secs(1), f64::MAX)
+                .unwrap();
+        let randoms = [
+            0.0,
+            0.5,
+            1.0,
+            -1.0,
+            2.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        for retry in [0, 1, 2, 3, 1000, u32::MAX - 1, u32::MAX] {
+            assert_eq!(widest.base_delay(retry), Duration::MAX);
+            assert_eq!(long.base_delay(retry), limit);
+            for random in randoms {
+                let delay = long.delay(retry, random).unwrap();
+                assert!(
+                    within_jitter(delay, limit),
+                    "{delay:?} at {retry}, {random}"
+                );
+                // Past `Duration::MAX` the jittered delay saturates there.
+                let delay = widest.delay(retry, random).unwrap();
+                assert!(delay >= Duration::MAX.mul_f64(0.79), "{delay:?}");
+                let _ = uncapped.delay(retry, random).unwrap();
+            }
+        }
+        assert_eq!(widest.delay(1, 1.0), Some(Duration::MAX));
+        assert_eq!(uncapped.delay(200, 1.0), Some(Duration::MAX));
+        assert_eq!(steep.base_delay(1), Duration::from_nanos(1));
+        assert_eq!(steep.base_delay(2), Duration::from_secs(1));
+        assert_eq!(
+            steep.delay(u32::MAX, 1.0),
+            Some(Duration::from_millis(1200))
+        );
+        assert_eq!(
+            steep.delay(u32::MAX, f64::NAN),
+            Some(Duration::from_secs(1))
+        );
+    }
+
     proptest! {
+        #[test]
+        fn any_settings_build_or_fail_cleanly_and_every_delay_is_bounded(
+            initial in any::<u64>(),
+            max in any::<u64>(),
+            nanos in 0u32..1_000_000_000,
+            multiplier in any::<f64>(),
+            retry in any::<u32>(),
+            random in any::<f64>(),
+        ) {
+            let initial = Duration::new(initial, nanos);
+            let max = Duration::new(max, nanos);
+            if let Ok(backoff) = ExponentialBackoff::new(initial, max, multiplier) {
+                let delay = backoff.delay(retry, random).unwrap();
+                prop_assert!(delay.as_secs_f64() <= max.as_secs_f64() * (1.2 + 1e-12));
+            }
+        }
+
         #[test]
         fn every_delay_is_within_a6_bounds(
             initial_ms in 1u64..10_000,

@@ -64,7 +64,8 @@ impl RetryLayer {
             policies: PolicyTableBuilder::new(),
             jitter_seed: None,
             channel_buffer_limit: DEFAULT_CHANNEL_BUFFER_LIMIT,
-            gate: RetryGate::Unlimited,
+            gate: None,
+            gate_conflict: None,
             target: None,
             on_retry: None,
         }
@@ -96,14 +97,51 @@ impl<S: Clone> Layer<S> for RetryLayer {
 }
 
 /// Builds a [`RetryLayer`]; [`build`](RetryLayerBuilder::build) validates every name and policy.
+///
+/// The order of the calls never matters. A setter called twice replaces its own value (the last
+/// [`default_policy`](Self::default_policy), [`throttle`](Self::throttle), ...); two different
+/// settings for the same thing are an error from `build`, never a silent override: a name given
+/// twice (directly or by a service config), a default policy given both by
+/// [`default_policy`](Self::default_policy) and by a service config's default name, or more than
+/// one retry gate ([`throttle`](Self::throttle), [`budget`](Self::budget), a service config's
+/// `retryThrottling`).
 #[derive(Debug)]
 pub struct RetryLayerBuilder {
     policies: PolicyTableBuilder,
     jitter_seed: Option<u64>,
     channel_buffer_limit: usize,
-    gate: RetryGate,
+    /// The retry gate and the setting that gave it.
+    gate: Option<(RetryGate, GateSetting)>,
+    /// The first clash of two gate settings: `build` reports it.
+    gate_conflict: Option<ConfigError>,
     target: Option<Box<str>>,
     on_retry: Option<OnRetry>,
+}
+
+/// The settings that give a layer its one retry gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GateSetting {
+    Throttle,
+    Budget,
+    ServiceConfigThrottling,
+}
+
+impl GateSetting {
+    fn name(self) -> &'static str {
+        match self {
+            GateSetting::Throttle => "throttle",
+            GateSetting::Budget => "budget",
+            GateSetting::ServiceConfigThrottling => "retryThrottling",
+        }
+    }
+
+    fn described(self) -> &'static str {
+        match self {
+            GateSetting::Throttle => "RetryLayerBuilder::throttle",
+            GateSetting::Budget => "RetryLayerBuilder::budget",
+            GateSetting::ServiceConfigThrottling => "the service config's retryThrottling",
+        }
+    }
 }
 
 impl RetryLayerBuilder {
@@ -142,8 +180,53 @@ impl RetryLayerBuilder {
     }
 
     /// The policy for calls that no service or method policy matches.
+    ///
+    /// Without it, such calls get [`RetryPolicy::default`], unless a
+    /// [service config](Self::service_config) was applied: then, as in gRPC, a call the config
+    /// does not name is not retried ([`RetryPolicy::no_retries`]), unless the config has a
+    /// default name (`{"name": [{}]}`). A `default_policy` given before or after the service
+    /// config wins over that fallback; given together with a config's default name, it is
+    /// configured twice and [`build`](Self::build) says so. A second `default_policy` replaces
+    /// the first.
     pub fn default_policy(mut self, policy: RetryPolicy) -> Self {
         self.policies.set_default(policy);
+        self
+    }
+
+    /// A service config's default name (`{}`) at `place`.
+    pub(crate) fn service_config_default(mut self, policy: RetryPolicy, place: &str) -> Self {
+        self.policies.set_service_config_default(policy, place);
+        self
+    }
+
+    /// A service config was applied (see [`default_policy`](Self::default_policy)).
+    pub(crate) fn service_config_applied(mut self) -> Self {
+        self.policies.service_config_applied();
+        self
+    }
+
+    /// Sets the retry gate, unless another setting already did: two settings for one gate are
+    /// a conflict (the same setting twice replaces, as any setter does; a service config's is
+    /// never replaced, since two configs that both throttle contradict each other).
+    pub(crate) fn set_gate(mut self, gate: RetryGate, setting: GateSetting) -> Self {
+        match &self.gate {
+            Some((_, previous))
+                if *previous != setting || setting == GateSetting::ServiceConfigThrottling =>
+            {
+                if self.gate_conflict.is_none() {
+                    self.gate_conflict = Some(ConfigError::new(
+                        setting.name(),
+                        format!("{gate:?}"),
+                        format!(
+                            "conflicts with {}: a layer has one retry gate, set either \
+                             (throttle, budget or the service config's retryThrottling)",
+                            previous.described()
+                        ),
+                    ));
+                }
+            }
+            _ => self.gate = Some((gate, setting)),
+        }
         self
     }
 
@@ -162,7 +245,8 @@ impl RetryLayerBuilder {
 
     /// Adds the policies and retry throttling of a gRPC service config (see
     /// [`ServiceConfig::apply`](crate::ServiceConfig::apply)); validation happened when the config
-    /// was parsed.
+    /// was parsed. As in gRPC, calls the config does not name are then not retried, unless it
+    /// has a default name or [`default_policy`](Self::default_policy) is given (in any order).
     ///
     /// ```
     /// use tonic_retry::{RetryLayer, ServiceConfig};
@@ -202,24 +286,30 @@ impl RetryLayerBuilder {
     }
 
     /// Throttles retries with gRFC A6's token bucket, shared by every clone of the layer.
-    pub fn throttle(mut self, throttle: RetryThrottle) -> Self {
-        self.gate = RetryGate::Throttle(throttle);
-        self
+    ///
+    /// A layer has one retry gate: this, a [`budget`](Self::budget), or a service config's
+    /// `retryThrottling`. Giving two of them is an error from [`build`](Self::build) that names
+    /// both; a second `throttle` replaces the first.
+    pub fn throttle(self, throttle: RetryThrottle) -> Self {
+        self.set_gate(RetryGate::Throttle(throttle), GateSetting::Throttle)
     }
 
     /// Bounds retries with a tower retry budget (for example `TpsBudget`) instead: each call
     /// deposits, each retry withdraws.
-    pub fn budget(
-        mut self,
-        budget: impl tower::retry::budget::Budget + Send + Sync + 'static,
-    ) -> Self {
-        self.gate = RetryGate::Budget(Box::new(budget));
-        self
+    ///
+    /// Not together with a [`throttle`](Self::throttle) or a service config's `retryThrottling`:
+    /// [`build`](Self::build) rejects two retry gates. A second `budget` replaces the first.
+    pub fn budget(self, budget: impl tower::retry::budget::Budget + Send + Sync + 'static) -> Self {
+        self.set_gate(RetryGate::Budget(Box::new(budget)), GateSetting::Budget)
     }
 
     /// Validates the configuration and builds the layer.
     pub fn build(self) -> Result<RetryLayer, ConfigError> {
         let policies = self.policies.build()?;
+        if let Some(conflict) = self.gate_conflict {
+            return Err(conflict);
+        }
+        let gate = self.gate.map_or(RetryGate::Unlimited, |(gate, _)| gate);
         let jitter = self
             .jitter_seed
             .map_or_else(Jitter::from_entropy, Jitter::seeded);
@@ -229,7 +319,7 @@ impl RetryLayerBuilder {
                 jitter,
                 buffer_budget: Arc::new(BufferBudget::new(self.channel_buffer_limit)),
                 counters: Counters::default(),
-                gate: self.gate,
+                gate,
                 target: self.target,
                 on_retry: self.on_retry,
             }),

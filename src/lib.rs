@@ -80,7 +80,7 @@ pub use crate::layer::{DEFAULT_CHANNEL_BUFFER_LIMIT, RetryLayer, RetryLayerBuild
 pub use crate::metrics::Counters;
 pub use crate::policy::{
     DEFAULT_BUFFER_LIMIT, DEFAULT_FAIL_FAST_CODES, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRYABLE_CODES,
-    MAX_SERVER_DELAY, RetryPolicy, RetryPolicyBuilder,
+    MAX_ATTEMPTS_LIMIT, MAX_SERVER_DELAY, RetryPolicy, RetryPolicyBuilder,
 };
 pub use crate::response_body::ResponseBody;
 pub use crate::resume::{

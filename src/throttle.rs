@@ -48,26 +48,12 @@ struct Bucket {
 }
 
 impl RetryThrottle {
-    /// A bucket of `max_tokens` in (0, 1000], refilled by `token_ratio` (> 0, at most three
-    /// decimal places are kept) per success. It starts full.
+    /// A bucket of `max_tokens` in (0, 1000], refilled by `token_ratio` (> 0, at most 1000) per
+    /// success. Both are kept to three decimal places (gRFC A6), rounded, and each must be at
+    /// least 0.001 once rounded. The bucket starts full.
     pub fn new(max_tokens: f64, token_ratio: f64) -> Result<RetryThrottle, ConfigError> {
-        if !(max_tokens > 0.0 && max_tokens <= 1000.0) {
-            return Err(ConfigError::new(
-                "max_tokens",
-                max_tokens.to_string(),
-                "must be in (0, 1000]",
-            ));
-        }
-        let ratio = (token_ratio * f64::from(SCALE)).round();
-        if !(token_ratio.is_finite() && ratio >= 1.0 && ratio <= f64::from(1000 * SCALE)) {
-            return Err(ConfigError::new(
-                "token_ratio",
-                token_ratio.to_string(),
-                "must be in [0.001, 1000]",
-            ));
-        }
-        let max = (max_tokens * f64::from(SCALE)).round() as u32;
-        Ok(RetryThrottle::from_bucket(max, ratio as u32))
+        let (max, ratio) = bucket_settings(max_tokens, token_ratio, ("max_tokens", "token_ratio"))?;
+        Ok(RetryThrottle::from_bucket(max, ratio))
     }
 
     fn from_bucket(max: u32, ratio: u32) -> RetryThrottle {
@@ -131,6 +117,42 @@ impl fmt::Debug for RetryThrottle {
             )
             .finish()
     }
+}
+
+/// The one validation of a bucket's settings, shared by [`RetryThrottle::new`] and the
+/// service config's `retryThrottling` (which names the fields `maxTokens` and `tokenRatio`):
+/// whatever one accepts, the other builds. Returns the bucket size and the refill per success in
+/// thousandths of a token.
+pub(crate) fn bucket_settings(
+    max_tokens: f64,
+    token_ratio: f64,
+    (max_tokens_field, token_ratio_field): (&str, &str),
+) -> Result<(u32, u32), ConfigError> {
+    let thousandths = |value: f64, field: &str| -> Result<u32, ConfigError> {
+        if !(value > 0.0 && value <= 1000.0) {
+            return Err(ConfigError::new(
+                field,
+                value.to_string(),
+                "must be in (0, 1000]",
+            ));
+        }
+        let scaled = (value * f64::from(SCALE)).round();
+        if scaled < 1.0 {
+            // Positive, yet nothing once kept to three decimals: a bucket of 0 would never allow
+            // a retry, a refill of 0 would never give a token back.
+            return Err(ConfigError::new(
+                field,
+                value.to_string(),
+                "must be at least 0.001 (three decimal places are kept)",
+            ));
+        }
+        // In [1, 1_000_000]: the conversion is exact.
+        Ok(scaled as u32)
+    };
+    Ok((
+        thousandths(max_tokens, max_tokens_field)?,
+        thousandths(token_ratio, token_ratio_field)?,
+    ))
 }
 
 /// What gates a layer's retries.
@@ -230,6 +252,29 @@ mod tests {
             "token_ratio"
         );
         assert!(RetryThrottle::new(1000.0, 0.001).is_ok());
+        for (max_tokens, token_ratio, field) in [
+            (10.0, 1e-10, "token_ratio"),
+            (10.0, 0.0004, "token_ratio"),
+            (10.0, f64::INFINITY, "token_ratio"),
+            (10.0, f64::NAN, "token_ratio"),
+            (1e-10, 0.1, "max_tokens"),
+            (f64::INFINITY, 0.1, "max_tokens"),
+            (f64::NEG_INFINITY, 0.1, "max_tokens"),
+        ] {
+            let err = RetryThrottle::new(max_tokens, token_ratio).unwrap_err();
+            assert_eq!(err.field(), field, "{max_tokens}, {token_ratio}: {err}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_settings_build_or_fail_cleanly(max_tokens: f64, token_ratio: f64) {
+            if let Ok(throttle) = RetryThrottle::new(max_tokens, token_ratio) {
+                throttle.record_failure();
+                throttle.record_success();
+                proptest::prop_assert!(throttle.tokens() <= 1000.0);
+            }
+        }
     }
 
     #[test]

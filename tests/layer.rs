@@ -175,7 +175,7 @@ async fn nothing_listening_then_a_server_starts_on_that_port() {
 async fn nothing_listening_for_the_whole_deadline() {
     let layer = layer_with(
         RetryPolicy::builder()
-            .max_attempts(1000)
+            .max_attempts(tonic_retry::MAX_ATTEMPTS_LIMIT)
             .backoff(
                 ExponentialBackoff::new(Duration::from_millis(10), Duration::from_millis(40), 2.0)
                     .unwrap(),

@@ -478,6 +478,16 @@ fn bad_configs_name_the_exact_path() {
             "retryThrottling.tokenRatio".into(),
             "3 decimal places",
         ),
+        (
+            with_throttling(json!({"maxTokens": 10, "tokenRatio": 1e-10})),
+            "retryThrottling.tokenRatio".into(),
+            "at least 0.001",
+        ),
+        (
+            with_throttling(json!({"maxTokens": 1e-10, "tokenRatio": 0.1})),
+            "retryThrottling.maxTokens".into(),
+            "at least 0.001",
+        ),
     ];
     assert!(cases.len() >= 15);
     for (json, field, reason) in &cases {
@@ -489,6 +499,22 @@ fn bad_configs_name_the_exact_path() {
         );
         assert!(err.to_string().starts_with(&format!("{field}: ")), "{err}");
     }
+}
+
+/// Issue 10 §3: this parsed, then building the layer panicked with `unreachable!`.
+#[test]
+fn a_token_ratio_too_small_to_keep_is_rejected_at_parse_time() {
+    let json = r#"{"retryThrottling":{"maxTokens":10,"tokenRatio":1e-10}}"#;
+    let err = parse_err(json);
+    assert_eq!(
+        err.to_string(),
+        "retryThrottling.tokenRatio: must be at least 0.001 (three decimal places are kept), got 1e-10"
+    );
+    // The typed constructor shares the validation, under the JSON names.
+    assert_eq!(
+        RetryThrottling::new(10.0, 1e-10).unwrap_err().field(),
+        "tokenRatio"
+    );
 }
 
 #[test]
@@ -594,6 +620,40 @@ fn max_attempts_above_the_cap_is_capped_with_a_warning() {
     assert!(logs.contains("capped to 2"), "{logs}");
 }
 
+/// Issue 10 §5: gRFC A6 caps maxAttempts at 5; no cap a caller passes lifts a policy past
+/// `MAX_ATTEMPTS_LIMIT`, and the typed constructor refuses what the builder refuses.
+#[test]
+fn max_attempts_never_exceeds_the_limit() {
+    let huge = with_policy(policy_with("maxAttempts", json!(1e30)));
+    let attempts = |config: ServiceConfig| {
+        config.method_configs()[0]
+            .retry_policy()
+            .unwrap()
+            .max_attempts()
+    };
+    assert_eq!(attempts(ServiceConfig::from_json(&huge).unwrap()), 5);
+    let (config, _) = with_logs(|| ServiceConfig::from_json_with_cap(&huge, u32::MAX).unwrap());
+    assert_eq!(attempts(config), tonic_retry::MAX_ATTEMPTS_LIMIT);
+
+    let err = RetryPolicyConfig::new(
+        u32::MAX,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        2.0,
+        [Code::Unavailable],
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "maxAttempts: must be <= 100 (MAX_ATTEMPTS_LIMIT), got 4294967295"
+    );
+    let err = tonic_retry::RetryPolicy::builder()
+        .max_attempts(u32::MAX)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "max_attempts");
+}
+
 #[test]
 fn hedging_policy_is_ignored_with_a_warning() {
     let json = json!({"methodConfig": [{
@@ -697,11 +757,18 @@ fn service_config_policies_reach_the_layer() {
         ]}"#,
     )
     .unwrap();
-    let policy = config.method_configs()[0].to_policy();
-    assert!(policy.retryable_codes().contains(Code::PermissionDenied));
+    let (policy, logs) = with_logs(|| config.method_configs()[0].to_policy());
     assert!(
         policy.fail_fast_codes().contains(Code::PermissionDenied),
         "fail-fast codes win over retryableStatusCodes, as everywhere in tonic-retry"
+    );
+    assert!(
+        !policy.retryable_codes().contains(Code::PermissionDenied),
+        "and the policy says so"
+    );
+    assert!(
+        logs.contains("WARN") && logs.contains("PERMISSION_DENIED"),
+        "{logs}"
     );
     assert!(policy.fail_fast_codes().contains(Code::Unimplemented));
 
@@ -789,6 +856,61 @@ mod end_to_end {
         assert_eq!(server.attempts_for(Method::Say).len(), 2);
     }
 
+    /// Issue 10 §5: as in gRPC, a method no `methodConfig` names (and no default name) is not
+    /// retried; the builder's built-in default used to retry it up to 5 times.
+    #[tokio::test]
+    async fn a_method_the_config_does_not_name_is_not_retried() {
+        let server = ScriptedServer::start(Script::new().then_n(
+            Method::Say,
+            5,
+            Action::fail(Code::Unavailable, "down"),
+        ))
+        .await;
+        let json = format!(
+            r#"{{"methodConfig": [{{"name": [{{"service": "other.Service"}}],
+                 "retryPolicy": {{"maxAttempts": 4, {POLICY}}}}}]}}"#
+        );
+        let layer = layer(&json);
+        let status = client(&server, &layer).say(say()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(CallHistory::of(&status).unwrap().attempts().len(), 1);
+        assert_eq!(server.attempts_for(Method::Say).len(), 1);
+    }
+
+    /// An explicit default policy wins over that fallback, given before or after the config.
+    #[tokio::test]
+    async fn an_explicit_default_policy_applies_to_unnamed_methods_in_either_order() {
+        let config = ServiceConfig::from_json(r#"{"methodConfig": []}"#).unwrap();
+        let default = || {
+            tonic_retry::RetryPolicy::builder()
+                .max_attempts(3)
+                .backoff(tonic_retry::ExponentialBackoff::immediate())
+                .build()
+                .unwrap()
+        };
+        let before = RetryLayer::builder()
+            .default_policy(default())
+            .service_config(&config)
+            .build()
+            .unwrap();
+        let after = RetryLayer::builder()
+            .service_config(&config)
+            .default_policy(default())
+            .build()
+            .unwrap();
+        for layer in [before, after] {
+            let server = ScriptedServer::start(Script::new().then_n(
+                Method::Say,
+                5,
+                Action::fail(Code::Unavailable, "down"),
+            ))
+            .await;
+            let status = client(&server, &layer).say(say()).await.unwrap_err();
+            assert_eq!(CallHistory::of(&status).unwrap().attempts().len(), 3);
+            assert_eq!(server.attempts_for(Method::Say).len(), 3);
+        }
+    }
+
     #[tokio::test]
     async fn entry_without_retry_policy_means_no_retries() {
         let server = ScriptedServer::start(Script::new().then_n(
@@ -802,6 +924,162 @@ mod end_to_end {
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(server.attempts_for(Method::Say).len(), 1);
     }
+}
+
+/// A default policy from the builder and from the config's default name is configured twice,
+/// whichever comes first.
+#[test]
+fn a_default_policy_from_two_sources_is_an_error() {
+    let config =
+        ServiceConfig::from_json(r#"{"methodConfig": [{"name": [{"service": "a.A"}, {}]}]}"#)
+            .unwrap();
+    let policy = tonic_retry::RetryPolicy::default;
+    let errors = [
+        RetryLayer::builder()
+            .default_policy(policy())
+            .service_config(&config)
+            .build()
+            .unwrap_err(),
+        RetryLayer::builder()
+            .service_config(&config)
+            .default_policy(policy())
+            .build()
+            .unwrap_err(),
+    ];
+    for err in errors {
+        assert_eq!(err.field(), "default_policy", "{err}");
+        assert!(err.reason().contains("configured twice"), "{err}");
+        assert!(err.reason().contains("methodConfig[0].name[1]"), "{err}");
+    }
+    // Two configs that both name the default.
+    let err = RetryLayer::builder()
+        .service_config(&config)
+        .service_config(&ServiceConfig::from_json(r#"{"methodConfig": [{"name": [{}]}]}"#).unwrap())
+        .build()
+        .unwrap_err();
+    assert!(err.reason().contains("configured twice"), "{err}");
+}
+
+/// Issue 10 §5: `throttle`, `budget` and `retryThrottling` used to replace one another silently.
+#[test]
+fn two_retry_gates_are_an_error_naming_both() {
+    use tonic_retry::RetryThrottle;
+    use tower::retry::budget::TpsBudget;
+
+    let throttling = ServiceConfig::from_json(A6_RETRY_THROTTLING).unwrap();
+    let budget = || TpsBudget::new(Duration::from_secs(10), 1, 0.2);
+    let throttle = RetryThrottle::grpc_default;
+    let cases = [
+        (
+            RetryLayer::builder().throttle(throttle()).budget(budget()),
+            "budget",
+            "RetryLayerBuilder::throttle",
+        ),
+        (
+            RetryLayer::builder().budget(budget()).throttle(throttle()),
+            "throttle",
+            "RetryLayerBuilder::budget",
+        ),
+        (
+            RetryLayer::builder()
+                .throttle(throttle())
+                .service_config(&throttling),
+            "retryThrottling",
+            "RetryLayerBuilder::throttle",
+        ),
+        (
+            RetryLayer::builder()
+                .service_config(&throttling)
+                .budget(budget()),
+            "budget",
+            "the service config's retryThrottling",
+        ),
+        (
+            RetryLayer::builder()
+                .service_config(&throttling)
+                .service_config(&throttling),
+            "retryThrottling",
+            "the service config's retryThrottling",
+        ),
+    ];
+    for (builder, field, other) in cases {
+        let err = builder.build().unwrap_err();
+        assert_eq!(err.field(), field, "{err}");
+        assert!(err.reason().contains(other), "{err}");
+        assert!(err.reason().contains("one retry gate"), "{err}");
+    }
+
+    // One setter twice replaces its own value.
+    let layer = RetryLayer::builder()
+        .throttle(RetryThrottle::new(100.0, 1.0).unwrap())
+        .throttle(RetryThrottle::new(20.0, 1.0).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(layer.throttle().unwrap().tokens(), 20.0);
+    // And the config's throttling alone is the layer's.
+    let layer = RetryLayer::builder()
+        .service_config(&throttling)
+        .build()
+        .unwrap();
+    assert_eq!(layer.throttle().unwrap().tokens(), 10.0);
+}
+
+/// Issue 10 §5: the duplicate-name check was quadratic (40,000 names took 33 s). Asserts the
+/// outcome, not the time: every name is found, and a duplicate is placed exactly.
+#[test]
+fn forty_thousand_names_are_checked_and_found() {
+    const NAMES: usize = 40_000;
+    let names: Vec<Value> = (0..NAMES)
+        .map(|i| json!({"service": format!("pkg.S{i}"), "method": "M"}))
+        .collect();
+
+    // All in one entry.
+    let json = json!({"methodConfig": [{"name": names, "timeout": "1s"}]}).to_string();
+    let config = ServiceConfig::from_json(&json).unwrap();
+    assert_eq!(config.method_configs()[0].names().len(), NAMES);
+    assert_eq!(
+        config.timeout_for("/pkg.S39999/M"),
+        Some(Duration::from_secs(1))
+    );
+    assert_eq!(config.timeout_for("/pkg.S40000/M"), None);
+
+    // One entry each, the last one repeating an early name.
+    let mut entries: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| json!({"name": [name], "timeout": format!("{}s", i + 1)}))
+        .collect();
+    let config = ServiceConfig::from_json(&json!({ "methodConfig": entries }).to_string()).unwrap();
+    assert_eq!(config.method_configs().len(), NAMES);
+    assert_eq!(
+        config.timeout_for("pkg.S12345/M"),
+        Some(Duration::from_secs(12346))
+    );
+    let layer = RetryLayer::builder().service_config(&config).build();
+    assert!(layer.is_ok());
+    entries.push(json!({"name": [{"service": "pkg.S7", "method": "M"}]}));
+    let err = parse_err(&json!({ "methodConfig": entries }).to_string());
+    assert_eq!(err.field(), format!("methodConfig[{NAMES}].name[0]"));
+    assert!(
+        err.reason().contains("first at methodConfig[7].name[0]"),
+        "{err}"
+    );
+
+    // The typed API is linear too.
+    let mut typed = ServiceConfig::new();
+    for i in 0..NAMES {
+        let name = MethodName::method(&format!("pkg.S{i}"), "M").unwrap();
+        typed = typed
+            .with_method_config(MethodConfig::new([name]).unwrap())
+            .unwrap();
+    }
+    let again = MethodConfig::new([MethodName::method("pkg.S39999", "M").unwrap()]).unwrap();
+    let err = typed.with_method_config(again).unwrap_err();
+    assert!(
+        err.reason()
+            .contains("first at methodConfig[39999].name[0]"),
+        "{err}"
+    );
 }
 
 /// Keys the parser knows, so that generated objects reach deep into it.

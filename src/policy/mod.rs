@@ -32,6 +32,17 @@ pub const DEFAULT_FAIL_FAST_CODES: CodeSet = CodeSet::of(&[
 /// The default number of attempts, the first included (gRFC A6's cap).
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 
+/// The most attempts a [`RetryPolicy`] may make per call, the first included: more is a
+/// [`ConfigError`], not a silent clamp.
+///
+/// A retry multiplies the load on a server that is already failing; 100 attempts is already a
+/// hundredfold. A larger number (such as `u32::MAX`, meant as "until it works") is almost always a
+/// wish for "until the deadline": set a deadline (`grpc-timeout` or
+/// [`call_timeout`](RetryPolicyBuilder::call_timeout)) and a count up to this limit. gRPC itself
+/// caps service-config policies at 5 ([`DEFAULT_MAX_ATTEMPTS`]), and so does
+/// [`ServiceConfig::from_json`](crate::ServiceConfig::from_json).
+pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+
 /// The default per-call replay buffer: requests up to this size can be sent again (grpc-go's
 /// default).
 pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
@@ -148,21 +159,32 @@ impl fmt::Debug for RetryPolicy {
     }
 }
 
-/// Builds a [`RetryPolicy`]; [`build`](RetryPolicyBuilder::build) validates every field.
+/// Builds a [`RetryPolicy`]; [`build`](RetryPolicyBuilder::build) validates every field, so the
+/// order of the setters never matters. Each setter replaces its own earlier value.
 #[derive(Debug, Clone, Default)]
 pub struct RetryPolicyBuilder {
     policy: RetryPolicy,
+    /// Whether [`retryable_codes`](Self::retryable_codes) and
+    /// [`fail_fast_codes`](Self::fail_fast_codes) were both given, so that a code in both is the
+    /// caller's contradiction rather than a default fail-fast code winning as documented.
+    retryable_set: bool,
+    fail_fast_set: bool,
 }
 
 impl From<RetryPolicy> for RetryPolicyBuilder {
     /// A builder starting from an existing policy, to change some of its fields.
     fn from(policy: RetryPolicy) -> Self {
-        RetryPolicyBuilder { policy }
+        RetryPolicyBuilder {
+            policy,
+            retryable_set: false,
+            fail_fast_set: false,
+        }
     }
 }
 
 impl RetryPolicyBuilder {
-    /// Attempts per call, the first included; at least 1 (1 means no retries).
+    /// Attempts per call, the first included: at least 1 (1 means no retries), at most
+    /// [`MAX_ATTEMPTS_LIMIT`] (100); [`build`](Self::build) rejects anything else.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.policy.max_attempts = attempts;
         self
@@ -175,15 +197,25 @@ impl RetryPolicyBuilder {
     }
 
     /// The codes to retry (replacing the default, UNAVAILABLE). OK cannot be one.
+    ///
+    /// A code of the *default* fail-fast set (UNIMPLEMENTED, PERMISSION_DENIED, UNAUTHENTICATED)
+    /// listed here still fails fast: [`build`](Self::build) leaves it out of the policy's
+    /// [`retryable_codes`](RetryPolicy::retryable_codes) with a `tracing` warning, since retrying
+    /// cannot fix a missing method or a caller who is not allowed. To retry one, set
+    /// [`fail_fast_codes`](Self::fail_fast_codes) without it. A code given to both setters is a
+    /// contradiction, and `build` rejects it.
     pub fn retryable_codes(mut self, codes: impl IntoIterator<Item = Code>) -> Self {
         self.policy.retryable = codes.into_iter().collect();
+        self.retryable_set = true;
         self
     }
 
     /// The codes that fail at once (replacing the default: UNIMPLEMENTED, PERMISSION_DENIED,
-    /// UNAUTHENTICATED). They win over [`retryable_codes`](Self::retryable_codes).
+    /// UNAUTHENTICATED). OK cannot be one, nor a code also given to
+    /// [`retryable_codes`](Self::retryable_codes): [`build`](Self::build) rejects both.
     pub fn fail_fast_codes(mut self, codes: impl IntoIterator<Item = Code>) -> Self {
         self.policy.fail_fast = codes.into_iter().collect();
+        self.fail_fast_set = true;
         self
     }
 
@@ -209,9 +241,19 @@ impl RetryPolicyBuilder {
 
     /// Validates and returns the policy.
     pub fn build(self) -> Result<RetryPolicy, ConfigError> {
-        let policy = self.policy;
+        let mut policy = self.policy;
         if policy.max_attempts == 0 {
             return Err(ConfigError::new("max_attempts", "0", "must be >= 1"));
+        }
+        if policy.max_attempts > MAX_ATTEMPTS_LIMIT {
+            return Err(ConfigError::new(
+                "max_attempts",
+                policy.max_attempts.to_string(),
+                format!(
+                    "must be <= {MAX_ATTEMPTS_LIMIT} (MAX_ATTEMPTS_LIMIT; bound long retrying by \
+                     a deadline instead)"
+                ),
+            ));
         }
         if policy.retryable.contains(Code::Ok) {
             return Err(ConfigError::new(
@@ -219,6 +261,36 @@ impl RetryPolicyBuilder {
                 policy.retryable.to_string(),
                 "must not contain OK",
             ));
+        }
+        if policy.fail_fast.contains(Code::Ok) {
+            return Err(ConfigError::new(
+                "fail_fast_codes",
+                policy.fail_fast.to_string(),
+                "must not contain OK",
+            ));
+        }
+        let both: CodeSet = policy
+            .fail_fast
+            .iter()
+            .filter(|code| policy.retryable.contains(*code))
+            .collect();
+        if !both.is_empty() {
+            if self.retryable_set && self.fail_fast_set {
+                return Err(ConfigError::new(
+                    "fail_fast_codes",
+                    both.to_string(),
+                    "must not also be in retryable_codes (a code is retried or fails fast, not both)",
+                ));
+            }
+            tracing::warn!(
+                codes = %both,
+                "retryable codes include fail-fast codes; they fail fast, as documented, and \
+                 are not among the policy's retryable codes"
+            );
+            // The built policy says what it does: these are never retried.
+            for code in both.iter() {
+                policy.retryable = policy.retryable.without(code);
+            }
         }
         if let Some(timeout) = policy.attempt_timeout
             && timeout.is_zero()
@@ -252,6 +324,30 @@ mod tests {
         let cases = [
             (RetryPolicy::builder().max_attempts(0), "max_attempts"),
             (
+                RetryPolicy::builder().max_attempts(u32::MAX),
+                "max_attempts",
+            ),
+            (
+                RetryPolicy::builder().max_attempts(MAX_ATTEMPTS_LIMIT + 1),
+                "max_attempts",
+            ),
+            (
+                RetryPolicy::builder().fail_fast_codes([Code::Ok]),
+                "fail_fast_codes",
+            ),
+            (
+                RetryPolicy::builder()
+                    .fail_fast_codes([Code::Aborted, Code::Unimplemented])
+                    .retryable_codes([Code::Unavailable, Code::Aborted]),
+                "fail_fast_codes",
+            ),
+            (
+                RetryPolicy::builder()
+                    .retryable_codes([Code::Aborted])
+                    .fail_fast_codes([Code::Aborted]),
+                "fail_fast_codes",
+            ),
+            (
                 RetryPolicy::builder().retryable_codes([Code::Ok]),
                 "retryable_codes",
             ),
@@ -264,5 +360,34 @@ mod tests {
             let err = builder.build().unwrap_err();
             assert_eq!(err.field(), field, "{err}");
         }
+        let err = RetryPolicy::builder()
+            .max_attempts(u32::MAX)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("must be <= 100"), "{err}");
+    }
+
+    #[test]
+    fn limits_and_documented_precedence_hold() {
+        let most = RetryPolicy::builder()
+            .max_attempts(MAX_ATTEMPTS_LIMIT)
+            .build()
+            .unwrap();
+        assert_eq!(most.max_attempts(), MAX_ATTEMPTS_LIMIT);
+        // A default fail-fast code listed as retryable still fails fast (documented).
+        let policy = RetryPolicy::builder()
+            .retryable_codes([Code::Unavailable, Code::PermissionDenied])
+            .build()
+            .unwrap();
+        assert!(policy.fail_fast_codes().contains(Code::PermissionDenied));
+        assert_eq!(policy.retryable_codes(), CodeSet::of(&[Code::Unavailable]));
+        // Taken out of the fail-fast codes, it is retried.
+        let policy = RetryPolicy::builder()
+            .retryable_codes([Code::Unavailable, Code::PermissionDenied])
+            .fail_fast_codes([Code::Unimplemented])
+            .build()
+            .unwrap();
+        assert!(!policy.fail_fast_codes().contains(Code::PermissionDenied));
+        assert!(policy.retryable_codes().contains(Code::PermissionDenied));
     }
 }

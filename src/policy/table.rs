@@ -60,6 +60,21 @@ pub(crate) struct PolicyTableBuilder {
     policies: Vec<RetryPolicy>,
     services: HashMap<Box<str>, ServiceEntry>,
     error: Option<ConfigError>,
+    /// Where the default policy came from; it decides what calls no name matches get.
+    default: DefaultSource,
+    /// Whether a service config was applied: then, as in gRPC, calls it does not name are not
+    /// retried, unless a default policy was given.
+    service_config: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DefaultSource {
+    /// [`RetryPolicy::default`], nobody chose one.
+    Builtin,
+    /// `RetryLayerBuilder::default_policy`.
+    Explicit,
+    /// A service config's default name (`{}`), at this place.
+    ServiceConfig(String),
 }
 
 impl PolicyTableBuilder {
@@ -68,11 +83,51 @@ impl PolicyTableBuilder {
             policies: vec![RetryPolicy::default()],
             services: HashMap::new(),
             error: None,
+            default: DefaultSource::Builtin,
+            service_config: false,
         }
     }
 
+    /// The builder's own default policy: a second call replaces the first; a service config's
+    /// default name as well is configured twice.
     pub(crate) fn set_default(&mut self, policy: RetryPolicy) {
-        self.policies[0] = policy;
+        self.record(|table| {
+            if let DefaultSource::ServiceConfig(place) = &table.default {
+                return Err(default_twice(place));
+            }
+            table.policies[0] = policy;
+            table.default = DefaultSource::Explicit;
+            Ok(())
+        });
+    }
+
+    /// The policy of a service config's default name, at `place` (`methodConfig[1].name[0]`).
+    pub(crate) fn set_service_config_default(&mut self, policy: RetryPolicy, place: &str) {
+        self.record(|table| {
+            match &table.default {
+                DefaultSource::Explicit => return Err(default_twice(place)),
+                DefaultSource::ServiceConfig(first) => {
+                    return Err(ConfigError::new(
+                        "name",
+                        "{}",
+                        format!(
+                            "is configured twice: the default name at {place} of one service \
+                             config, and at {first} of another"
+                        ),
+                    ));
+                }
+                DefaultSource::Builtin => {}
+            }
+            table.policies[0] = policy;
+            table.default = DefaultSource::ServiceConfig(place.to_owned());
+            Ok(())
+        });
+    }
+
+    /// A service config was applied: calls it does not name are not retried, unless a default
+    /// policy is given (before or after).
+    pub(crate) fn service_config_applied(&mut self) {
+        self.service_config = true;
     }
 
     /// Adds a policy for every method of `service` (`package.Service`).
@@ -136,15 +191,29 @@ impl PolicyTableBuilder {
         Ok(())
     }
 
-    pub(crate) fn build(self) -> Result<PolicyTable, ConfigError> {
+    pub(crate) fn build(mut self) -> Result<PolicyTable, ConfigError> {
         if let Some(err) = self.error {
             return Err(err);
+        }
+        if self.service_config && self.default == DefaultSource::Builtin {
+            self.policies[0] = RetryPolicy::no_retries();
         }
         Ok(PolicyTable {
             policies: self.policies,
             services: self.services,
         })
     }
+}
+
+fn default_twice(place: &str) -> ConfigError {
+    ConfigError::new(
+        "default_policy",
+        "(default)",
+        format!(
+            "is configured twice: by default_policy and by the service config's default name \
+             (at {place})"
+        ),
+    )
 }
 
 /// A service name is a dot-separated list of protobuf identifiers: `helloworld.Greeter`.
@@ -233,6 +302,60 @@ mod tests {
         let mut builder = PolicyTableBuilder::new();
         builder.insert_method("pkg.Svc/M", attempts(2));
         builder.insert_method("pkg.Svc/M", attempts(3));
+        let err = builder.build().unwrap_err();
+        assert!(err.to_string().contains("configured twice"), "{err}");
+    }
+
+    #[test]
+    fn the_default_policy_by_source() {
+        let default_of = |builder: PolicyTableBuilder| {
+            let table = builder.build().unwrap();
+            table.policy(table.lookup("/pkg.Unnamed/M")).max_attempts()
+        };
+        assert_eq!(default_of(PolicyTableBuilder::new()), 5, "builtin");
+
+        // A service config without a default name: unnamed calls are not retried...
+        let mut builder = PolicyTableBuilder::new();
+        builder.service_config_applied();
+        assert_eq!(default_of(builder), 1);
+        // ...unless the builder's default is given, before or after.
+        let mut builder = PolicyTableBuilder::new();
+        builder.set_default(attempts(3));
+        builder.service_config_applied();
+        assert_eq!(default_of(builder), 3);
+        let mut builder = PolicyTableBuilder::new();
+        builder.service_config_applied();
+        builder.set_default(attempts(3));
+        assert_eq!(default_of(builder), 3);
+        // The config's default name.
+        let mut builder = PolicyTableBuilder::new();
+        builder.set_service_config_default(attempts(4), "methodConfig[0].name[0]");
+        builder.service_config_applied();
+        assert_eq!(default_of(builder), 4);
+        // A second explicit default replaces the first.
+        let mut builder = PolicyTableBuilder::new();
+        builder.set_default(attempts(3));
+        builder.set_default(attempts(2));
+        assert_eq!(default_of(builder), 2);
+    }
+
+    #[test]
+    fn two_default_policies_from_two_sources_are_an_error_in_either_order() {
+        let mut builder = PolicyTableBuilder::new();
+        builder.set_default(attempts(3));
+        builder.set_service_config_default(attempts(4), "methodConfig[2].name[0]");
+        let err = builder.build().unwrap_err();
+        assert_eq!(err.field(), "default_policy");
+        assert!(err.reason().contains("methodConfig[2].name[0]"), "{err}");
+
+        let mut builder = PolicyTableBuilder::new();
+        builder.set_service_config_default(attempts(4), "methodConfig[2].name[0]");
+        builder.set_default(attempts(3));
+        assert_eq!(builder.build().unwrap_err().field(), "default_policy");
+
+        let mut builder = PolicyTableBuilder::new();
+        builder.set_service_config_default(attempts(4), "methodConfig[0].name[0]");
+        builder.set_service_config_default(attempts(4), "methodConfig[1].name[0]");
         let err = builder.build().unwrap_err();
         assert!(err.to_string().contains("configured twice"), "{err}");
     }

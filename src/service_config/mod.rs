@@ -8,6 +8,7 @@ mod duration;
 mod parse;
 mod write;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -17,12 +18,12 @@ use tonic::Code;
 use crate::backoff::ExponentialBackoff;
 use crate::code::CodeSet;
 use crate::error::ConfigError;
-use crate::layer::RetryLayerBuilder;
+use crate::layer::{GateSetting, RetryLayerBuilder};
 use crate::policy::{
-    DEFAULT_FAIL_FAST_CODES, DEFAULT_MAX_ATTEMPTS, RetryPolicy, RetryPolicyBuilder,
-    validate_method, validate_service,
+    DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, RetryPolicy, RetryPolicyBuilder, validate_method,
+    validate_service,
 };
-use crate::throttle::RetryThrottle;
+use crate::throttle::{RetryGate, RetryThrottle, bucket_settings};
 
 use self::duration::{MAX_DURATION, format_duration};
 
@@ -66,8 +67,9 @@ use self::duration::{MAX_DURATION, format_duration};
 ///   without names; this parser rejects it, since it applies to nothing and is most likely a
 ///   typo.
 /// - `retryPolicy`: all five fields are required (gRFC A6): `maxAttempts` >= 2 (above the cap,
-///   [`DEFAULT_MAX_ATTEMPTS`] unless [`from_json_with_cap`](Self::from_json_with_cap) says
-///   otherwise, it is capped with a `tracing` warning), `initialBackoff` and `maxBackoff` > 0,
+///   5 as gRFC A6 requires ([`DEFAULT_MAX_ATTEMPTS`]) unless
+///   [`from_json_with_cap`](Self::from_json_with_cap) says otherwise, it is taken as the cap,
+///   with a `tracing` warning), `initialBackoff` and `maxBackoff` > 0,
 ///   `backoffMultiplier` > 0, `retryableStatusCodes` non-empty, without OK. Unlike grpc-go,
 ///   which drops an invalid retry policy with a log line, this parser rejects the config.
 /// - `maxBackoff` below `initialBackoff` is an error. gRFC A6 is silent and grpc-go accepts it
@@ -77,7 +79,11 @@ use self::duration::{MAX_DURATION, format_duration};
 ///   deadline ([`RetryPolicyBuilder::call_timeout`](crate::RetryPolicyBuilder::call_timeout)); a
 ///   call whose own `grpc-timeout` is shorter keeps it.
 /// - `retryThrottling`: `maxTokens` in (0, 1000], `tokenRatio` in (0, 1000] with at most three
-///   decimal places (gRFC A6).
+///   decimal places (gRFC A6), each at least 0.001: the validation of [`RetryThrottle::new`],
+///   so that a config that parses always builds.
+/// - A call no name matches (and no default name `{}`) is not retried, as in gRPC, unless the
+///   builder is given a [`default_policy`](RetryLayerBuilder::default_policy): see
+///   [`apply`](Self::apply).
 /// - Durations are protobuf JSON strings: `"1s"`, `"0.1s"`, `".01s"`, `"1.000000001s"`; at most
 ///   nine fractional digits, a final `s`, never negative. Codes are names in any case
 ///   (`"UNAVAILABLE"`, `"unavailable"`) or numbers 1..=16.
@@ -89,10 +95,30 @@ use self::duration::{MAX_DURATION, format_duration};
 ///
 /// Every error is a [`ConfigError`] whose [`field`](ConfigError::field) is the exact path, such as
 /// `methodConfig[2].retryPolicy.backoffMultiplier`.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Clone, Default)]
 pub struct ServiceConfig {
     method_configs: Vec<MethodConfig>,
     retry_throttling: Option<RetryThrottling>,
+    /// Where each name is, as (entry, position in its `name` list): duplicate checks and lookups
+    /// in constant time (a config of 40,000 names once took 33 s to check).
+    places: HashMap<MethodName, (usize, usize)>,
+}
+
+impl PartialEq for ServiceConfig {
+    fn eq(&self, other: &Self) -> bool {
+        // `places` follows from `method_configs`.
+        self.method_configs == other.method_configs
+            && self.retry_throttling == other.retry_throttling
+    }
+}
+
+impl fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceConfig")
+            .field("method_configs", &self.method_configs)
+            .field("retry_throttling", &self.retry_throttling)
+            .finish()
+    }
 }
 
 impl ServiceConfig {
@@ -109,7 +135,8 @@ impl ServiceConfig {
 
     /// Parses and validates a service config, capping `maxAttempts` at `max_attempts_cap`
     /// (gRPC's channel option of the same purpose). A value above the cap is lowered to it and a
-    /// `tracing` warning names its path; a cap below 2 is taken as 2.
+    /// `tracing` warning names its path; a cap below 2 is taken as 2, a cap above
+    /// [`MAX_ATTEMPTS_LIMIT`](crate::MAX_ATTEMPTS_LIMIT) (100) as that limit.
     ///
     /// ```
     /// use tonic_retry::ServiceConfig;
@@ -128,7 +155,7 @@ impl ServiceConfig {
         json: &str,
         max_attempts_cap: u32,
     ) -> Result<ServiceConfig, ConfigError> {
-        parse::parse(json, max_attempts_cap.max(2))
+        parse::parse(json, max_attempts_cap.clamp(2, MAX_ATTEMPTS_LIMIT))
     }
 
     /// The config as pretty-printed JSON, fields in gRFC A6's order. Parsing it again gives an
@@ -151,7 +178,7 @@ impl ServiceConfig {
                 );
             }
         }
-        self.method_configs.push(config);
+        self.push(config);
         Ok(self)
     }
 
@@ -178,9 +205,8 @@ impl ServiceConfig {
         let path = path.strip_prefix('/').unwrap_or(path);
         let (service, method) = path.split_once('/').unwrap_or((path, ""));
         let find = |wanted: &MethodName| {
-            self.method_configs
-                .iter()
-                .find(|config| config.names.contains(wanted))
+            let &(entry, _) = self.places.get(wanted)?;
+            self.method_configs.get(entry)
         };
         let exact = MethodName {
             service: Some(service.to_owned()),
@@ -209,16 +235,24 @@ impl ServiceConfig {
     /// [`RetryPolicy::no_retries`], as in gRPC. `retryThrottling` becomes the builder's
     /// [`RetryThrottle`].
     ///
-    /// Calls the config does not name keep the builder's default policy (retrying UNAVAILABLE,
-    /// unless set otherwise); add `{"name": [{}]}` without a `retryPolicy` to the config for
-    /// gRPC's behaviour, where they are not retried. A name also given to the builder directly
-    /// is configured twice, and [`build`](RetryLayerBuilder::build) says so.
+    /// Calls the config does not name are not retried, as in gRPC (they get
+    /// [`RetryPolicy::no_retries`], which keeps gRFC A6's transparent retry), unless the config
+    /// has a default name or the builder is given a
+    /// [`default_policy`](RetryLayerBuilder::default_policy), before or after: an explicit
+    /// default wins over this fallback. Two settings for one thing are errors from
+    /// [`build`](RetryLayerBuilder::build), never silent overrides: a name also given to the
+    /// builder directly, the config's default name together with `default_policy`, or
+    /// `retryThrottling` together with [`throttle`](RetryLayerBuilder::throttle) or
+    /// [`budget`](RetryLayerBuilder::budget).
     pub fn apply(&self, mut builder: RetryLayerBuilder) -> RetryLayerBuilder {
-        for config in &self.method_configs {
+        for (i, config) in self.method_configs.iter().enumerate() {
             let policy = config.to_policy();
-            for name in &config.names {
+            for (j, name) in config.names.iter().enumerate() {
                 builder = match (&name.service, &name.method) {
-                    (None, _) => builder.default_policy(policy.clone()),
+                    (None, _) => builder.service_config_default(
+                        policy.clone(),
+                        &format!("methodConfig[{i}].name[{j}]"),
+                    ),
                     (Some(service), None) => builder.service(service, policy.clone()),
                     (Some(service), Some(method)) => {
                         builder.method(&format!("{service}/{method}"), policy.clone())
@@ -227,20 +261,27 @@ impl ServiceConfig {
             }
         }
         if let Some(throttling) = self.retry_throttling {
-            builder = builder.throttle(throttling.to_throttle());
+            builder = builder.set_gate(
+                RetryGate::Throttle(throttling.to_throttle()),
+                GateSetting::ServiceConfigThrottling,
+            );
         }
-        builder
+        builder.service_config_applied()
     }
 
-    /// Where `name` is first used, as a path.
+    /// Where `name` is used, as a path.
     fn place_of(&self, name: &MethodName) -> Option<String> {
-        self.method_configs
-            .iter()
-            .enumerate()
-            .find_map(|(i, config)| {
-                let j = config.names.iter().position(|other| other == name)?;
-                Some(format!("methodConfig[{i}].name[{j}]"))
-            })
+        let (i, j) = self.places.get(name)?;
+        Some(format!("methodConfig[{i}].name[{j}]"))
+    }
+
+    /// Adds an entry whose names are known to be new to the config.
+    fn push(&mut self, config: MethodConfig) {
+        let index = self.method_configs.len();
+        for (j, name) in config.names.iter().enumerate() {
+            self.places.insert(name.clone(), (index, j));
+        }
+        self.method_configs.push(config);
     }
 }
 
@@ -303,8 +344,9 @@ impl MethodConfig {
                 "must list at least one name (an entry without names applies to nothing)",
             ));
         }
+        let mut seen = HashMap::with_capacity(names.len());
         for (j, name) in names.iter().enumerate() {
-            if let Some(i) = names[..j].iter().position(|other| other == name) {
+            if let Some(i) = seen.insert(name, j) {
                 return Err(duplicate(name, &format!("name[{i}]")).within(&format!("name[{j}]")));
             }
         }
@@ -454,8 +496,9 @@ pub struct RetryPolicyConfig {
 }
 
 impl RetryPolicyConfig {
-    /// A retry policy. `max_attempts` counts the first attempt and must be at least 2 (it is not
-    /// capped here: the cap is the parser's); both backoffs more than zero, `max_backoff` at
+    /// A retry policy. `max_attempts` counts the first attempt and must be at least 2 and at most
+    /// [`MAX_ATTEMPTS_LIMIT`](crate::MAX_ATTEMPTS_LIMIT) (gRFC A6's cap of 5 is the parser's, see
+    /// [`ServiceConfig::from_json_with_cap`]); both backoffs more than zero, `max_backoff` at
     /// least `initial_backoff`; the multiplier finite and more than zero; at least one
     /// retryable code, and not OK.
     pub fn new(
@@ -470,6 +513,13 @@ impl RetryPolicyConfig {
                 "maxAttempts",
                 max_attempts.to_string(),
                 "must be >= 2",
+            ));
+        }
+        if max_attempts > MAX_ATTEMPTS_LIMIT {
+            return Err(ConfigError::new(
+                "maxAttempts",
+                max_attempts.to_string(),
+                format!("must be <= {MAX_ATTEMPTS_LIMIT} (MAX_ATTEMPTS_LIMIT)"),
             ));
         }
         check_duration("initialBackoff", initial_backoff)?;
@@ -491,6 +541,17 @@ impl RetryPolicyConfig {
                 "must be > 0",
             ));
         }
+        // The schedule's own validation, so that `to_policy` cannot fail on anything accepted.
+        ExponentialBackoff::new(initial_backoff, max_backoff, backoff_multiplier).map_err(
+            |err| {
+                let field = match err.field() {
+                    "initial_backoff" => "initialBackoff",
+                    "max_backoff" => "maxBackoff",
+                    _ => "backoffMultiplier",
+                };
+                ConfigError::new(field, err.value(), err.reason())
+            },
+        )?;
         let codes: CodeSet = retryable_status_codes.into_iter().collect();
         if codes.is_empty() {
             return Err(ConfigError::new(
@@ -542,31 +603,22 @@ impl RetryPolicyConfig {
 
     /// The [`RetryPolicy`]: these attempts, an [`ExponentialBackoff`] with A6 jitter, these
     /// retryable codes. The fail-fast codes (UNIMPLEMENTED, PERMISSION_DENIED, UNAUTHENTICATED)
-    /// still fail fast even when listed as retryable, as everywhere in this crate: retrying
-    /// cannot fix a missing method or a caller who is not allowed. Such a listing is reported
-    /// with a warning, never dropped silently.
+    /// still fail fast even when listed as retryable, exactly as with
+    /// [`RetryPolicyBuilder::retryable_codes`]: retrying cannot fix a missing method or a caller
+    /// who is not allowed. Such a listing is left out of the policy's retryable codes with a
+    /// `tracing` warning, never dropped silently.
     pub fn to_policy(&self) -> RetryPolicy {
+        // `new` validated these fields with the same constructors; they cannot fail here.
         let backoff = ExponentialBackoff::new(
             self.initial_backoff,
             self.max_backoff,
             self.backoff_multiplier,
         )
         .unwrap_or_else(|err| unreachable!("validated by RetryPolicyConfig::new: {err}"));
-        let retryable = self.retryable_status_codes;
-        let never_retried: CodeSet = DEFAULT_FAIL_FAST_CODES
-            .iter()
-            .filter(|code| retryable.contains(*code))
-            .collect();
-        if !never_retried.is_empty() {
-            tracing::warn!(
-                codes = %never_retried,
-                "retryableStatusCodes lists fail-fast codes; tonic-retry never retries them"
-            );
-        }
         RetryPolicy::builder()
             .max_attempts(self.max_attempts)
             .backoff(backoff)
-            .retryable_codes(retryable.iter())
+            .retryable_codes(self.retryable_status_codes.iter())
             .build()
             .unwrap_or_else(|err| unreachable!("validated by RetryPolicyConfig::new: {err}"))
     }
@@ -592,30 +644,20 @@ pub struct RetryThrottling {
 }
 
 impl RetryThrottling {
-    /// `max_tokens` in (0, 1000]; `token_ratio` in (0, 1000] with at most three decimal places.
+    /// `max_tokens` in (0, 1000]; `token_ratio` in (0, 1000] with at most three decimal places;
+    /// each at least 0.001. This is [`RetryThrottle::new`]'s own validation (under the JSON
+    /// names), so every accepted value builds a throttle; only the decimal places are stricter
+    /// here, where the throttle rounds.
     pub fn new(max_tokens: f64, token_ratio: f64) -> Result<RetryThrottling, ConfigError> {
-        if !(max_tokens > 0.0 && max_tokens <= 1000.0) {
-            return Err(ConfigError::new(
-                "maxTokens",
-                max_tokens.to_string(),
-                "must be in (0, 1000]",
-            ));
-        }
-        if !(token_ratio > 0.0 && token_ratio <= 1000.0) {
-            return Err(ConfigError::new(
-                "tokenRatio",
-                token_ratio.to_string(),
-                "must be in (0, 1000]",
-            ));
-        }
         let thousandths = token_ratio * 1000.0;
-        if (thousandths - thousandths.round()).abs() > 1e-6 {
+        if thousandths.is_finite() && (thousandths - thousandths.round()).abs() > 1e-6 {
             return Err(ConfigError::new(
                 "tokenRatio",
                 token_ratio.to_string(),
                 "must have at most 3 decimal places",
             ));
         }
+        bucket_settings(max_tokens, token_ratio, ("maxTokens", "tokenRatio"))?;
         Ok(RetryThrottling {
             max_tokens,
             token_ratio,
@@ -636,7 +678,7 @@ impl RetryThrottling {
     /// [`RetryLayerBuilder::throttle`].
     pub fn to_throttle(&self) -> RetryThrottle {
         RetryThrottle::new(self.max_tokens, self.token_ratio)
-            .unwrap_or_else(|err| unreachable!("validated by RetryThrottling::new: {err}"))
+            .unwrap_or_else(|err| unreachable!("validated by the same bucket_settings: {err}"))
     }
 }
 

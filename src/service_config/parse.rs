@@ -1,5 +1,7 @@
 //! JSON to a typed [`ServiceConfig`], every error placed at its exact path.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 use tonic::Code;
 
@@ -33,7 +35,7 @@ pub(super) fn parse(json: &str, max_attempts_cap: u32) -> Result<ServiceConfig, 
         for (i, entry) in array(list, "methodConfig")?.iter().enumerate() {
             let path = format!("methodConfig[{i}]");
             let parsed = method_config(entry, &path, max_attempts_cap, &config)?;
-            config.method_configs.push(parsed);
+            config.push(parsed);
         }
     }
     if let Some(throttling) = get(root, "retryThrottling") {
@@ -62,17 +64,19 @@ fn method_config(
         ));
     };
     let mut names: Vec<MethodName> = Vec::with_capacity(listed.len());
+    // Positions in this entry; earlier entries are indexed by the config: linear in the names.
+    let mut seen: HashMap<MethodName, usize> = HashMap::with_capacity(listed.len());
     for (j, value) in listed.iter().enumerate() {
         let name_path = format!("{names_path}[{j}]");
         let name = method_name(value, &name_path)?;
-        let first = names
-            .iter()
-            .position(|other| *other == name)
+        let first = seen
+            .get(&name)
             .map(|k| format!("{names_path}[{k}]"))
             .or_else(|| config.place_of(&name));
         if let Some(first) = first {
             return Err(duplicate(&name, &first).within(&name_path));
         }
+        seen.insert(name.clone(), j);
         names.push(name);
     }
 
