@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -37,6 +37,7 @@ use crate::layer::Shared;
 use crate::metrics::Counters;
 use crate::policy::{Decision, Progress, RetryPolicy, debits_throttle, decide};
 use crate::response_body::{ResponseBody, ends_ok};
+use crate::service::Spare;
 
 /// The header that tells the server how many attempts came before this one (gRFC A6).
 const GRPC_PREVIOUS_RPC_ATTEMPTS: HeaderName =
@@ -78,7 +79,7 @@ enum State<F> {
 struct Call<S> {
     /// The service retries go through: a clone of `spare`, made at the first retry.
     service: Option<S>,
-    spare: Arc<Mutex<S>>,
+    spare: Arc<Spare<S>>,
     shared: Arc<Shared>,
     policy: CallPolicy,
     head: RequestHead,
@@ -140,7 +141,7 @@ where
     /// retries through a clone of `spare`.
     pub(crate) fn start(
         ready: &mut S,
-        spare: Arc<Mutex<S>>,
+        spare: Arc<Spare<S>>,
         shared: Arc<Shared>,
         request: Request<Body>,
     ) -> Self {
@@ -385,8 +386,13 @@ impl<S: Clone> Call<S> {
     /// that succeeds at once clones nothing.
     fn retry_service(&mut self) -> &mut S {
         let spare = &self.spare;
-        self.service
-            .get_or_insert_with(|| spare.lock().unwrap_or_else(PoisonError::into_inner).clone())
+        self.service.get_or_insert_with(|| {
+            spare
+                .service
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        })
     }
 }
 
@@ -641,7 +647,7 @@ impl<S> Call<S> {
             .to_owned();
         let target = match self.head.uri().authority() {
             Some(authority) => Some(authority.to_string()),
-            None => self.shared.target.as_deref().map(str::to_owned),
+            None => self.spare.target.as_deref().map(str::to_owned),
         };
         CallHistory {
             path,

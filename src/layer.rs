@@ -35,6 +35,8 @@ pub const DEFAULT_CHANNEL_BUFFER_LIMIT: usize = 16 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct RetryLayer {
     shared: Arc<Shared>,
+    /// The label of the services this layer makes: where their calls go, for the history.
+    target: Option<Arc<str>>,
 }
 
 /// What every clone of a layer's services shares.
@@ -45,8 +47,6 @@ pub(crate) struct Shared {
     pub(crate) buffer_budget: Arc<BufferBudget>,
     pub(crate) counters: Counters,
     pub(crate) gate: RetryGate,
-    /// A name for where the calls go, for the history.
-    pub(crate) target: Option<Box<str>>,
     pub(crate) on_retry: Option<OnRetry>,
 }
 
@@ -80,6 +80,33 @@ impl RetryLayer {
     pub fn throttle(&self) -> Option<&RetryThrottle> {
         self.shared.gate.throttle()
     }
+
+    /// The same layer (policies, throttle, counters and replay budget shared) whose services
+    /// name `target` as where their calls go: for one layer used over several channels, so
+    /// that each channel's histories name its own target.
+    ///
+    /// ```
+    /// use tonic::transport::Channel;
+    /// use tonic_retry::RetryLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = RetryLayer::new();
+    /// let orders = tower::ServiceBuilder::new()
+    ///     .layer(layer.with_target("orders.internal:443"))
+    ///     .service(Channel::from_static("http://127.0.0.1:50051").connect_lazy());
+    /// let users = tower::ServiceBuilder::new()
+    ///     .layer(layer.with_target("users.internal:443"))
+    ///     .service(Channel::from_static("http://127.0.0.1:50052").connect_lazy());
+    /// # let _ = (orders, users);
+    /// # }
+    /// ```
+    pub fn with_target(&self, target: impl Into<String>) -> RetryLayer {
+        RetryLayer {
+            shared: Arc::clone(&self.shared),
+            target: Some(Arc::from(target.into())),
+        }
+    }
 }
 
 impl Default for RetryLayer {
@@ -92,7 +119,7 @@ impl<S: Clone> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Retry<S> {
-        Retry::new(inner, Arc::clone(&self.shared))
+        Retry::new(inner, Arc::clone(&self.shared), self.target.clone())
     }
 }
 
@@ -114,7 +141,7 @@ pub struct RetryLayerBuilder {
     gate: Option<(RetryGate, GateSetting)>,
     /// The first clash of two gate settings: `build` reports it.
     gate_conflict: Option<ConfigError>,
-    target: Option<Box<str>>,
+    target: Option<Arc<str>>,
     on_retry: Option<OnRetry>,
 }
 
@@ -266,9 +293,10 @@ impl RetryLayerBuilder {
 
     /// Names where the calls go (such as `"orders.internal:443"` or the endpoint's URI), so that
     /// the history of a failed call can say it: a tonic `Channel` adds the address below the
-    /// layer, out of its sight.
+    /// layer, out of its sight. A request whose URI has an authority is named by it instead. For
+    /// one layer over several channels, label each with [`RetryLayer::with_target`].
     pub fn target(mut self, target: impl Into<String>) -> Self {
-        self.target = Some(target.into().into_boxed_str());
+        self.target = Some(Arc::from(target.into()));
         self
     }
 
@@ -320,9 +348,9 @@ impl RetryLayerBuilder {
                 buffer_budget: Arc::new(BufferBudget::new(self.channel_buffer_limit)),
                 counters: Counters::default(),
                 gate,
-                target: self.target,
                 on_retry: self.on_retry,
             }),
+            target: self.target,
         })
     }
 }

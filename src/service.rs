@@ -20,16 +20,28 @@ use crate::response_body::ResponseBody;
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
     inner: S,
-    /// A clone of `inner` that calls clone again for their retries, so that a call that needs
-    /// none clones nothing (cloning a `Channel` is not free).
-    spare: Arc<Mutex<S>>,
+    /// What this service's calls share apart from the layer's state: a clone of `inner` that
+    /// calls clone again for their retries (so that a call that needs none clones nothing:
+    /// cloning a `Channel` is not free), and the service's target label.
+    spare: Arc<Spare<S>>,
     shared: Arc<Shared>,
 }
 
+/// The per-service state every call of a [`Retry`] holds a handle on.
+#[derive(Debug)]
+pub(crate) struct Spare<S> {
+    pub(crate) service: Mutex<S>,
+    /// Where the calls go, for the history, when the request does not say.
+    pub(crate) target: Option<Arc<str>>,
+}
+
 impl<S: Clone> Retry<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Retry<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, target: Option<Arc<str>>) -> Retry<S> {
         Retry {
-            spare: Arc::new(Mutex::new(inner.clone())),
+            spare: Arc::new(Spare {
+                service: Mutex::new(inner.clone()),
+                target,
+            }),
             inner,
             shared,
         }

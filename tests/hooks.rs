@@ -139,3 +139,36 @@ async fn a_policy_set_on_the_request_overrides_the_layers() {
     client.say(say()).await.unwrap_err();
     assert_eq!(server.attempt_count_for(Method::Say), 1 + 7 + 5);
 }
+
+#[tokio::test]
+async fn one_layer_over_two_channels_names_each_channels_target() {
+    use tonic_retry_testkit::unused_addr;
+    let (orders, users) = (unused_addr(), unused_addr());
+    let layer = RetryLayer::builder()
+        .default_policy(RetryPolicy::no_retries())
+        .target("the layer's default label")
+        .build()
+        .unwrap();
+    let client_for = |addr: std::net::SocketAddr, layer: RetryLayer| {
+        EchoClient::new(
+            ServiceBuilder::new()
+                .layer(layer)
+                .service(lazy_channel(addr)),
+        )
+    };
+    let mut orders_client = client_for(orders, layer.with_target(format!("orders at {orders}")));
+    let mut users_client = client_for(users, layer.with_target(format!("users at {users}")));
+    let mut default_client = client_for(users, layer.clone());
+
+    for (client, expected) in [
+        (&mut orders_client, format!("orders at {orders}")),
+        (&mut users_client, format!("users at {users}")),
+        (&mut default_client, "the layer's default label".to_owned()),
+    ] {
+        let status = client.say(say()).await.unwrap_err();
+        let history = CallHistory::of(&status).unwrap();
+        assert_eq!(history.target(), Some(expected.as_str()));
+    }
+    // One layer: the counters are shared.
+    assert_eq!(layer.metrics().calls(), 3);
+}
