@@ -216,6 +216,13 @@ fn real_world_configs_parse_unknown_fields_ignored() {
             .map(MethodConfig::names),
         Some(&[MethodName::service("helloworld.Quiet").unwrap()][..])
     );
+    // Behind a gateway's path prefix, the last two segments name the method.
+    assert_eq!(
+        config
+            .lookup("/api/v1/helloworld.Quiet/Any")
+            .map(MethodConfig::names),
+        Some(&[MethodName::service("helloworld.Quiet").unwrap()][..])
+    );
 
     RetryLayer::builder()
         .service_config(&config)

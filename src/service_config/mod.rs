@@ -199,9 +199,11 @@ impl ServiceConfig {
     }
 
     /// The method config for a call, by gRPC's matching: `service/method`, then the service,
-    /// then the default name. `path` is a request path (`/package.Service/Method`) or the same
-    /// without the leading slash.
+    /// then the default name. `path` is a request path (`/package.Service/Method`, or with a
+    /// gateway's prefix such as `/api/package.Service/Method`: its last two segments name the
+    /// method) or the same without the leading slash.
     pub fn lookup(&self, path: &str) -> Option<&MethodConfig> {
+        let path = crate::head::grpc_path(path);
         let path = path.strip_prefix('/').unwrap_or(path);
         let (service, method) = path.split_once('/').unwrap_or((path, ""));
         let find = |wanted: &MethodName| {
