@@ -51,6 +51,7 @@ mod deadline;
 mod endpoint;
 mod error;
 mod future;
+pub mod guide;
 mod head;
 mod history;
 mod hook;
