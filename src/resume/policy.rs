@@ -76,8 +76,22 @@ impl ReopenBudget {
 /// with the [`RetryLayer`](crate::RetryLayer), so a server-wide outage does not turn every open
 /// stream into a reopen storm.
 ///
-/// [`RetryThrottle`] implements it: share one `Arc<RetryThrottle>` between streams (and, where
-/// the layer lets you pass it in, with the layer).
+/// [`RetryThrottle`] implements it, and its clones share one bucket: give a clone to the layer
+/// ([`RetryLayerBuilder::throttle`](crate::RetryLayerBuilder::throttle)) and one to each
+/// stream's policy ([`ResumePolicyBuilder::throttle`]).
+///
+/// ```
+/// use tonic_retry::{ResumePolicy, RetryLayer, RetryThrottle};
+///
+/// let throttle = RetryThrottle::grpc_default();
+/// let layer = RetryLayer::builder().throttle(throttle.clone()).build()?;
+/// let policy = ResumePolicy::builder().throttle(throttle.clone()).build()?;
+/// // A failure the stream records is one the layer sees, and the other way round.
+/// throttle.record_failure();
+/// assert_eq!(layer.throttle().unwrap().tokens(), 9.0);
+/// # let _ = policy;
+/// # Ok::<(), tonic_retry::ConfigError>(())
+/// ```
 pub trait ReopenThrottle: fmt::Debug + Send + Sync + 'static {
     /// Whether a reopen may be made now.
     fn allows_reopen(&self) -> bool;
