@@ -144,13 +144,35 @@ impl AttemptRecord {
 /// caller can log what it took (a call that passed at first carries none):
 ///
 /// ```
-/// # fn handle(response: tonic::Response<()>) {
-/// use tonic_retry::CallHistory;
+/// use std::time::Duration;
+/// use tonic_retry::{CallHistory, ExponentialBackoff, RetryLayer, RetryPolicy};
+/// // Your generated client; here the test proto's `Echo` service.
+/// use tonic_retry_testkit::pb::{SayRequest, echo_client::EchoClient};
+/// # use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # // A server that answers UNAVAILABLE twice, then OK.
+/// # let server = ScriptedServer::start(Script::new().then_n(
+/// #     Method::Say, 2, Action::fail(tonic::Code::Unavailable, "warming up"))).await;
+/// # let channel = lazy_channel(server.addr());
+/// # let quick = ExponentialBackoff::new(Duration::from_millis(1), Duration::from_millis(1), 1.0)?;
+/// # let layer = RetryLayer::builder().default_policy(RetryPolicy::builder().backoff(quick).build()?).build()?;
+/// let mut client = EchoClient::new(tower::ServiceBuilder::new().layer(layer).service(channel));
+///
+/// let response = client.say(SayRequest::default()).await?;
 /// if let Some(history) = response.extensions().get::<CallHistory>() {
+///     // "tonic_retry.test.Echo/Say succeeded after 3 attempts in ..."
 ///     tracing::info!(attempts = history.attempt_count(), "{history}");
+///     assert!(history.succeeded());
+///     assert_eq!(history.attempts().len(), 2, "the two that failed");
 /// }
-/// # }
+/// # assert!(response.extensions().get::<CallHistory>().is_some());
+///
+/// // A call that passed at once carries nothing, and costs nothing.
+/// let response = client.say(SayRequest::default()).await?;
+/// assert!(response.extensions().get::<CallHistory>().is_none());
+/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct CallHistory {
