@@ -182,7 +182,23 @@ pub fn keepalive(endpoint: Endpoint) -> Endpoint {
 /// no response: the connection that attempt went down may be dead (a half-open connection
 /// answers nothing, and tonic keeps handing it calls until keepalive finds it out). A service
 /// under the layer can act on it: open a new connection for this attempt rather than wait for
-/// keepalive.
+/// keepalive. [`EvictingChannel`] does; so can a service of your own:
+///
+/// ```
+/// use http::Request;
+/// use tonic::body::Body;
+/// use tonic_retry::AfterAttemptTimeout;
+///
+/// /// Whether `request` retries an attempt that went unanswered while the connection opened at
+/// /// `opened` was already there: that attempt may have gone down it, and it may be dead.
+/// fn suspects(request: &Request<Body>, opened: tokio::time::Instant) -> bool {
+///     request
+///         .extensions()
+///         .get::<AfterAttemptTimeout>()
+///         .is_some_and(|marker| marker.timed_out_attempt_started() >= opened)
+/// }
+/// # assert!(!suspects(&Request::new(Body::empty()), tokio::time::Instant::now()));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AfterAttemptTimeout {
     timed_out_attempt_started: tokio::time::Instant,
