@@ -113,6 +113,14 @@ impl ExponentialBackoff {
 
     /// A schedule with no delay at all: retries follow each other at once. For tests and for
     /// benchmarks of the retry path itself.
+    ///
+    /// ```
+    /// use tonic_retry::{ExponentialBackoff, RetryPolicy};
+    ///
+    /// let in_tests = RetryPolicy::builder().backoff(ExponentialBackoff::immediate()).build()?;
+    /// # let _ = in_tests;
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub const fn immediate() -> ExponentialBackoff {
         ExponentialBackoff {
             initial: Duration::ZERO,

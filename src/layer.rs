@@ -297,6 +297,18 @@ impl RetryLayerBuilder {
     /// config wins over that fallback; given together with a config's default name, it is
     /// configured twice and [`build`](Self::build) says so. A second `default_policy` replaces
     /// the first.
+    ///
+    /// ```
+    /// use tonic_retry::{RetryLayer, RetryPolicy};
+    ///
+    /// // Retry nothing, except the one service that is known to be idempotent.
+    /// let layer = RetryLayer::builder()
+    ///     .default_policy(RetryPolicy::no_retries())
+    ///     .service("catalog.Products", RetryPolicy::default())
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub fn default_policy(mut self, policy: RetryPolicy) -> Self {
         self.policies.set_default(policy);
         self
@@ -389,6 +401,24 @@ impl RetryLayerBuilder {
     /// the history of a failed call can say it: a tonic `Channel` adds the address below the
     /// layer, out of its sight. A request whose URI has an authority is named by it instead. For
     /// one layer over several channels, label each with [`RetryLayer::with_target`].
+    ///
+    /// ```
+    /// use tonic_retry::{CallHistory, RetryLayer, RetryPolicy};
+    /// use tonic_retry_testkit::pb::{SayRequest, echo_client::EchoClient};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let channel = tonic_retry_testkit::lazy_channel(tonic_retry_testkit::unused_addr());
+    /// let layer = RetryLayer::builder()
+    ///     .default_policy(RetryPolicy::no_retries())
+    ///     .target("orders.internal:443")
+    ///     .build()?;
+    /// let mut client = EchoClient::new(tower::ServiceBuilder::new().layer(layer).service(channel));
+    /// let status = client.say(SayRequest::default()).await.unwrap_err();
+    /// let history = CallHistory::of(&status).unwrap();
+    /// assert_eq!(history.target(), Some("orders.internal:443"));
+    /// # Ok(()) }
+    /// ```
     pub fn target(mut self, target: impl Into<String>) -> Self {
         self.target = Some(Arc::from(target.into()));
         self
@@ -403,6 +433,16 @@ impl RetryLayerBuilder {
 
     /// Bounds the bytes all calls through this layer hold for replay together (default 16 MiB).
     /// A call that finds no room is sent unbuffered and is not retried.
+    ///
+    /// ```
+    /// use tonic_retry::RetryLayer;
+    ///
+    /// // At most 4 MiB held for replay across all calls; each call keeps its own limit too
+    /// // (`RetryPolicyBuilder::buffer_limit`, 256 KiB by default).
+    /// let layer = RetryLayer::builder().channel_buffer_limit(4 * 1024 * 1024).build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub fn channel_buffer_limit(mut self, bytes: usize) -> Self {
         self.channel_buffer_limit = bytes;
         self
