@@ -18,10 +18,10 @@
 //! |---|---|---|---|
 //! | interceptor, middleware (`tonic::service::InterceptorLayer`, a `tower` layer) | runs once per call: the retries reuse what it set | runs once per attempt: each retry goes through it again | per-call work (request logging, a request id, the call's metrics) above; per-attempt work (an auth token refreshed when it expires, per-attempt metrics) below |
 //! | an interceptor that rejects (`Err(status)`) | the caller gets the status, no attempt is made | its status is classified like a server's Trailers-Only answer: UNAVAILABLE is retried, UNAUTHENTICATED fails at once | above, unless a retry could make it pass |
-//! | timeout (`tower::timeout::TimeoutLayer`) | bounds the whole call, every attempt and backoff; when it fires the caller gets UNKNOWN `request timed out`, without a [`CallHistory`], and the server is not told | a per-attempt timeout: the layer classifies its `Elapsed` as [`FailureKind::AttemptTimeout`] and retries, within the call's deadline | below for attempts (or the policy's [`attempt_timeout`](crate::RetryPolicyBuilder::attempt_timeout)); for the whole call a deadline rather than a timeout above (see below) |
+//! | timeout (`tower::timeout::TimeoutLayer`) | bounds the whole call, every attempt and backoff; when it fires, the attempt in flight is cancelled and the caller gets UNKNOWN `request timed out`, without a [`CallHistory`]; the server is not told this deadline | a per-attempt timeout: the layer classifies its `Elapsed` as [`FailureKind::AttemptTimeout`] and retries, within the call's deadline | below for attempts (or the policy's [`attempt_timeout`](crate::RetryPolicyBuilder::attempt_timeout)); for the whole call a deadline rather than a timeout above (see below) |
 //! | concurrency limit (`tower::limit::ConcurrencyLimitLayer`) | counts calls: a call holds its permit through all its attempts and backoffs | counts attempts: a call holds a permit only while an attempt is in flight; a retry waits for one within the call's deadline | above to bound the calls of the application; below to bound the load sent to the server |
 //! | load balancing (tonic `Channel::balance_list`, `tower::balance`) | a call is pinned to the endpoint picked for it: all its attempts go there | each attempt is balanced: a retry can go to another endpoint | below (that is what a `Channel` from `balance_list` is) |
-//! | [`EvictingChannel`](crate::EvictingChannel) | (does nothing: it acts on the marker the layer puts on retries) | replaces the connection a timed-out attempt went down | directly under the layer, one per endpoint |
+//! | [`EvictingChannel`](crate::EvictingChannel) | (not meaningful: it takes the place of the `Channel`, and acts on the marker the layer puts on the retry of a timed-out attempt) | replaces the connection a timed-out attempt went down | directly under the layer (or under per-attempt layers that keep request extensions), one per endpoint |
 //!
 //! # A complete stack
 //!
@@ -145,9 +145,9 @@
 //! `Elapsed` (which tonic shows as UNKNOWN `request timed out`) and no history.
 //!
 //! Each **attempt** is bounded by a `TimeoutLayer` below the layer, or by the policy's
-//! [`attempt_timeout`](crate::RetryPolicyBuilder::attempt_timeout) (the same, per method, and
-//! without a layer more). An attempt that runs out is [`FailureKind::AttemptTimeout`]: it is
-//! retried like an UNAVAILABLE one, within the call's deadline.
+//! [`attempt_timeout`](crate::RetryPolicyBuilder::attempt_timeout) (the same effect, set per
+//! method, with one layer fewer). An attempt that runs out is [`FailureKind::AttemptTimeout`]:
+//! it is retried like an UNAVAILABLE one, within the call's deadline.
 //!
 //! ```
 //! use std::time::Duration;
