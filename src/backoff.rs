@@ -13,6 +13,30 @@ use crate::error::ConfigError;
 /// Schedules are stateless, so one schedule serves every call: the layer tells it which retry
 /// this is and hands it a uniform random sample for jitter. Server pushback restarts the count
 /// (gRFC A6), which a stateless schedule gets for free.
+///
+/// [`ExponentialBackoff`] is gRFC A6's schedule; write your own for anything else:
+///
+/// ```
+/// use std::time::Duration;
+/// use tonic_retry::{Backoff, RetryPolicy};
+///
+/// /// A fixed list of delays, without jitter; no retry after the last.
+/// #[derive(Debug)]
+/// struct Steps(&'static [Duration]);
+///
+/// impl Backoff for Steps {
+///     fn delay(&self, retry: u32, _random: f64) -> Option<Duration> {
+///         let index = usize::try_from(retry.checked_sub(1)?).ok()?;
+///         self.0.get(index).copied()
+///     }
+/// }
+///
+/// const STEPS: &[Duration] = &[Duration::from_millis(10), Duration::from_millis(500)];
+/// let policy = RetryPolicy::builder().backoff(Steps(STEPS)).build()?;
+/// assert_eq!(policy.backoff().delay(2, 0.5), Some(Duration::from_millis(500)));
+/// assert_eq!(policy.backoff().delay(3, 0.5), None); // the call stops: backoff schedule ended
+/// # Ok::<(), tonic_retry::ConfigError>(())
+/// ```
 pub trait Backoff: fmt::Debug + Send + Sync + 'static {
     /// The delay before retry number `retry` (1 for the first retry), given `random`, a uniform
     /// sample in `[0, 1)`. `None` means: do not retry again.
@@ -89,6 +113,14 @@ impl ExponentialBackoff {
 
     /// A schedule with no delay at all: retries follow each other at once. For tests and for
     /// benchmarks of the retry path itself.
+    ///
+    /// ```
+    /// use tonic_retry::{ExponentialBackoff, RetryPolicy};
+    ///
+    /// let in_tests = RetryPolicy::builder().backoff(ExponentialBackoff::immediate()).build()?;
+    /// # let _ = in_tests;
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub const fn immediate() -> ExponentialBackoff {
         ExponentialBackoff {
             initial: Duration::ZERO,

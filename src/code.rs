@@ -30,11 +30,23 @@ const TABLE: [(Code, &str); 17] = [
 ];
 
 /// The canonical upper-case name of a code, as written in a gRPC service config.
+///
+/// ```
+/// assert_eq!(tonic_retry::code_name(tonic::Code::Unavailable), "UNAVAILABLE");
+/// ```
 pub fn code_name(code: Code) -> &'static str {
     TABLE[code as usize].1
 }
 
 /// Parses a code from its canonical name, in any case (`"unavailable"`, `"UNAVAILABLE"`).
+///
+/// ```
+/// use tonic::Code;
+/// use tonic_retry::code_from_name;
+///
+/// assert_eq!(code_from_name("resource_exhausted"), Some(Code::ResourceExhausted));
+/// assert_eq!(code_from_name("UNAVAIL"), None);
+/// ```
 pub fn code_from_name(name: &str) -> Option<Code> {
     TABLE
         .iter()

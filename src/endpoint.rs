@@ -115,6 +115,18 @@ impl Keepalive {
     /// connection that died while idle is replaced before the next call needs it; without it,
     /// the next call finds out, at most [`detection_time`](Self::detection_time) after it
     /// started, and is retried.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tonic_retry::Keepalive;
+    ///
+    /// // For a grpc-go server with its default enforcement (at most one ping per 5 minutes, and
+    /// // none while no call is open): ping less often, and only while a call is open.
+    /// let keepalive = Keepalive::new(Duration::from_secs(6 * 60), Duration::from_secs(20))?
+    ///     .while_idle(false);
+    /// assert_eq!(keepalive.detection_time(), Duration::from_secs(380));
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub fn while_idle(mut self, while_idle: bool) -> Keepalive {
         self.while_idle = while_idle;
         self
@@ -182,7 +194,23 @@ pub fn keepalive(endpoint: Endpoint) -> Endpoint {
 /// no response: the connection that attempt went down may be dead (a half-open connection
 /// answers nothing, and tonic keeps handing it calls until keepalive finds it out). A service
 /// under the layer can act on it: open a new connection for this attempt rather than wait for
-/// keepalive.
+/// keepalive. [`EvictingChannel`] does; so can a service of your own:
+///
+/// ```
+/// use http::Request;
+/// use tonic::body::Body;
+/// use tonic_retry::AfterAttemptTimeout;
+///
+/// /// Whether `request` retries an attempt that went unanswered while the connection opened at
+/// /// `opened` was already there: that attempt may have gone down it, and it may be dead.
+/// fn suspects(request: &Request<Body>, opened: tokio::time::Instant) -> bool {
+///     request
+///         .extensions()
+///         .get::<AfterAttemptTimeout>()
+///         .is_some_and(|marker| marker.timed_out_attempt_started() >= opened)
+/// }
+/// # assert!(!suspects(&Request::new(Body::empty()), tokio::time::Instant::now()));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AfterAttemptTimeout {
     timed_out_attempt_started: tokio::time::Instant,
@@ -309,6 +337,20 @@ impl EvictingChannel {
     /// Opens each connection with `connect`: for a custom connector, e.g.
     /// `move || endpoint.connect_with_connector_lazy(connector.clone())`. `connect` should
     /// return at once (a lazy channel): it is called on the request path.
+    ///
+    /// ```
+    /// use tonic::transport::Endpoint;
+    /// use tonic_retry::{EvictingChannel, RetryLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let endpoint = tonic_retry::keepalive(Endpoint::from_static("http://127.0.0.1:50051"));
+    /// // Here the same as `EvictingChannel::new(endpoint)`; a custom connector goes in the closure.
+    /// let channel = EvictingChannel::from_fn(move || endpoint.connect_lazy());
+    /// let channel = tower::ServiceBuilder::new().layer(RetryLayer::new()).service(channel);
+    /// # let _ = channel;
+    /// # }
+    /// ```
     pub fn from_fn<F>(connect: F) -> EvictingChannel
     where
         F: Fn() -> Channel + Send + Sync + 'static,

@@ -144,13 +144,35 @@ impl AttemptRecord {
 /// caller can log what it took (a call that passed at first carries none):
 ///
 /// ```
-/// # fn handle(response: tonic::Response<()>) {
-/// use tonic_retry::CallHistory;
+/// use std::time::Duration;
+/// use tonic_retry::{CallHistory, ExponentialBackoff, RetryLayer, RetryPolicy};
+/// // Your generated client; here the test proto's `Echo` service.
+/// use tonic_retry_testkit::pb::{SayRequest, echo_client::EchoClient};
+/// # use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # // A server that answers UNAVAILABLE twice, then OK.
+/// # let server = ScriptedServer::start(Script::new().then_n(
+/// #     Method::Say, 2, Action::fail(tonic::Code::Unavailable, "warming up"))).await;
+/// # let channel = lazy_channel(server.addr());
+/// # let quick = ExponentialBackoff::new(Duration::from_millis(1), Duration::from_millis(1), 1.0)?;
+/// # let layer = RetryLayer::builder().default_policy(RetryPolicy::builder().backoff(quick).build()?).build()?;
+/// let mut client = EchoClient::new(tower::ServiceBuilder::new().layer(layer).service(channel));
+///
+/// let response = client.say(SayRequest::default()).await?;
 /// if let Some(history) = response.extensions().get::<CallHistory>() {
+///     // "tonic_retry.test.Echo/Say succeeded after 3 attempts in ..."
 ///     tracing::info!(attempts = history.attempt_count(), "{history}");
+///     assert!(history.succeeded());
+///     assert_eq!(history.attempts().len(), 2, "the two that failed");
 /// }
-/// # }
+/// # assert!(response.extensions().get::<CallHistory>().is_some());
+///
+/// // A call that passed at once carries nothing, and costs nothing.
+/// let response = client.say(SayRequest::default()).await?;
+/// assert!(response.extensions().get::<CallHistory>().is_none());
+/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct CallHistory {
@@ -166,7 +188,42 @@ pub struct CallHistory {
 }
 
 impl CallHistory {
-    /// The history attached to `status` by the retry layer, if any.
+    /// The history attached to `status` by the retry layer, if any: the status of a call the
+    /// layer gave up on carries it (and keeps the last attempt's code and message unchanged).
+    ///
+    /// Here a call to a port where nothing listens: the connection is refused, which never
+    /// reaches a server and is always retried, until the attempts run out.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tonic::transport::Channel;
+    /// use tonic_retry::{CallHistory, ExponentialBackoff, FailureKind, RetryLayer, RetryPolicy, StopReason};
+    /// // Your generated client; here the test proto's `Echo` service.
+    /// use tonic_retry_testkit::pb::{SayRequest, echo_client::EchoClient};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let addr = tonic_retry_testkit::unused_addr(); // 127.0.0.1, a port nothing listens on
+    /// let channel = Channel::from_shared(format!("http://{addr}"))?.connect_lazy();
+    /// let policy = RetryPolicy::builder()
+    ///     .max_attempts(3)
+    ///     .backoff(ExponentialBackoff::new(Duration::from_millis(1), Duration::from_millis(5), 2.0)?)
+    ///     .build()?;
+    /// let layer = RetryLayer::builder().default_policy(policy).build()?;
+    /// let mut client = EchoClient::new(tower::ServiceBuilder::new().layer(layer).service(channel));
+    ///
+    /// let status = client.say(SayRequest::default()).await.unwrap_err();
+    /// assert_eq!(status.code(), tonic::Code::Unavailable); // as tonic alone would say
+    /// let history = CallHistory::of(&status).expect("the layer gave up");
+    /// assert_eq!(history.stop_reason(), StopReason::AttemptsExhausted);
+    /// assert_eq!(history.attempt_count(), 3);
+    /// assert_eq!(history.last().unwrap().kind(), FailureKind::ConnectionRefused);
+    /// assert!(history.attempts().iter().all(|attempt| attempt.never_sent()));
+    /// // "tonic_retry.test.Echo/Say failed (connection refused) after 3 attempts in ...",
+    /// // every attempt, and a hint of what to check.
+    /// eprintln!("{history}");
+    /// # Ok(()) }
+    /// ```
     pub fn of(status: &Status) -> Option<&CallHistory> {
         find_in_sources(status)
     }

@@ -10,6 +10,47 @@ use crate::kind::FailureKind;
 
 /// What a retry hook learns before each retry (see
 /// [`RetryLayerBuilder::on_retry`](crate::RetryLayerBuilder::on_retry)).
+///
+/// The hook is called when the layer has decided to retry and chosen the delay, before it
+/// waits: not for the first attempt, not for a call that passes at once, not when it gives up.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+/// use tonic_retry::{ExponentialBackoff, FailureKind, RetryLayer, RetryPolicy};
+/// // Your generated client; here the test proto's `Echo` service.
+/// use tonic_retry_testkit::pb::{SayRequest, echo_client::EchoClient};
+/// # use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # // A server that answers UNAVAILABLE twice, then OK.
+/// # let server = ScriptedServer::start(Script::new().then_n(
+/// #     Method::Say, 2, Action::fail(tonic::Code::Unavailable, "warming up"))).await;
+/// # let channel = lazy_channel(server.addr());
+/// let heard = Arc::new(Mutex::new(Vec::new()));
+/// let log = Arc::clone(&heard);
+/// let quick = ExponentialBackoff::new(Duration::from_millis(1), Duration::from_millis(1), 1.0)?;
+/// let layer = RetryLayer::builder()
+///     .default_policy(RetryPolicy::builder().backoff(quick).build()?)
+///     .on_retry(move |event| {
+///         // The event borrows from the call: keep what you need.
+///         log.lock().unwrap().push((event.method.to_owned(), event.attempt, event.kind));
+///     })
+///     .build()?;
+/// let mut client = EchoClient::new(tower::ServiceBuilder::new().layer(layer).service(channel));
+///
+/// client.say(SayRequest::default()).await?;
+/// let method = "tonic_retry.test.Echo/Say".to_owned();
+/// assert_eq!(
+///     *heard.lock().unwrap(),
+///     [
+///         (method.clone(), 1, FailureKind::Unavailable),
+///         (method, 2, FailureKind::Unavailable),
+///     ]
+/// );
+/// # Ok(()) }
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy)]
 pub struct RetryEvent<'a> {

@@ -8,6 +8,26 @@ use std::fmt;
 ///
 /// The transport kinds say where below gRPC the call broke; the status kinds say what the server
 /// (or a proxy in front of it) answered. [`FailureKind::hint`] says what to check next.
+///
+/// Read it from the history of a call ([`AttemptRecord::kind`](crate::AttemptRecord::kind)) to
+/// act on the cause rather than on the code alone: both of these fail with UNAVAILABLE, or
+/// UNIMPLEMENTED, and call for different fixes.
+///
+/// ```
+/// use tonic_retry::{CallHistory, FailureKind};
+///
+/// fn explain(status: &tonic::Status) -> &'static str {
+///     match CallHistory::of(status).and_then(|history| history.last()).map(|attempt| attempt.kind()) {
+///         Some(FailureKind::ConnectionRefused) => "the server is not running",
+///         Some(FailureKind::UnknownService) => "the client's and the server's protos disagree",
+///         Some(kind) => kind.hint(),
+///         None => "no retry history: the layer passed it through",
+///     }
+/// }
+/// # assert_eq!(explain(&tonic::Status::ok("")), "no retry history: the layer passed it through");
+/// assert_eq!(FailureKind::ConnectionRefused.as_str(), "connection refused");
+/// assert!(FailureKind::ConnectionRefused.never_sent());
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureKind {

@@ -18,18 +18,39 @@ pub const DEFAULT_CHANNEL_BUFFER_LIMIT: usize = 16 * 1024 * 1024;
 
 /// A [`tower::Layer`] that retries tonic calls by the policy of their service and method.
 ///
-/// ```no_run
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// Put it over a tonic `Channel` (or anything a generated client accepts) and hand the result
+/// to the generated client; where other `tower` layers go relative to it is the
+/// [guide](crate::guide)'s subject.
+///
+/// ```
+/// use std::time::Duration;
 /// use tonic::transport::Channel;
 /// use tonic_retry::{RetryLayer, RetryPolicy};
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let channel = Channel::from_static("http://127.0.0.1:50051").connect_lazy();
 /// let layer = RetryLayer::builder()
+///     // Calls no other policy names: 5 attempts, UNAVAILABLE retried.
 ///     .default_policy(RetryPolicy::default())
-///     .method("helloworld.Greeter/SayHello", RetryPolicy::builder().max_attempts(3).build()?)
+///     // Every method of one service.
+///     .service(
+///         "helloworld.Greeter",
+///         RetryPolicy::builder().max_attempts(3).build()?,
+///     )
+///     // One method: it wins over its service's policy.
+///     .method(
+///         "helloworld.Greeter/SayHello",
+///         RetryPolicy::builder()
+///             .attempt_timeout(Duration::from_secs(1))
+///             .build()?,
+///     )
+///     // A method that must never run twice.
+///     .method("helloworld.Greeter/Charge", RetryPolicy::no_retries())
 ///     .build()?;
 /// let channel = tower::ServiceBuilder::new().layer(layer).service(channel);
-/// // let client = GreeterClient::new(channel);
+/// // Any generated client takes it unchanged: GreeterClient::new(channel)
+/// # let _ = channel;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
@@ -52,13 +73,37 @@ pub(crate) struct Shared {
 
 impl RetryLayer {
     /// A layer with the default policy for every call (see [`RetryPolicy::default`]).
+    ///
+    /// ```
+    /// use tonic::transport::Channel;
+    /// use tonic_retry::RetryLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let channel = tower::ServiceBuilder::new()
+    ///     .layer(RetryLayer::new())
+    ///     .service(Channel::from_static("http://127.0.0.1:50051").connect_lazy());
+    /// # let _ = channel;
+    /// # }
+    /// ```
     pub fn new() -> RetryLayer {
         RetryLayer::builder()
             .build()
             .unwrap_or_else(|_| unreachable!("the default configuration is valid"))
     }
 
-    /// A builder for per-service and per-method policies.
+    /// A builder for per-service and per-method policies, a throttle, a hook... (see
+    /// [`RetryLayerBuilder`]).
+    ///
+    /// ```
+    /// use tonic_retry::{RetryLayer, RetryPolicy};
+    ///
+    /// let layer = RetryLayer::builder()
+    ///     .service("helloworld.Greeter", RetryPolicy::builder().max_attempts(3).build()?)
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub fn builder() -> RetryLayerBuilder {
         RetryLayerBuilder {
             policies: PolicyTableBuilder::new(),
@@ -71,12 +116,23 @@ impl RetryLayer {
         }
     }
 
-    /// The layer's counters, shared by every service it made.
+    /// The layer's counters, shared by every service it made (see [`Counters`] for an example).
     pub fn metrics(&self) -> &Counters {
         &self.shared.counters
     }
 
-    /// The layer's retry throttle, if it has one.
+    /// The layer's retry throttle, if it has one: the one given to
+    /// [`RetryLayerBuilder::throttle`], or made from a service config's `retryThrottling`.
+    ///
+    /// ```
+    /// use tonic_retry::{RetryLayer, RetryThrottle};
+    ///
+    /// let layer = RetryLayer::builder().throttle(RetryThrottle::grpc_default()).build()?;
+    /// let throttle = layer.throttle().expect("a throttle was given");
+    /// assert_eq!(throttle.tokens(), 10.0);
+    /// assert!(RetryLayer::new().throttle().is_none());
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub fn throttle(&self) -> Option<&RetryThrottle> {
         self.shared.gate.throttle()
     }
@@ -132,6 +188,32 @@ impl<S: Clone> Layer<S> for RetryLayer {
 /// [`default_policy`](Self::default_policy) and by a service config's default name, or more than
 /// one retry gate ([`throttle`](Self::throttle), [`budget`](Self::budget), a service config's
 /// `retryThrottling`).
+///
+/// ```
+/// use std::time::Duration;
+/// use tonic_retry::{RetryLayer, RetryPolicy, RetryThrottle};
+///
+/// let layer = RetryLayer::builder()
+///     .default_policy(RetryPolicy::builder().call_timeout(Duration::from_secs(30)).build()?)
+///     .service("helloworld.Greeter", RetryPolicy::builder().max_attempts(3).build()?)
+///     .method("helloworld.Greeter/Charge", RetryPolicy::no_retries())
+///     .throttle(RetryThrottle::grpc_default())
+///     .target("greeter.internal:443")
+///     .on_retry(|event| tracing::warn!(method = event.method, attempt = event.attempt, "retrying"))
+///     .build()?;
+/// # let _ = layer;
+///
+/// // Names are checked by `build`, which says what is wrong and where.
+/// let err = RetryLayer::builder()
+///     .method("helloworld.Greeter.SayHello", RetryPolicy::default())
+///     .build()
+///     .unwrap_err();
+/// assert_eq!(
+///     err.to_string(),
+///     r#"method: must be "package.Service/Method", got "helloworld.Greeter.SayHello""#
+/// );
+/// # Ok::<(), tonic_retry::ConfigError>(())
+/// ```
 #[derive(Debug)]
 pub struct RetryLayerBuilder {
     policies: PolicyTableBuilder,
@@ -215,6 +297,18 @@ impl RetryLayerBuilder {
     /// config wins over that fallback; given together with a config's default name, it is
     /// configured twice and [`build`](Self::build) says so. A second `default_policy` replaces
     /// the first.
+    ///
+    /// ```
+    /// use tonic_retry::{RetryLayer, RetryPolicy};
+    ///
+    /// // Retry nothing, except the one service that is known to be idempotent.
+    /// let layer = RetryLayer::builder()
+    ///     .default_policy(RetryPolicy::no_retries())
+    ///     .service("catalog.Products", RetryPolicy::default())
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub fn default_policy(mut self, policy: RetryPolicy) -> Self {
         self.policies.set_default(policy);
         self
@@ -258,13 +352,25 @@ impl RetryLayerBuilder {
     }
 
     /// The policy for every method of `service`, a fully qualified name such as
-    /// `helloworld.Greeter`.
+    /// `helloworld.Greeter` (the proto package, a dot, the service), as the generated client
+    /// sends it in the request path `/helloworld.Greeter/SayHello`. A method policy of the same
+    /// service wins over it.
     pub fn service(mut self, service: &str, policy: RetryPolicy) -> Self {
         self.policies.insert_service(service, policy);
         self
     }
 
     /// The policy for one method, named `package.Service/Method`. It wins over the service's.
+    ///
+    /// ```
+    /// use tonic_retry::{RetryLayer, RetryPolicy};
+    ///
+    /// let layer = RetryLayer::builder()
+    ///     .method("bank.Ledger/Transfer", RetryPolicy::no_retries())
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub fn method(mut self, path: &str, policy: RetryPolicy) -> Self {
         self.policies.insert_method(path, policy);
         self
@@ -295,12 +401,31 @@ impl RetryLayerBuilder {
     /// the history of a failed call can say it: a tonic `Channel` adds the address below the
     /// layer, out of its sight. A request whose URI has an authority is named by it instead. For
     /// one layer over several channels, label each with [`RetryLayer::with_target`].
+    ///
+    /// ```
+    /// use tonic_retry::{CallHistory, RetryLayer, RetryPolicy};
+    /// use tonic_retry_testkit::pb::{SayRequest, echo_client::EchoClient};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let channel = tonic_retry_testkit::lazy_channel(tonic_retry_testkit::unused_addr());
+    /// let layer = RetryLayer::builder()
+    ///     .default_policy(RetryPolicy::no_retries())
+    ///     .target("orders.internal:443")
+    ///     .build()?;
+    /// let mut client = EchoClient::new(tower::ServiceBuilder::new().layer(layer).service(channel));
+    /// let status = client.say(SayRequest::default()).await.unwrap_err();
+    /// let history = CallHistory::of(&status).unwrap();
+    /// assert_eq!(history.target(), Some("orders.internal:443"));
+    /// # Ok(()) }
+    /// ```
     pub fn target(mut self, target: impl Into<String>) -> Self {
         self.target = Some(Arc::from(target.into()));
         self
     }
 
-    /// Seeds the jitter, so that a test can replay the exact same delays.
+    /// Seeds the jitter, so that a test can replay the exact same delays. Without it, the jitter
+    /// is seeded from the system's entropy.
     pub fn jitter_seed(mut self, seed: u64) -> Self {
         self.jitter_seed = Some(seed);
         self
@@ -308,6 +433,16 @@ impl RetryLayerBuilder {
 
     /// Bounds the bytes all calls through this layer hold for replay together (default 16 MiB).
     /// A call that finds no room is sent unbuffered and is not retried.
+    ///
+    /// ```
+    /// use tonic_retry::RetryLayer;
+    ///
+    /// // At most 4 MiB held for replay across all calls; each call keeps its own limit too
+    /// // (`RetryPolicyBuilder::buffer_limit`, 256 KiB by default).
+    /// let layer = RetryLayer::builder().channel_buffer_limit(4 * 1024 * 1024).build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub fn channel_buffer_limit(mut self, bytes: usize) -> Self {
         self.channel_buffer_limit = bytes;
         self
@@ -318,6 +453,19 @@ impl RetryLayerBuilder {
     /// A layer has one retry gate: this, a [`budget`](Self::budget), or a service config's
     /// `retryThrottling`. Giving two of them is an error from [`build`](Self::build) that names
     /// both; a second `throttle` replaces the first.
+    ///
+    /// ```
+    /// use tonic_retry::{RetryLayer, RetryThrottle};
+    ///
+    /// // gRPC's usual setting: retries stop while 5 or fewer of the 10 tokens are left, and each
+    /// // call that ends OK gives back a tenth of one.
+    /// let throttle = RetryThrottle::new(10.0, 0.1)?;
+    /// let layer = RetryLayer::builder().throttle(throttle.clone()).build()?;
+    /// // Clones share the bucket: the throttle kept here reads the layer's tokens.
+    /// throttle.record_failure();
+    /// assert_eq!(layer.throttle().map(|shared| shared.tokens()), Some(9.0));
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub fn throttle(self, throttle: RetryThrottle) -> Self {
         self.set_gate(RetryGate::Throttle(throttle), GateSetting::Throttle)
     }
@@ -327,11 +475,33 @@ impl RetryLayerBuilder {
     ///
     /// Not together with a [`throttle`](Self::throttle) or a service config's `retryThrottling`:
     /// [`build`](Self::build) rejects two retry gates. A second `budget` replaces the first.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tonic_retry::{RetryLayer, RetryThrottle};
+    /// use tower::retry::budget::TpsBudget;
+    ///
+    /// // Retries add at most 20% to the calls of the last 10 s, plus 10 retries a second.
+    /// let budget = TpsBudget::new(Duration::from_secs(10), 10, 0.2);
+    /// let layer = RetryLayer::builder().budget(budget).build()?;
+    /// # let _ = layer;
+    ///
+    /// // One retry gate per layer.
+    /// let err = RetryLayer::builder()
+    ///     .throttle(RetryThrottle::grpc_default())
+    ///     .budget(TpsBudget::new(Duration::from_secs(10), 10, 0.2))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.field(), "budget");
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub fn budget(self, budget: impl tower::retry::budget::Budget + Send + Sync + 'static) -> Self {
         self.set_gate(RetryGate::Budget(Box::new(budget)), GateSetting::Budget)
     }
 
-    /// Validates the configuration and builds the layer.
+    /// Validates the configuration and builds the layer: every service and method name, each
+    /// name given once, one default policy, one retry gate. The error names the setting and the
+    /// value at fault.
     pub fn build(self) -> Result<RetryLayer, ConfigError> {
         let policies = self.policies.build()?;
         if let Some(conflict) = self.gate_conflict {

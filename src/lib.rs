@@ -6,21 +6,39 @@
 //! and fails fast on UNIMPLEMENTED, PERMISSION_DENIED and UNAUTHENTICATED, by the policy of each
 //! service and method.
 //!
-//! ```no_run
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! ```
 //! use tonic::transport::Channel;
 //! use tonic_retry::RetryLayer;
 //!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
 //! let channel = Channel::from_static("http://127.0.0.1:50051").connect_lazy();
 //! let channel = tower::ServiceBuilder::new()
 //!     .layer(RetryLayer::new())
 //!     .service(channel);
 //! // Any generated client takes it unchanged: GreeterClient::new(channel)
-//! # Ok(()) }
+//! # let _ = channel;
+//! # }
 //! ```
 //!
 //! When the layer gives up, the caller's [`tonic::Status`] carries the last attempt's code and
 //! message unchanged; [`CallHistory::of`] reads what was tried and why it stopped.
+//!
+//! # Where to start
+//!
+//! | to... | start from |
+//! |---|---|
+//! | retry calls, per service and per method | [`RetryLayer::builder`], [`RetryPolicy::builder`] |
+//! | reuse the gRPC service config of your other clients | [`ServiceConfig`], [`RetryLayerBuilder::service_config`] |
+//! | keep retries from becoming a storm | [`RetryThrottle`] ([`RetryLayerBuilder::throttle`]), or a tower budget ([`RetryLayerBuilder::budget`]) |
+//! | never retry one call, or retry it harder | a [`RetryPolicy`] in the request's extensions ([for one call](RetryPolicy#for-one-call)) |
+//! | learn why a call failed | [`CallHistory::of`] on the status; [`FailureKind`] and its hint |
+//! | log that a call succeeded after retries | the [`CallHistory`] in the response's extensions |
+//! | be told of every retry | [`RetryLayerBuilder::on_retry`] and [`RetryEvent`] |
+//! | count what the layer did | [`RetryLayer::metrics`] and [`Counters`] |
+//! | find and replace dead connections | [`Keepalive`], [`keepalive`], [`EvictingChannel`] |
+//! | resume a server stream that broke | [`ResumableStream`], [`ResumePolicy`] |
+//! | place the layer among interceptors, timeouts, limits, balancers | the [`guide`] |
 //!
 //! Beyond the layer:
 //!
@@ -51,6 +69,7 @@ mod deadline;
 mod endpoint;
 mod error;
 mod future;
+pub mod guide;
 mod head;
 mod history;
 mod hook;

@@ -6,6 +6,39 @@ use std::time::Duration;
 
 /// Counts of what a layer did, shared by every clone of it. Relaxed atomics: cheap to bump on
 /// every call, and each count is exact, though two read one after the other may be a call apart.
+///
+/// Read them from the layer ([`RetryLayer::metrics`](crate::RetryLayer::metrics)) or from the
+/// service it made ([`Retry::metrics`](crate::Retry::metrics)), for example to export them to
+/// your metrics system now and then.
+///
+/// ```
+/// use std::time::Duration;
+/// use tonic_retry::{ExponentialBackoff, RetryLayer, RetryPolicy};
+/// // Your generated client; here the test proto's `Echo` service.
+/// use tonic_retry_testkit::pb::{SayRequest, echo_client::EchoClient};
+/// # use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # // A server that answers UNAVAILABLE twice, then OK.
+/// # let server = ScriptedServer::start(Script::new().then_n(
+/// #     Method::Say, 2, Action::fail(tonic::Code::Unavailable, "warming up"))).await;
+/// # let channel = lazy_channel(server.addr());
+/// let quick = ExponentialBackoff::new(Duration::from_millis(1), Duration::from_millis(1), 1.0)?;
+/// let layer = RetryLayer::builder()
+///     .default_policy(RetryPolicy::builder().backoff(quick).build()?)
+///     .build()?;
+/// let channel = tower::ServiceBuilder::new().layer(layer.clone()).service(channel);
+/// let mut client = EchoClient::new(channel);
+///
+/// client.say(SayRequest::default()).await?;
+/// let counters = layer.metrics();
+/// assert_eq!(counters.calls(), 1);
+/// assert_eq!(counters.attempts(), 3);
+/// assert_eq!(counters.retries(), 2);
+/// assert_eq!(counters.exhausted(), 0);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Default)]
 pub struct Counters {
     pub(crate) calls: AtomicU64,

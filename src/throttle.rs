@@ -22,8 +22,23 @@ const SCALE: u32 = 1000;
 /// `token_ratio`; retries (never first attempts) are allowed only while the bucket holds more
 /// than half of `max_tokens`. Lock-free: one atomic, fixed-point arithmetic.
 ///
-/// Clones share the bucket: pass one to the layer and to resumable streams so that they draw on
-/// the same tokens.
+/// Clones share the bucket: pass one to the layer
+/// ([`RetryLayerBuilder::throttle`](crate::RetryLayerBuilder::throttle)) and to resumable
+/// streams ([`ResumePolicyBuilder::throttle`](crate::ResumePolicyBuilder::throttle)) so that
+/// they draw on the same tokens, and an outage that fails every call does not also turn every
+/// open stream into a reopen storm.
+///
+/// ```
+/// use tonic_retry::{ResumePolicy, RetryLayer, RetryThrottle};
+///
+/// let throttle = RetryThrottle::new(10.0, 0.1)?;
+/// let layer = RetryLayer::builder().throttle(throttle.clone()).build()?;
+/// let streams = ResumePolicy::builder().throttle(throttle.clone()).build()?;
+/// # let _ = (layer, streams);
+/// # Ok::<(), tonic_retry::ConfigError>(())
+/// ```
+///
+/// The bucket's arithmetic:
 ///
 /// ```
 /// use tonic_retry::RetryThrottle;
@@ -51,6 +66,16 @@ impl RetryThrottle {
     /// A bucket of `max_tokens` in (0, 1000], refilled by `token_ratio` (> 0, at most 1000) per
     /// success. Both are kept to three decimal places (gRFC A6), rounded, and each must be at
     /// least 0.001 once rounded. The bucket starts full.
+    ///
+    /// ```
+    /// use tonic_retry::RetryThrottle;
+    ///
+    /// let throttle = RetryThrottle::new(100.0, 0.5)?;
+    /// assert_eq!(throttle.tokens(), 100.0);
+    /// let err = RetryThrottle::new(0.0, 0.1).unwrap_err();
+    /// assert_eq!(err.field(), "max_tokens");
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub fn new(max_tokens: f64, token_ratio: f64) -> Result<RetryThrottle, ConfigError> {
         let (max, ratio) = bucket_settings(max_tokens, token_ratio, ("max_tokens", "token_ratio"))?;
         Ok(RetryThrottle::from_bucket(max, ratio))
@@ -66,7 +91,9 @@ impl RetryThrottle {
         }
     }
 
-    /// gRPC's usual setting: 10 tokens, 0.1 back per success.
+    /// gRPC's usual setting: 10 tokens, 0.1 back per success; the same as
+    /// `RetryThrottle::new(10.0, 0.1)` or a service config's
+    /// `"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}`.
     pub fn grpc_default() -> RetryThrottle {
         RetryThrottle::from_bucket(10 * SCALE, SCALE / 10)
     }

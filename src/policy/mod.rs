@@ -67,6 +67,57 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
 /// assert_eq!(policy.max_attempts(), 4);
 /// # Ok::<(), tonic_retry::ConfigError>(())
 /// ```
+///
+/// Give it to the layer for every call ([`default_policy`](crate::RetryLayerBuilder::default_policy)),
+/// for a service ([`service`](crate::RetryLayerBuilder::service)) or for a method
+/// ([`method`](crate::RetryLayerBuilder::method)), or read it from a gRPC service config
+/// ([`ServiceConfig`](crate::ServiceConfig)).
+///
+/// # For one call
+///
+/// A `RetryPolicy` in a request's extensions replaces the layer's policy for that call only:
+/// never retry a call that must not run twice, or retry one read harder, without building
+/// another channel. Everything else stays the layer's: its throttle or budget, its counters,
+/// its hook. The call's deadline is the request's own (`grpc-timeout`, tonic's
+/// `Request::set_timeout`) or this policy's [`call_timeout`](RetryPolicyBuilder::call_timeout).
+///
+/// ```
+/// use std::time::Duration;
+/// use tonic::{Code, Request};
+/// use tonic_retry::{CallHistory, ExponentialBackoff, RetryLayer, RetryPolicy};
+/// // Your generated client; here the test proto's `Echo` service.
+/// use tonic_retry_testkit::pb::{SayRequest, echo_client::EchoClient};
+/// # use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # // A server that answers UNAVAILABLE to every call.
+/// # let server = ScriptedServer::start(
+/// #     Script::new().default_action(Method::Say, Action::fail(Code::Unavailable, "down")),
+/// # )
+/// # .await;
+/// # let channel = lazy_channel(server.addr());
+/// let quick = ExponentialBackoff::new(Duration::from_millis(1), Duration::from_millis(1), 1.0)?;
+/// let layer = RetryLayer::builder()
+///     .default_policy(RetryPolicy::builder().backoff(quick).build()?)
+///     .build()?;
+/// let mut client = EchoClient::new(tower::ServiceBuilder::new().layer(layer).service(channel));
+///
+/// // This call is never retried, whatever the layer's policy says.
+/// let mut request = Request::new(SayRequest::default());
+/// request.extensions_mut().insert(RetryPolicy::no_retries());
+/// let status = client.say(request).await.unwrap_err();
+/// assert_eq!(CallHistory::of(&status).unwrap().attempt_count(), 1);
+///
+/// // This one gets 8 attempts.
+/// let mut request = Request::new(SayRequest::default());
+/// request
+///     .extensions_mut()
+///     .insert(RetryPolicy::builder().max_attempts(8).backoff(quick).build()?);
+/// let status = client.say(request).await.unwrap_err();
+/// assert_eq!(CallHistory::of(&status).unwrap().attempt_count(), 8);
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct RetryPolicy {
     max_attempts: u32,
@@ -79,13 +130,47 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// A builder starting from the defaults.
+    /// A builder starting from the defaults (see [`RetryPolicy::default`]); to start from
+    /// another policy, `RetryPolicyBuilder::from(policy)`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tonic_retry::RetryPolicy;
+    ///
+    /// let policy = RetryPolicy::builder()
+    ///     .max_attempts(3)
+    ///     .attempt_timeout(Duration::from_millis(500))
+    ///     .call_timeout(Duration::from_secs(5))
+    ///     .build()?;
+    /// assert_eq!(policy.call_timeout(), Some(Duration::from_secs(5)));
+    ///
+    /// // Every field is checked by `build`.
+    /// let err = RetryPolicy::builder().max_attempts(0).build().unwrap_err();
+    /// assert_eq!(err.to_string(), "max_attempts: must be >= 1, got 0");
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub fn builder() -> RetryPolicyBuilder {
         RetryPolicyBuilder::default()
     }
 
     /// A policy that never retries (but still diagnoses failures, and still makes gRFC A6's one
     /// transparent retry of a stream the server refused unseen).
+    ///
+    /// For a method that must not run twice, or for one call (see
+    /// [For one call](RetryPolicy#for-one-call)):
+    ///
+    /// ```
+    /// use tonic_retry::{RetryLayer, RetryPolicy};
+    ///
+    /// let layer = RetryLayer::builder()
+    ///     .method("bank.Ledger/Transfer", RetryPolicy::no_retries())
+    ///     .build()?;
+    /// # let _ = layer;
+    ///
+    /// let mut request = tonic::Request::new(());
+    /// request.extensions_mut().insert(RetryPolicy::no_retries());
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub fn no_retries() -> RetryPolicy {
         RetryPolicy {
             max_attempts: 1,
@@ -161,6 +246,20 @@ impl fmt::Debug for RetryPolicy {
 
 /// Builds a [`RetryPolicy`]; [`build`](RetryPolicyBuilder::build) validates every field, so the
 /// order of the setters never matters. Each setter replaces its own earlier value.
+///
+/// Start from the defaults with [`RetryPolicy::builder`], or from another policy to change some
+/// of its fields:
+///
+/// ```
+/// use tonic_retry::{RetryPolicy, RetryPolicyBuilder};
+///
+/// let base = RetryPolicy::builder().max_attempts(3).build()?;
+/// let patient = RetryPolicyBuilder::from(base.clone())
+///     .call_timeout(std::time::Duration::from_secs(60))
+///     .build()?;
+/// assert_eq!(patient.max_attempts(), 3);
+/// # Ok::<(), tonic_retry::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct RetryPolicyBuilder {
     policy: RetryPolicy,
@@ -204,6 +303,25 @@ impl RetryPolicyBuilder {
     /// cannot fix a missing method or a caller who is not allowed. To retry one, set
     /// [`fail_fast_codes`](Self::fail_fast_codes) without it. A code given to both setters is a
     /// contradiction, and `build` rejects it.
+    ///
+    /// ```
+    /// use tonic::Code;
+    /// use tonic_retry::RetryPolicy;
+    ///
+    /// // PERMISSION_DENIED still fails fast (with a warning)...
+    /// let policy = RetryPolicy::builder()
+    ///     .retryable_codes([Code::Unavailable, Code::PermissionDenied])
+    ///     .build()?;
+    /// assert!(!policy.retryable_codes().contains(Code::PermissionDenied));
+    ///
+    /// // ...unless it is taken out of the fail-fast codes.
+    /// let policy = RetryPolicy::builder()
+    ///     .retryable_codes([Code::Unavailable, Code::PermissionDenied])
+    ///     .fail_fast_codes([Code::Unimplemented, Code::Unauthenticated])
+    ///     .build()?;
+    /// assert!(policy.retryable_codes().contains(Code::PermissionDenied));
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub fn retryable_codes(mut self, codes: impl IntoIterator<Item = Code>) -> Self {
         self.policy.retryable = codes.into_iter().collect();
         self.retryable_set = true;

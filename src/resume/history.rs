@@ -103,6 +103,44 @@ impl fmt::Display for ReopenRecord {
 /// }
 /// # }
 /// ```
+///
+/// Here a server that answers every open with UNAVAILABLE:
+///
+/// ```
+/// use std::time::Duration;
+/// use futures::StreamExt;
+/// use tonic_retry::{ExponentialBackoff, ResumableStream, ResumeHistory, ResumePolicy};
+/// // Your generated client; here the test proto's `Count(CountRequest) returns (stream Numbered)`.
+/// use tonic_retry_testkit::pb::{CountRequest, echo_client::EchoClient};
+/// # use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let server = ScriptedServer::start(Script::new().default_action(
+/// #     Method::Count, Action::fail(tonic::Code::Unavailable, "down for maintenance"))).await;
+/// # let client = EchoClient::new(lazy_channel(server.addr()));
+/// let policy = ResumePolicy::builder()
+///     .max_failed_reopens(2)
+///     .backoff(ExponentialBackoff::new(Duration::from_millis(1), Duration::from_millis(1), 1.0)?)
+///     .build()?;
+/// let stream = ResumableStream::with_policy(
+///     policy,
+///     move |cursor: Option<u64>| {
+///         let mut client = client.clone();
+///         let request = CountRequest { start_after: cursor.unwrap_or(0), count: 10, padding_len: 0 };
+///         async move { client.count(request).await }
+///     },
+///     |message| message.seq,
+/// );
+/// let mut stream = std::pin::pin!(stream);
+/// let status = stream.next().await.expect("the last error").unwrap_err();
+/// assert_eq!(status.code(), tonic::Code::Unavailable);
+/// let history = ResumeHistory::of(&status).expect("the stream gave up");
+/// assert_eq!(history.failures().len(), 3); // the first open and two reopens
+/// assert_eq!(history.delivered(), 0);
+/// assert!(stream.next().await.is_none(), "and it ends");
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct ResumeHistory {
     pub(crate) failures: Vec<ReopenRecord>,

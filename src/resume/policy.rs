@@ -76,8 +76,22 @@ impl ReopenBudget {
 /// with the [`RetryLayer`](crate::RetryLayer), so a server-wide outage does not turn every open
 /// stream into a reopen storm.
 ///
-/// [`RetryThrottle`] implements it: share one `Arc<RetryThrottle>` between streams (and, where
-/// the layer lets you pass it in, with the layer).
+/// [`RetryThrottle`] implements it, and its clones share one bucket: give a clone to the layer
+/// ([`RetryLayerBuilder::throttle`](crate::RetryLayerBuilder::throttle)) and one to each
+/// stream's policy ([`ResumePolicyBuilder::throttle`]).
+///
+/// ```
+/// use tonic_retry::{ResumePolicy, RetryLayer, RetryThrottle};
+///
+/// let throttle = RetryThrottle::grpc_default();
+/// let layer = RetryLayer::builder().throttle(throttle.clone()).build()?;
+/// let policy = ResumePolicy::builder().throttle(throttle.clone()).build()?;
+/// // A failure the stream records is one the layer sees, and the other way round.
+/// throttle.record_failure();
+/// assert_eq!(layer.throttle().unwrap().tokens(), 9.0);
+/// # let _ = policy;
+/// # Ok::<(), tonic_retry::ConfigError>(())
+/// ```
 pub trait ReopenThrottle: fmt::Debug + Send + Sync + 'static {
     /// Whether a reopen may be made now.
     fn allows_reopen(&self) -> bool;
@@ -292,6 +306,16 @@ impl ResumePolicyBuilder {
     /// to `reopens`. Both must be at least 1. The default holds
     /// [`DEFAULT_REOPEN_BUDGET`] reopens (or `max_failed_reopens`, if larger) refilled by one
     /// every [`DEFAULT_MESSAGES_PER_REOPEN`] messages.
+    ///
+    /// ```
+    /// use tonic_retry::ResumePolicy;
+    ///
+    /// // 20 reopens in hand; every 100 messages delivered pay one back.
+    /// let policy = ResumePolicy::builder().reopen_budget(20, 100).build()?;
+    /// assert_eq!(policy.reopen_budget().reopens(), 20);
+    /// assert_eq!(policy.reopen_budget().messages_per_reopen(), 100);
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub fn reopen_budget(mut self, reopens: u32, messages_per_reopen: u32) -> Self {
         self.policy.reopen_budget = Some(ReopenBudget {
             reopens,
@@ -331,6 +355,18 @@ impl ResumePolicyBuilder {
     /// timeouts applies there). The silence is noticed between one and two timeouts after the
     /// last message: the clock is not read per message, which keeps the happy path as cheap as
     /// a raw stream.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tonic_retry::ResumePolicy;
+    ///
+    /// // The server sends a heartbeat message at least every 5 s.
+    /// let policy = ResumePolicy::builder()
+    ///     .heartbeat_timeout(Duration::from_secs(5))
+    ///     .build()?;
+    /// assert_eq!(policy.heartbeat_timeout(), Some(Duration::from_secs(5)));
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
         self.policy.heartbeat_timeout = Some(timeout);
         self

@@ -128,7 +128,20 @@ impl ServiceConfig {
     }
 
     /// Parses and validates a service config, capping `maxAttempts` at
-    /// [`DEFAULT_MAX_ATTEMPTS`] (5, as gRPC does).
+    /// [`DEFAULT_MAX_ATTEMPTS`] (5, as gRPC does). `str::parse` does the same.
+    ///
+    /// An error names the exact place and the value at fault:
+    ///
+    /// ```
+    /// use tonic_retry::ServiceConfig;
+    ///
+    /// let err = ServiceConfig::from_json(r#"{"methodConfig": [{
+    ///     "name": [{"service": "helloworld.Greeter"}],
+    ///     "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
+    ///                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILIBLE"]}}]}"#)
+    /// .unwrap_err();
+    /// assert_eq!(err.field(), "methodConfig[0].retryPolicy.retryableStatusCodes[0]");
+    /// ```
     pub fn from_json(json: &str) -> Result<ServiceConfig, ConfigError> {
         ServiceConfig::from_json_with_cap(json, DEFAULT_MAX_ATTEMPTS)
     }
@@ -224,7 +237,6 @@ impl ServiceConfig {
     }
 
     /// The per-call default `timeout` of the method config a call matches, if it sets one.
-    ///
     pub fn timeout_for(&self, path: &str) -> Option<Duration> {
         self.lookup(path).and_then(MethodConfig::timeout)
     }
@@ -246,6 +258,23 @@ impl ServiceConfig {
     /// builder directly, the config's default name together with `default_policy`, or
     /// `retryThrottling` together with [`throttle`](RetryLayerBuilder::throttle) or
     /// [`budget`](RetryLayerBuilder::budget).
+    ///
+    /// ```
+    /// use tonic_retry::{RetryLayer, RetryPolicy, ServiceConfig};
+    ///
+    /// let config: ServiceConfig = r#"{"methodConfig": [{
+    ///     "name": [{"service": "helloworld.Greeter"}],
+    ///     "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
+    ///                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#
+    ///     .parse()?;
+    /// // Calls to other services keep the crate's default policy rather than no retries.
+    /// let layer = RetryLayer::builder()
+    ///     .service_config(&config) // the same as config.apply(builder)
+    ///     .default_policy(RetryPolicy::default())
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
     pub fn apply(&self, mut builder: RetryLayerBuilder) -> RetryLayerBuilder {
         for (i, config) in self.method_configs.iter().enumerate() {
             let policy = config.to_policy();
