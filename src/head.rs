@@ -1,7 +1,6 @@
 //! The request head, kept so that every attempt after the first can be built from it.
 
 use http::header::{CONTENT_TYPE, TE};
-use http::request::Parts;
 use http::{Extensions, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use std::time::Duration;
 
@@ -106,12 +105,12 @@ impl RequestHead {
     /// Copies what a retry needs of the first attempt's head; returns it with the timeout the
     /// caller's `grpc-timeout` header gives, if it parses (read while the headers are copied: no
     /// second lookup).
-    pub(crate) fn save(parts: &Parts) -> (RequestHead, Option<Duration>) {
+    pub(crate) fn save<B>(request: &Request<B>) -> (RequestHead, Option<Duration>) {
         let mut caller_timeout = None;
         let mut usual = UsualHeaders::default();
         let mut headers = Vec::new();
         let mut previous: Option<&HeaderName> = None;
-        for (name, value) in &parts.headers {
+        for (name, value) in request.headers() {
             // A usual header is kept as a flag only as the first value of its name: a retry
             // restores the flags first, so the values of each name keep their order.
             let first_of_name = previous != Some(name);
@@ -124,17 +123,17 @@ impl RequestHead {
                 continue;
             }
             if headers.capacity() == 0 {
-                headers.reserve_exact(parts.headers.len());
+                headers.reserve_exact(request.headers().len());
             }
             headers.push((name.clone(), value.clone()));
         }
         let head = RequestHead {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
             usual,
             headers,
-            extensions: SavedExtensions::save(&parts.extensions),
+            extensions: SavedExtensions::save(request.extensions()),
         };
         (head, caller_timeout)
     }
@@ -176,8 +175,7 @@ mod tests {
         request
             .extensions_mut()
             .insert(GrpcMethod::new("pkg.Svc", "Method"));
-        let (parts, ()) = request.into_parts();
-        let (head, _) = RequestHead::save(&parts);
+        let (head, _) = RequestHead::save(&request);
         assert!(matches!(head.extensions, SavedExtensions::GrpcMethod(_)));
         let retry = head.request(Body::empty());
         let method = retry.extensions().get::<GrpcMethod<'static>>().unwrap();
@@ -204,9 +202,8 @@ mod tests {
         let mut secret = HeaderValue::from_static("token");
         secret.set_sensitive(true);
         headers.insert("authorization", secret);
-        let (parts, ()) = request.into_parts();
-        let retry = RequestHead::save(&parts).0.request(Body::empty());
-        assert_eq!(retry.headers(), &parts.headers);
+        let retry = RequestHead::save(&request).0.request(Body::empty());
+        assert_eq!(retry.headers(), request.headers());
         let multi: Vec<_> = retry.headers().get_all("x-multi").iter().collect();
         assert_eq!(multi, ["1", "2"]);
         assert!(retry.headers()["authorization"].is_sensitive());
@@ -220,15 +217,14 @@ mod tests {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.append(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.append(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        let (parts, ()) = request.into_parts();
-        let (head, _) = RequestHead::save(&parts);
+        let (head, _) = RequestHead::save(&request);
         assert_eq!(
             head.usual.0,
             UsualHeaders::TE_TRAILERS | UsualHeaders::CONTENT_TYPE_GRPC
         );
         assert_eq!(head.headers.len(), 2, "the repeated values are copied");
         let retry = head.request(Body::empty());
-        assert_eq!(retry.headers(), &parts.headers);
+        assert_eq!(retry.headers(), request.headers());
         let types: Vec<_> = retry.headers().get_all(CONTENT_TYPE).iter().collect();
         assert_eq!(
             types,
@@ -244,11 +240,10 @@ mod tests {
         let mut secret = HeaderValue::from_static("trailers");
         secret.set_sensitive(true);
         request.headers_mut().insert(TE, secret);
-        let (parts, ()) = request.into_parts();
-        let (head, _) = RequestHead::save(&parts);
+        let (head, _) = RequestHead::save(&request);
         assert_eq!(head.usual, UsualHeaders::default());
         let retry = head.request(Body::empty());
-        assert_eq!(retry.headers(), &parts.headers);
+        assert_eq!(retry.headers(), request.headers());
         assert!(retry.headers()[TE].is_sensitive());
     }
 
@@ -259,8 +254,7 @@ mod tests {
             .extensions_mut()
             .insert(GrpcMethod::new("pkg.Svc", "Method"));
         request.extensions_mut().insert(42u32);
-        let (parts, ()) = request.into_parts();
-        let retry = RequestHead::save(&parts).0.request(Body::empty());
+        let retry = RequestHead::save(&request).0.request(Body::empty());
         assert_eq!(retry.extensions().get::<u32>(), Some(&42));
         assert!(retry.extensions().get::<GrpcMethod<'static>>().is_some());
     }
