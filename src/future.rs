@@ -183,28 +183,32 @@ where
         let body = std::mem::replace(request.body_mut(), Body::empty());
         let mut body = CallBody::new(body, resolved.buffer_limit(), &shared.buffer_budget);
         *request.body_mut() = body.first_attempt();
-        let mut call = Call {
-            spare,
-            policy,
-            head,
-            body,
-            started,
-            attempts: 1,
-            sent: 1,
-            slow: None,
-            shared,
-        };
-        if timeout.is_some() || attempt_timeout.is_some() {
-            let slow = call.slow();
-            slow.timeout = timeout;
-            slow.deadline = timeout.and_then(|timeout| started.checked_add(timeout));
+        let slow = (timeout.is_some() || attempt_timeout.is_some()).then(|| {
+            let mut slow = Slow::new(started);
+            let cold = slow.as_mut().project().cold;
+            cold.timeout = timeout;
+            cold.deadline = timeout.and_then(|timeout| started.checked_add(timeout));
             // The server learns a deadline the policy set, as it learns the caller's own.
-            call.arm_attempt(request.headers_mut(), timeout != caller_timeout, started);
-        }
+            let rewrite = timeout != caller_timeout;
+            slow.as_mut()
+                .arm_attempt(attempt_timeout, request.headers_mut(), rewrite, started);
+            slow
+        });
         let future = ready.call(request);
+        // Built in place: the future is large, and each move of it is a copy.
         ResponseFuture {
             state: State::Attempt { future },
-            call,
+            call: Call {
+                spare,
+                policy,
+                head,
+                body,
+                started,
+                attempts: 1,
+                sent: 1,
+                slow,
+                shared,
+            },
             spans,
         }
     }
@@ -360,6 +364,61 @@ fn arm(mut timer: Pin<&mut Option<Sleep>>, at: Instant) {
     }
 }
 
+impl<S> Slow<S> {
+    /// The state of a call that started at `started`, before anything happened to it.
+    fn new(started: Instant) -> Pin<Box<Slow<S>>> {
+        Box::pin(Slow {
+            timer: None,
+            cold: Cold {
+                service: None,
+                timeout: None,
+                deadline: None,
+                attempt_deadline: None,
+                attempt_started: started,
+                backoff_step: 0,
+                transparent_used: false,
+                delay_before: Duration::ZERO,
+                transparent: false,
+                last_failure: None,
+                timed_out_attempt: None,
+                history: Vec::new(),
+            },
+        })
+    }
+
+    /// Sets when the attempt starting at `now` must end (the call's deadline or the
+    /// `attempt_timeout`), arms the timer for it, and tells the server in `grpc-timeout` when the
+    /// caller's own header no longer says it (`rewrite`, or a per-attempt timeout).
+    fn arm_attempt(
+        self: Pin<&mut Self>,
+        attempt_timeout: Option<Duration>,
+        headers: &mut HeaderMap,
+        rewrite: bool,
+        now: Instant,
+    ) {
+        let this = self.project();
+        let deadline = this.cold.deadline;
+        if deadline.is_none() && attempt_timeout.is_none() {
+            return;
+        }
+        let attempt_end = attempt_timeout.and_then(|timeout| now.checked_add(timeout));
+        let attempt_deadline = match (deadline, attempt_end) {
+            (Some(call), Some(attempt)) => Some(call.min(attempt)),
+            (call, attempt) => call.or(attempt),
+        };
+        this.cold.attempt_deadline = attempt_deadline;
+        if let Some(end) = attempt_deadline {
+            arm(this.timer, end);
+            if rewrite || attempt_end.is_some() {
+                headers.insert(
+                    GRPC_TIMEOUT,
+                    encode_grpc_timeout(end.saturating_duration_since(now)),
+                );
+            }
+        }
+    }
+}
+
 /// The call's span and its attempt's, boxed only when a subscriber enables either: a call that
 /// nothing traces carries a null pointer, not two disabled spans (80 bytes).
 struct Spans(Option<Box<SpanPair>>);
@@ -465,26 +524,7 @@ impl<S> Call<S> {
 
     fn slow_pinned(&mut self) -> Pin<&mut Slow<S>> {
         let started = self.started;
-        let slow = self.slow.get_or_insert_with(|| {
-            Box::pin(Slow {
-                timer: None,
-                cold: Cold {
-                    service: None,
-                    timeout: None,
-                    deadline: None,
-                    attempt_deadline: None,
-                    attempt_started: started,
-                    backoff_step: 0,
-                    transparent_used: false,
-                    delay_before: Duration::ZERO,
-                    transparent: false,
-                    last_failure: None,
-                    timed_out_attempt: None,
-                    history: Vec::new(),
-                },
-            })
-        });
-        slow.as_mut()
+        self.slow.get_or_insert_with(|| Slow::new(started)).as_mut()
     }
 
     /// The call's state off the happy path, if it has any.
@@ -496,30 +536,11 @@ impl<S> Call<S> {
         self.cold().and_then(|cold| cold.deadline)
     }
 
-    /// Sets when the attempt starting at `now` must end, arms the timer for it, and tells the
-    /// server in `grpc-timeout` when the caller's own header no longer says it (`rewrite`, or a
-    /// per-attempt timeout).
+    /// Arms the attempt starting at `now`: see [`Slow::arm_attempt`].
     fn arm_attempt(&mut self, headers: &mut HeaderMap, rewrite: bool, now: Instant) {
         let attempt_timeout = self.policy().attempt_timeout();
-        let deadline = self.deadline();
-        if deadline.is_none() && attempt_timeout.is_none() {
-            return;
-        }
-        let attempt_end = attempt_timeout.and_then(|timeout| now.checked_add(timeout));
-        let attempt_deadline = match (deadline, attempt_end) {
-            (Some(call), Some(attempt)) => Some(call.min(attempt)),
-            (call, attempt) => call.or(attempt),
-        };
-        self.slow().attempt_deadline = attempt_deadline;
-        if let Some(end) = attempt_deadline {
-            arm(self.timer(), end);
-            if rewrite || attempt_end.is_some() {
-                headers.insert(
-                    GRPC_TIMEOUT,
-                    encode_grpc_timeout(end.saturating_duration_since(now)),
-                );
-            }
-        }
+        self.slow_pinned()
+            .arm_attempt(attempt_timeout, headers, rewrite, now);
     }
 
     /// The next attempt's request, or why none can be sent: the request can no longer be
