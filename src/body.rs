@@ -96,6 +96,13 @@ impl CallBody {
             Poll::Ready(Some(frame)) => Some(frame),
         };
         let second = match &first {
+            // A body that knows it ended (`Full` does) needs no second poll to say so.
+            Some(Ok(frame)) if frame.is_data() && body.is_end_stream() => {
+                let bytes = first
+                    .and_then(|frame| frame.ok()?.into_data().ok())
+                    .unwrap_or_default();
+                return CallBody::whole(bytes, limit, budget);
+            }
             Some(Ok(frame)) if frame.is_data() => match Pin::new(&mut body).poll_frame(&mut cx) {
                 Poll::Ready(None) => {
                     let bytes = first

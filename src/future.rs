@@ -164,15 +164,21 @@ where
         Counters::bump(&shared.counters.attempts);
         shared.gate.on_call();
         let path = request.uri().path();
-        let policy = match request.extensions().get::<RetryPolicy>() {
+        let started = Instant::now();
+        let (head, caller_timeout) = RequestHead::save(&request);
+        // A generated client's request carries only its `GrpcMethod`: no lookup for a policy.
+        let own_policy = if head.has_other_extensions() {
+            request.extensions().get::<RetryPolicy>()
+        } else {
+            None
+        };
+        let policy = match own_policy {
             Some(own) => CallPolicy::Own(Box::new(own.clone())),
             // A table with only a default policy needs no method name.
             None if shared.policies.has_only_default() => CallPolicy::Table(0),
             None => CallPolicy::Table(shared.policies.lookup(grpc_path(path))),
         };
         let spans = Spans::new(path);
-        let started = Instant::now();
-        let (head, caller_timeout) = RequestHead::save(&request);
         let resolved = policy.resolve(&shared);
         let timeout = match (caller_timeout, resolved.call_timeout()) {
             (Some(caller), Some(policy)) => Some(caller.min(policy)),
@@ -431,6 +437,10 @@ struct SpanPair {
 
 impl Spans {
     fn new(path: &str) -> Spans {
+        // One check of the level for both spans.
+        if !tracing::level_enabled!(tracing::Level::DEBUG) {
+            return Spans(None);
+        }
         let call = call_span(path);
         let attempt = attempt_span(&call, 1);
         if call.is_disabled() && attempt.is_disabled() {

@@ -138,6 +138,11 @@ impl RequestHead {
         (head, caller_timeout)
     }
 
+    /// Whether the request carries extensions other than tonic's `GrpcMethod`.
+    pub(crate) fn has_other_extensions(&self) -> bool {
+        matches!(self.extensions, SavedExtensions::All(_))
+    }
+
     /// The call's URI.
     pub(crate) fn uri(&self) -> &Uri {
         &self.uri
