@@ -234,6 +234,7 @@ impl Budget {
         }
     }
 
+    #[inline]
     fn refill(&mut self) {
         self.credits = self.credits.saturating_add(1).min(self.capacity);
     }
@@ -246,6 +247,9 @@ impl Budget {
         self.credits = self.credits.saturating_sub(self.cost);
     }
 }
+
+/// What a poll of a stream of `T` gives.
+type Polled<T> = Poll<Option<Result<T, Status>>>;
 
 /// What to do after a failure.
 enum Next {
@@ -397,7 +401,41 @@ where
 {
     type Item = Result<R::Message, Status>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // The per-message path, kept apart from the state machine: a message from the open
+        // stream is handed on by this small function. Inlined together, the whole machine's
+        // stack frame (kilobytes: it opens calls) was set up for every message, 12% of a raw
+        // `Streaming`'s time.
+        let this = self.as_mut().project();
+        if let StateProj::Streaming { stream } = this.state.project() {
+            match stream.poll_next(cx) {
+                Poll::Ready(Some(Ok(message))) => {
+                    if this.ctl.deliver(this.cursor_fn, &message) {
+                        return Poll::Ready(Some(Ok(message)));
+                    }
+                }
+                polled => return self.poll_machine(cx, Some(polled)),
+            }
+        }
+        self.poll_machine(cx, None)
+    }
+}
+
+impl<F, Fut, R, K, C> ResumableStream<F, Fut, R, K, C>
+where
+    F: FnMut(Option<C>) -> Fut,
+    Fut: Future<Output = Result<R, Status>>,
+    R: OpenedStream,
+    K: FnMut(&R::Message) -> C,
+    C: Clone,
+{
+    /// The state machine; `polled` is what the open stream just gave, if `poll_next` polled it.
+    #[inline(never)]
+    fn poll_machine(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut polled: Option<Polled<R::Message>>,
+    ) -> Polled<R::Message> {
         let mut this = self.project();
         loop {
             let (failure, kind) = match this.state.as_mut().project() {
@@ -424,33 +462,29 @@ where
                         this.ctl.hung_open()
                     }
                 },
-                StateProj::Streaming { stream } => match stream.poll_next(cx) {
-                    Poll::Ready(Some(Ok(message))) => {
-                        let cursor = (this.cursor_fn)(&message);
-                        if let (Some(is_after), Some(last)) = (this.ctl.is_after, &this.ctl.cursor)
-                            && !is_after(&cursor, last)
-                        {
-                            this.ctl.on_replayed();
+                StateProj::Streaming { stream } => {
+                    match polled.take().unwrap_or_else(|| stream.poll_next(cx)) {
+                        Poll::Ready(Some(Ok(message))) => {
+                            if this.ctl.deliver(this.cursor_fn, &message) {
+                                return Poll::Ready(Some(Ok(message)));
+                            }
                             continue;
                         }
-                        this.ctl.cursor = Some(cursor);
-                        this.ctl.on_message();
-                        return Poll::Ready(Some(Ok(message)));
+                        Poll::Ready(Some(Err(status))) => (status, None),
+                        Poll::Ready(None) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(None);
+                        }
+                        Poll::Pending => {
+                            // Quiet is healthy: only a server that promised a heartbeat is watched.
+                            let Some(period) = this.ctl.policy.heartbeat_timeout else {
+                                return Poll::Pending;
+                            };
+                            ready!(this.ctl.poll_watchdog(this.timer.as_mut(), period, cx));
+                            this.ctl.broken_heartbeat()
+                        }
                     }
-                    Poll::Ready(Some(Err(status))) => (status, None),
-                    Poll::Ready(None) => {
-                        this.state.set(State::Done);
-                        return Poll::Ready(None);
-                    }
-                    Poll::Pending => {
-                        // Quiet is healthy: only a server that promised a heartbeat is watched.
-                        let Some(period) = this.ctl.policy.heartbeat_timeout else {
-                            return Poll::Pending;
-                        };
-                        ready!(this.ctl.poll_watchdog(this.timer.as_mut(), period, cx));
-                        this.ctl.broken_heartbeat()
-                    }
-                },
+                }
                 StateProj::Backoff => {
                     if !this.ctl.timer_armed {
                         // A delay the clock cannot represent: wait for ever, as asked.
@@ -553,25 +587,49 @@ impl<C> Control<C> {
     }
 
     /// Something arrived: the stream is not idle.
+    #[inline]
     fn touch(&mut self) {
         self.activity = self.activity.wrapping_add(1);
     }
 
+    /// A message arrived: records it and returns `true`, or, with an ordered cursor, drops a
+    /// replayed one (at or before the cursor) and returns `false`.
+    #[inline]
+    fn deliver<M>(&mut self, cursor_fn: &mut impl FnMut(&M) -> C, message: &M) -> bool {
+        let cursor = cursor_fn(message);
+        if let (Some(is_after), Some(last)) = (self.is_after, &self.cursor)
+            && !is_after(&cursor, last)
+        {
+            self.on_replayed();
+            return false;
+        }
+        self.cursor = Some(cursor);
+        self.on_message();
+        true
+    }
+
+    #[inline]
     fn on_message(&mut self) {
         self.delivered = self.delivered.saturating_add(1);
         self.delivered_here = self.delivered_here.saturating_add(1);
         self.budget.refill();
         self.touch();
         if self.failures > 0 {
-            tracing::debug!(
-                reopens = self.reopens,
-                after_failures = self.failures,
-                "resumable stream flowing again"
-            );
-            self.failures = 0;
-            if let Some(throttle) = &self.policy.throttle {
-                throttle.record_success();
-            }
+            self.flowing_again();
+        }
+    }
+
+    /// The first message after failures: out of the per-message path.
+    #[cold]
+    fn flowing_again(&mut self) {
+        tracing::debug!(
+            reopens = self.reopens,
+            after_failures = self.failures,
+            "resumable stream flowing again"
+        );
+        self.failures = 0;
+        if let Some(throttle) = &self.policy.throttle {
+            throttle.record_success();
         }
     }
 
