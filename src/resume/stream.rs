@@ -408,13 +408,13 @@ where
         // `Streaming`'s time.
         let this = self.as_mut().project();
         if let StateProj::Streaming { stream } = this.state.project() {
-            match stream.poll_next(cx) {
-                Poll::Ready(Some(Ok(message))) => {
-                    if this.ctl.deliver(this.cursor_fn, &message) {
-                        return Poll::Ready(Some(Ok(message)));
-                    }
-                }
-                polled => return self.poll_machine(cx, Some(polled)),
+            let polled = stream.poll_next(cx);
+            let Poll::Ready(Some(Ok(message))) = &polled else {
+                return self.poll_machine(cx, Some(polled));
+            };
+            if this.ctl.deliver(this.cursor_fn, message) {
+                // Handed on as polled: not moved out of its `Poll` and back in.
+                return polled;
             }
         }
         self.poll_machine(cx, None)
