@@ -165,7 +165,7 @@ where
         shared.gate.on_call();
         let path = request.uri().path();
         let started = Instant::now();
-        let (head, caller_timeout) = RequestHead::save(&request);
+        let (mut head, caller_timeout) = RequestHead::save(&request);
         // A generated client's request carries only its `GrpcMethod`: no lookup for a policy.
         let own_policy = if head.has_other_extensions() {
             request.extensions().get::<RetryPolicy>()
@@ -194,6 +194,10 @@ where
             let cold = slow.as_mut().project().cold;
             cold.timeout = timeout;
             cold.deadline = timeout.and_then(|timeout| started.checked_add(timeout));
+            if cold.deadline.is_none() && caller_timeout.is_some() {
+                // No deadline to say what is left: retries send the caller's header as it is.
+                head.keep_grpc_timeout(request.headers());
+            }
             // The server learns a deadline the policy set, as it learns the caller's own.
             let rewrite = timeout != caller_timeout;
             slow.as_mut()

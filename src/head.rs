@@ -1,7 +1,7 @@
 //! The request head, kept so that every attempt after the first can be built from it.
 
 use http::header::{CONTENT_TYPE, TE};
-use http::{Extensions, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use std::time::Duration;
 
 use tonic::GrpcMethod;
@@ -105,8 +105,13 @@ impl RequestHead {
     /// Copies what a retry needs of the first attempt's head; returns it with the timeout the
     /// caller's `grpc-timeout` header gives, if it parses (read while the headers are copied: no
     /// second lookup).
+    ///
+    /// A `grpc-timeout` that parses is not copied: the call's deadline comes from it, and every
+    /// retry says in its own `grpc-timeout` what is left of that deadline. (Should the deadline
+    /// not be representable, [`RequestHead::keep_grpc_timeout`] copies it after all.)
     pub(crate) fn save<B>(request: &Request<B>) -> (RequestHead, Option<Duration>) {
         let mut caller_timeout = None;
+        let mut has_timeout = false;
         let mut usual = UsualHeaders::default();
         let mut headers = Vec::new();
         let mut previous: Option<&HeaderName> = None;
@@ -117,6 +122,8 @@ impl RequestHead {
             previous = Some(name);
             if *name == GRPC_TIMEOUT {
                 caller_timeout = parse_grpc_timeout(value.as_bytes());
+                has_timeout = true;
+                continue;
             }
             if first_of_name && let Some(flag) = UsualHeaders::flag(name, value) {
                 usual.0 |= flag;
@@ -127,7 +134,7 @@ impl RequestHead {
             }
             headers.push((name.clone(), value.clone()));
         }
-        let head = RequestHead {
+        let mut head = RequestHead {
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
@@ -135,7 +142,17 @@ impl RequestHead {
             headers,
             extensions: SavedExtensions::save(request.extensions()),
         };
+        if has_timeout && caller_timeout.is_none() {
+            head.keep_grpc_timeout(request.headers());
+        }
         (head, caller_timeout)
+    }
+
+    /// Copies the caller's `grpc-timeout` values from `headers`, for retries to send as they are.
+    pub(crate) fn keep_grpc_timeout(&mut self, headers: &HeaderMap) {
+        for value in headers.get_all(GRPC_TIMEOUT) {
+            self.headers.push((GRPC_TIMEOUT, value.clone()));
+        }
     }
 
     /// Whether the request carries extensions other than tonic's `GrpcMethod`.
@@ -250,6 +267,32 @@ mod tests {
         let retry = head.request(Body::empty());
         assert_eq!(retry.headers(), request.headers());
         assert!(retry.headers()[TE].is_sensitive());
+    }
+
+    #[test]
+    fn a_grpc_timeout_is_copied_only_when_it_does_not_parse() {
+        let mut request = Request::new(());
+        request
+            .headers_mut()
+            .insert(GRPC_TIMEOUT, HeaderValue::from_static("100m"));
+        let (head, timeout) = RequestHead::save(&request);
+        assert_eq!(timeout, Some(Duration::from_millis(100)));
+        assert!(
+            head.headers.is_empty(),
+            "a retry rewrites it from the deadline"
+        );
+
+        let mut request = Request::new(());
+        request
+            .headers_mut()
+            .insert(GRPC_TIMEOUT, HeaderValue::from_static("soon"));
+        let (head, timeout) = RequestHead::save(&request);
+        assert_eq!(timeout, None);
+        assert_eq!(
+            head.request(Body::empty()).headers(),
+            request.headers(),
+            "one that does not parse is sent again as it is"
+        );
     }
 
     #[test]
