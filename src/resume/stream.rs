@@ -199,15 +199,18 @@ struct Control<C> {
     /// Whether the timer holds a deadline (an unrepresentable one leaves it unarmed: never).
     timer_armed: bool,
     /// Messages (and response headers) that arrived, as a counter: cheaper than a clock read.
-    activity: u64,
-    /// `activity` when the watchdog was last armed.
+    /// Response headers that arrived; with the messages delivered and dropped, what the
+    /// watchdog counts as activity (see `activity`): a message bumps `delivered` alone.
+    opened: u64,
+    /// `activity()` when the watchdog was last armed.
     activity_at_arm: u64,
     /// Failures in a row since a message last arrived.
     failures: u32,
     reopens: u64,
     delivered: u64,
     /// Messages the current open of the call delivered.
-    delivered_here: u64,
+    /// `delivered` when the current open of the call started: it delivered the difference.
+    delivered_before_open: u64,
     /// Replayed messages dropped by the ordered-cursor check, over the stream's life.
     replays_dropped: u64,
     /// Replayed messages dropped in the current open of the call.
@@ -292,12 +295,12 @@ where
                 is_after: None,
                 started: None,
                 timer_armed: false,
-                activity: 0,
+                opened: 0,
                 activity_at_arm: 0,
                 failures: 0,
                 reopens: 0,
                 delivered: 0,
-                delivered_here: 0,
+                delivered_before_open: 0,
                 replays_dropped: 0,
                 dropped_here: 0,
                 budget,
@@ -578,23 +581,30 @@ impl<C> Control<C> {
         if self.started.is_none() {
             self.started = Some(Instant::now());
         }
-        self.delivered_here = 0;
+        self.delivered_before_open = self.delivered;
         self.dropped_here = 0;
         if let Some(period) = self.policy.open_timeout() {
-            self.activity_at_arm = self.activity;
+            self.activity_at_arm = self.activity();
             self.arm(timer, Some(period));
         }
     }
 
-    /// Something arrived: the stream is not idle.
-    #[inline]
+    /// Response headers arrived: the stream is not idle.
     fn touch(&mut self) {
-        self.activity = self.activity.wrapping_add(1);
+        self.opened = self.opened.wrapping_add(1);
+    }
+
+    /// What arrived so far, as one counter that moves whenever anything arrives: cheaper than a
+    /// clock read, and nothing to bump per message.
+    fn activity(&self) -> u64 {
+        self.opened
+            .wrapping_add(self.delivered)
+            .wrapping_add(self.replays_dropped)
     }
 
     /// A message arrived: records it and returns `true`, or, with an ordered cursor, drops a
     /// replayed one (at or before the cursor) and returns `false`.
-    #[inline]
+    #[inline(always)]
     fn deliver<M>(&mut self, cursor_fn: &mut impl FnMut(&M) -> C, message: &M) -> bool {
         let cursor = cursor_fn(message);
         if let (Some(is_after), Some(last)) = (self.is_after, &self.cursor)
@@ -611,9 +621,7 @@ impl<C> Control<C> {
     #[inline]
     fn on_message(&mut self) {
         self.delivered = self.delivered.saturating_add(1);
-        self.delivered_here = self.delivered_here.saturating_add(1);
         self.budget.refill();
-        self.touch();
         if self.failures > 0 {
             self.flowing_again();
         }
@@ -635,7 +643,6 @@ impl<C> Control<C> {
 
     /// A replayed message was dropped: a sign of life, but no progress.
     fn on_replayed(&mut self) {
-        self.touch();
         if self.dropped_here == 0 {
             tracing::debug!(
                 reopens = self.reopens,
@@ -663,11 +670,11 @@ impl<C> Control<C> {
                 return Poll::Pending;
             };
             ready!(sleep.poll(cx));
-            if self.activity == self.activity_at_arm {
+            if self.activity() == self.activity_at_arm {
                 return Poll::Ready(());
             }
             // Something arrived during the last period: watch another one.
-            self.activity_at_arm = self.activity;
+            self.activity_at_arm = self.activity();
             self.arm(timer.as_mut(), Some(period));
         }
     }
@@ -764,10 +771,10 @@ impl<C> Control<C> {
             message: status.message().to_owned(),
             kind,
             at: self.now_since_start(),
-            delivered: self.delivered_here,
+            delivered: self.delivered.saturating_sub(self.delivered_before_open),
             delay,
         };
-        self.delivered_here = 0;
+        self.delivered_before_open = self.delivered;
         if self.history.len() >= MAX_RECORDS {
             self.history.remove(0);
         }
