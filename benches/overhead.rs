@@ -7,7 +7,8 @@
 //! 1. the layer alone against an in-memory service (ns and allocations added per call);
 //! 2. loopback unary calls to a real tonic server, bare `Channel` vs through the layer;
 //! 3. one retry: the layer vs a hand-written loop vs `tower::retry` with a buffering policy;
-//! 4. a server stream through `ResumableStream` vs a raw `tonic::Streaming`;
+//! 4. a server stream through `ResumableStream` vs a raw `tonic::Streaming` (and how that grows
+//!    with the stream's length, 10^3 to 10^6 messages);
 //! 5. a retry storm: attempts per call with and without the retry throttle;
 //! 6. memory under load: 10,000 calls held at once, bounded by the channel-wide buffer limit;
 //! 7. how cost grows: 1, 64, 1,024 and 10,000 calls in flight (time and bookkeeping per call).
@@ -826,6 +827,53 @@ fn streams(c: &mut Criterion, mode: Mode, rows: &mut Vec<Row>) {
         target: "0 per message (< 0.001)".into(),
         met: Some(per_message < 0.001),
     });
+
+    // How the stream's cost grows with its length: the open's cost against the messages'.
+    let lengths: &[u64] = if mode == Mode::Smoke {
+        &[100]
+    } else {
+        &[1_000, 10_000, 1_000_000]
+    };
+    for &length in lengths {
+        let raw = || raw_stream(client.clone(), length);
+        let resumable = || resumable_stream(client.clone(), length, false);
+        let t = measure(
+            c,
+            mode,
+            &format!("stream_{length}"),
+            true,
+            &mut [
+                ("raw_streaming", &mut |iters| {
+                    rt.block_on(async {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            raw().await;
+                        }
+                        start.elapsed()
+                    })
+                }),
+                ("resumable_no_idle_timeout", &mut |iters| {
+                    rt.block_on(async {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            resumable().await;
+                        }
+                        start.elapsed()
+                    })
+                }),
+            ],
+        );
+        let raw_rate = length as f64 * 1e9 / median(t[0].iter().copied());
+        let resumable_rate = length as f64 * 1e9 / median(t[1].iter().copied());
+        rows.push(Row {
+            name: format!("4. server stream, {length} messages: throughput, default policy"),
+            baseline: format!("{raw_rate:.0} msg/s (raw Streaming)"),
+            candidate: format!("{resumable_rate:.0} msg/s"),
+            ratio: format!("{:.3}", paired_ratio(&t[0], &t[1])),
+            target: "(curve)".into(),
+            met: None,
+        });
+    }
 
     drop(client);
     drop(server);
