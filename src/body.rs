@@ -70,10 +70,10 @@ pub(crate) enum CallBody {
 /// A request read whole at the start of the call.
 #[derive(Debug)]
 pub(crate) struct WholeRequest {
-    /// The request, kept while another attempt may need it.
-    kept: Option<Bytes>,
-    /// A request too large to keep: the first attempt sends it, and there is no second.
-    once: Option<Bytes>,
+    /// The request: while `replayable`, kept for every attempt; otherwise (too large to keep)
+    /// until the first attempt takes it.
+    bytes: Option<Bytes>,
+    replayable: bool,
     /// The bytes reserved in the layer's budget (released on commit or drop).
     reserved: usize,
     budget: Arc<BufferBudget>,
@@ -96,6 +96,13 @@ impl CallBody {
             Poll::Ready(Some(frame)) => Some(frame),
         };
         let second = match &first {
+            // A body that knows it ended (`Full` does) needs no second poll to say so.
+            Some(Ok(frame)) if frame.is_data() && body.is_end_stream() => {
+                let bytes = first
+                    .and_then(|frame| frame.ok()?.into_data().ok())
+                    .unwrap_or_default();
+                return CallBody::whole(bytes, limit, budget);
+            }
             Some(Ok(frame)) if frame.is_data() => match Pin::new(&mut body).poll_frame(&mut cx) {
                 Poll::Ready(None) => {
                     let bytes = first
@@ -121,8 +128,8 @@ impl CallBody {
         let fits = bytes.len() <= limit && budget.try_reserve(bytes.len());
         CallBody::Whole(WholeRequest {
             reserved: if fits { bytes.len() } else { 0 },
-            kept: fits.then(|| bytes.clone()),
-            once: (!fits).then_some(bytes),
+            replayable: fits,
+            bytes: Some(bytes),
             budget: Arc::clone(budget),
         })
     }
@@ -131,7 +138,11 @@ impl CallBody {
     pub(crate) fn first_attempt(&mut self) -> Body {
         match self {
             CallBody::Whole(whole) => {
-                let bytes = whole.once.take().or_else(|| whole.kept.clone());
+                let bytes = if whole.replayable {
+                    whole.bytes.clone()
+                } else {
+                    whole.bytes.take()
+                };
                 whole_body(bytes.unwrap_or_default())
             }
             CallBody::Streamed(handle) => Body::new(handle.first_attempt()),
@@ -141,7 +152,8 @@ impl CallBody {
     /// The next attempt's body, or `None` when the request can no longer be replayed.
     pub(crate) fn next_attempt(&mut self) -> Option<Body> {
         match self {
-            CallBody::Whole(whole) => whole.kept.clone().map(whole_body),
+            CallBody::Whole(whole) if whole.replayable => whole.bytes.clone().map(whole_body),
+            CallBody::Whole(_) => None,
             CallBody::Streamed(handle) => handle.next_attempt().map(Body::new),
         }
     }
@@ -149,7 +161,7 @@ impl CallBody {
     /// Whether another attempt could send the whole request again.
     pub(crate) fn replayable(&self) -> bool {
         match self {
-            CallBody::Whole(whole) => whole.kept.is_some(),
+            CallBody::Whole(whole) => whole.replayable && whole.bytes.is_some(),
             CallBody::Streamed(handle) => handle.replayable(),
         }
     }
@@ -158,7 +170,8 @@ impl CallBody {
     pub(crate) fn commit(&mut self) {
         match self {
             CallBody::Whole(whole) => {
-                whole.kept = None;
+                whole.bytes = None;
+                whole.replayable = false;
                 whole.budget.release(std::mem::take(&mut whole.reserved));
             }
             CallBody::Streamed(handle) => handle.commit(),

@@ -8,8 +8,11 @@
 //!            └─ passed ─> Done    └─ stop ─> Done (caller's Status + CallHistory)
 //! ```
 //!
-//! One `Sleep`, pinned in the future, serves as the attempt's deadline timer and as the backoff
-//! timer: no allocation per call for timing.
+//! The happy path (one attempt, no time limit) keeps only what it needs inline: the future
+//! stays small (it is moved as it is built, and every in-flight call holds one) and allocates
+//! nothing for retries. Everything else (the one `Sleep` that serves as the attempt's deadline
+//! timer and as the backoff timer, the time limits, the history, the retry service) lives in
+//! one box, allocated when the call has a time limit or at its first failure.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -51,13 +54,8 @@ where
 {
     #[pin]
     state: State<S::Future>,
-    /// The attempt's deadline while an attempt runs, the backoff's end while backing off.
-    #[pin]
-    timer: Option<Sleep>,
     call: Call<S>,
-    span: Span,
-    /// The span of the attempt in flight.
-    attempt_span: Span,
+    spans: Spans,
 }
 
 #[pin_project(project = StateProj)]
@@ -75,10 +73,8 @@ enum State<F> {
     Done,
 }
 
-/// Everything about the call but its pinned parts.
+/// Everything about the call but its pinned state.
 struct Call<S> {
-    /// The service retries go through: a clone of `spare`, made at the first retry.
-    service: Option<S>,
     spare: Arc<Spare<S>>,
     shared: Arc<Shared>,
     policy: CallPolicy,
@@ -87,17 +83,36 @@ struct Call<S> {
     /// When the call started, by tokio's clock, like every other time of the call: under a
     /// paused clock, histories and backoffs agree.
     started: Instant,
-    /// The call's timeout and deadline, from its `grpc-timeout` or its policy.
-    timeout: Option<Duration>,
-    deadline: Option<Instant>,
-    /// When the attempt in flight must end: the call's deadline or the per-attempt timeout.
-    attempt_deadline: Option<Instant>,
-    attempt_started: Instant,
     /// Counted attempts sent (transparent retries are not counted): the first attempt and the
     /// retries.
     attempts: u32,
     /// All attempts sent.
     sent: u32,
+    /// What a call with a time limit, or one that failed once, needs: boxed, so that a call
+    /// that passes at once without a time limit neither carries it nor allocates it.
+    slow: Option<Pin<Box<Slow<S>>>>,
+}
+
+/// The call's state off the happy path.
+#[pin_project]
+struct Slow<S> {
+    /// The attempt's deadline while an attempt runs, the backoff's end while backing off, the
+    /// call's deadline while waiting for the service.
+    #[pin]
+    timer: Option<Sleep>,
+    cold: Cold<S>,
+}
+
+struct Cold<S> {
+    /// The service retries go through: a clone of `spare`, made at the first retry.
+    service: Option<S>,
+    /// The call's timeout and deadline, from its `grpc-timeout` or its policy.
+    timeout: Option<Duration>,
+    deadline: Option<Instant>,
+    /// When the attempt in flight must end: the call's deadline or the per-attempt timeout.
+    attempt_deadline: Option<Instant>,
+    /// When the attempt in flight started (the first one started with the call).
+    attempt_started: Instant,
     backoff_step: u32,
     transparent_used: bool,
     /// How the attempt in flight (or the next one) came about.
@@ -143,64 +158,68 @@ where
         ready: &mut S,
         spare: Arc<Spare<S>>,
         shared: Arc<Shared>,
-        request: Request<Body>,
+        mut request: Request<Body>,
     ) -> Self {
         Counters::bump(&shared.counters.calls);
         Counters::bump(&shared.counters.attempts);
         shared.gate.on_call();
-        let (mut parts, body) = request.into_parts();
-        let path = parts.uri.path();
-        let policy = match parts.extensions.get::<RetryPolicy>() {
+        let path = request.uri().path();
+        let started = Instant::now();
+        let (mut head, caller_timeout) = RequestHead::save(&request);
+        // A generated client's request carries only its `GrpcMethod`: no lookup for a policy.
+        let own_policy = if head.has_other_extensions() {
+            request.extensions().get::<RetryPolicy>()
+        } else {
+            None
+        };
+        let policy = match own_policy {
             Some(own) => CallPolicy::Own(Box::new(own.clone())),
             // A table with only a default policy needs no method name.
             None if shared.policies.has_only_default() => CallPolicy::Table(0),
             None => CallPolicy::Table(shared.policies.lookup(grpc_path(path))),
         };
-        let span = call_span(path);
-        let started = Instant::now();
-        let head = RequestHead::save(&parts);
-        let caller_timeout = head.caller_timeout();
-        let policy_timeout = policy.resolve(&shared).call_timeout();
-        let timeout = match (caller_timeout, policy_timeout) {
+        let spans = Spans::new(path);
+        let resolved = policy.resolve(&shared);
+        let timeout = match (caller_timeout, resolved.call_timeout()) {
             (Some(caller), Some(policy)) => Some(caller.min(policy)),
             (caller, policy) => caller.or(policy),
         };
-        let deadline = timeout.and_then(|timeout| started.checked_add(timeout));
-        let buffer_limit = policy.resolve(&shared).buffer_limit();
-        let mut body = CallBody::new(body, buffer_limit, &shared.buffer_budget);
-        let first_body = body.first_attempt();
-        let mut call = Call {
-            service: None,
-            spare,
-            policy,
-            head,
-            body,
-            started,
-            timeout,
-            deadline,
-            attempt_deadline: None,
-            attempt_started: started,
-            attempts: 1,
-            sent: 1,
-            backoff_step: 0,
-            transparent_used: false,
-            delay_before: Duration::ZERO,
-            transparent: false,
-            last_failure: None,
-            timed_out_attempt: None,
-            history: Vec::new(),
-            shared,
-        };
-        // The server learns a deadline the policy set, as it learns the caller's own.
-        call.arm_attempt(&mut parts.headers, timeout != caller_timeout);
-        let future = ready.call(Request::from_parts(parts, first_body));
-        let timer = call.attempt_deadline.map(sleep_until);
+        let attempt_timeout = resolved.attempt_timeout();
+        // The request is changed in place (its head is large: moving it costs more than the rest).
+        let body = std::mem::replace(request.body_mut(), Body::empty());
+        let mut body = CallBody::new(body, resolved.buffer_limit(), &shared.buffer_budget);
+        *request.body_mut() = body.first_attempt();
+        let slow = (timeout.is_some() || attempt_timeout.is_some()).then(|| {
+            let mut slow = Slow::new(started);
+            let cold = slow.as_mut().project().cold;
+            cold.timeout = timeout;
+            cold.deadline = timeout.and_then(|timeout| started.checked_add(timeout));
+            if cold.deadline.is_none() && caller_timeout.is_some() {
+                // No deadline to say what is left: retries send the caller's header as it is.
+                head.keep_grpc_timeout(request.headers());
+            }
+            // The server learns a deadline the policy set, as it learns the caller's own.
+            let rewrite = timeout != caller_timeout;
+            slow.as_mut()
+                .arm_attempt(attempt_timeout, request.headers_mut(), rewrite, started);
+            slow
+        });
+        let future = ready.call(request);
+        // Built in place: the future is large, and each move of it is a copy.
         ResponseFuture {
             state: State::Attempt { future },
-            timer,
-            call,
-            attempt_span: attempt_span(&span, 1),
-            span,
+            call: Call {
+                spare,
+                policy,
+                head,
+                body,
+                started,
+                attempts: 1,
+                sent: 1,
+                slow,
+                shared,
+            },
+            spans,
         }
     }
 }
@@ -214,11 +233,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let _entered = this.span.enter();
+        // A handle of its own on the call's span (none when nothing traces): entering it must
+        // not borrow `spans`, which a retry changes.
+        let call_span = this.spans.call().cloned();
+        let _entered = call_span.as_ref().map(Span::enter);
         loop {
             let timeout = match this.state.as_mut().project() {
                 StateProj::Attempt { future } => {
-                    match this.attempt_span.in_scope(|| future.poll(cx)) {
+                    match this.spans.in_attempt(|| future.poll(cx)) {
                         Poll::Ready(Ok(response)) => match classify_response(response) {
                             Classified::Pass(mut response) => {
                                 let on_ok = this.call.passed(&mut response);
@@ -244,10 +266,14 @@ where
                             }
                         }
                         Poll::Pending => {
-                            let Some(timer) = this.timer.as_mut().as_pin_mut() else {
+                            let Some(slow) = this.call.slow.as_mut() else {
                                 return Poll::Pending;
                             };
-                            if this.call.attempt_deadline.is_none() || timer.poll(cx).is_pending() {
+                            let slow = slow.as_mut().project();
+                            let Some(timer) = slow.timer.as_pin_mut() else {
+                                return Poll::Pending;
+                            };
+                            if slow.cold.attempt_deadline.is_none() || timer.poll(cx).is_pending() {
                                 return Poll::Pending;
                             }
                             let now = Instant::now();
@@ -257,10 +283,10 @@ where
                     }
                 }
                 StateProj::Backoff => {
-                    if let Some(timer) = this.timer.as_mut().as_pin_mut() {
+                    if let Some(timer) = this.call.timer().as_pin_mut() {
                         ready!(timer.poll(cx));
                     }
-                    enter_ready(this.state.as_mut(), this.timer.as_mut(), this.call);
+                    enter_ready(this.state.as_mut(), this.call);
                     continue;
                 }
                 StateProj::Ready => match this.call.retry_service().poll_ready(cx) {
@@ -268,8 +294,8 @@ where
                         // A service that is not ready (a full `Buffer`, a concurrency limit, a
                         // balancer with no endpoint) must not hold the call past its deadline:
                         // the timer was armed for it on entering this state.
-                        if this.call.deadline.is_some()
-                            && let Some(timer) = this.timer.as_mut().as_pin_mut()
+                        if this.call.deadline().is_some()
+                            && let Some(timer) = this.call.timer().as_pin_mut()
                             && timer.poll(cx).is_ready()
                         {
                             let error = this.call.give_up_on_last(StopReason::Deadline);
@@ -280,13 +306,10 @@ where
                     }
                     Poll::Ready(Ok(())) => match this.call.next_request() {
                         Ok(request) => {
-                            *this.attempt_span = attempt_span(this.span, this.call.sent);
+                            this.spans.next_attempt(this.call.sent);
                             let future = this
-                                .attempt_span
-                                .in_scope(|| this.call.retry_service().call(request));
-                            if let Some(at) = this.call.attempt_deadline {
-                                arm(this.timer.as_mut(), at);
-                            }
+                                .spans
+                                .in_attempt(|| this.call.retry_service().call(request));
                             this.state.set(State::Attempt { future });
                             continue;
                         }
@@ -299,7 +322,7 @@ where
                     Poll::Ready(Err(error)) => {
                         // The service cannot take the attempt: count it as one that failed
                         // before it was sent.
-                        this.call.attempt_started = Instant::now();
+                        this.call.slow().attempt_started = Instant::now();
                         this.call.sent += 1;
                         this.call.attempts += 1;
                         Timeout::None(classify_service_error(error.into()))
@@ -320,11 +343,11 @@ where
             match next {
                 Next::Retry(delay) => match Instant::now().checked_add(delay) {
                     Some(end) if !delay.is_zero() => {
-                        arm(this.timer.as_mut(), end);
+                        arm(this.call.timer(), end);
                         this.state.set(State::Backoff);
                     }
                     // `decide` caps every delay; an unrepresentable end is no reason to panic.
-                    _ => enter_ready(this.state.as_mut(), this.timer.as_mut(), this.call),
+                    _ => enter_ready(this.state.as_mut(), this.call),
                 },
                 Next::GiveUp(error) => {
                     this.state.set(State::Done);
@@ -336,13 +359,9 @@ where
 }
 
 /// Waits for the service to take the next attempt, with the timer on the call's deadline.
-fn enter_ready<F, S>(
-    mut state: Pin<&mut State<F>>,
-    timer: Pin<&mut Option<Sleep>>,
-    call: &mut Call<S>,
-) {
-    if let Some(deadline) = call.deadline {
-        arm(timer, deadline);
+fn enter_ready<F, S>(mut state: Pin<&mut State<F>>, call: &mut Call<S>) {
+    if let Some(deadline) = call.deadline() {
+        arm(call.timer(), deadline);
     }
     state.set(State::Ready);
 }
@@ -352,6 +371,112 @@ fn arm(mut timer: Pin<&mut Option<Sleep>>, at: Instant) {
     match timer.as_mut().as_pin_mut() {
         Some(sleep) => sleep.reset(at),
         None => timer.set(Some(sleep_until(at))),
+    }
+}
+
+impl<S> Slow<S> {
+    /// The state of a call that started at `started`, before anything happened to it.
+    fn new(started: Instant) -> Pin<Box<Slow<S>>> {
+        Box::pin(Slow {
+            timer: None,
+            cold: Cold {
+                service: None,
+                timeout: None,
+                deadline: None,
+                attempt_deadline: None,
+                attempt_started: started,
+                backoff_step: 0,
+                transparent_used: false,
+                delay_before: Duration::ZERO,
+                transparent: false,
+                last_failure: None,
+                timed_out_attempt: None,
+                history: Vec::new(),
+            },
+        })
+    }
+
+    /// Sets when the attempt starting at `now` must end (the call's deadline or the
+    /// `attempt_timeout`), arms the timer for it, and tells the server in `grpc-timeout` when the
+    /// caller's own header no longer says it (`rewrite`, or a per-attempt timeout).
+    fn arm_attempt(
+        self: Pin<&mut Self>,
+        attempt_timeout: Option<Duration>,
+        headers: &mut HeaderMap,
+        rewrite: bool,
+        now: Instant,
+    ) {
+        let this = self.project();
+        let deadline = this.cold.deadline;
+        if deadline.is_none() && attempt_timeout.is_none() {
+            return;
+        }
+        let attempt_end = attempt_timeout.and_then(|timeout| now.checked_add(timeout));
+        let attempt_deadline = match (deadline, attempt_end) {
+            (Some(call), Some(attempt)) => Some(call.min(attempt)),
+            (call, attempt) => call.or(attempt),
+        };
+        this.cold.attempt_deadline = attempt_deadline;
+        if let Some(end) = attempt_deadline {
+            arm(this.timer, end);
+            if rewrite || attempt_end.is_some() {
+                headers.insert(
+                    GRPC_TIMEOUT,
+                    encode_grpc_timeout(end.saturating_duration_since(now)),
+                );
+            }
+        }
+    }
+}
+
+/// The call's span and its attempt's, boxed only when a subscriber enables either: a call that
+/// nothing traces carries a null pointer, not two disabled spans (80 bytes).
+struct Spans(Option<Box<SpanPair>>);
+
+struct SpanPair {
+    call: Span,
+    /// The span of the attempt in flight.
+    attempt: Span,
+}
+
+impl Spans {
+    fn new(path: &str) -> Spans {
+        // One check of the level for both spans.
+        if !tracing::level_enabled!(tracing::Level::DEBUG) {
+            return Spans(None);
+        }
+        let call = call_span(path);
+        let attempt = attempt_span(&call, 1);
+        if call.is_disabled() && attempt.is_disabled() {
+            return Spans(None);
+        }
+        Spans(Some(Box::new(SpanPair { call, attempt })))
+    }
+
+    fn call(&self) -> Option<&Span> {
+        self.0.as_ref().map(|pair| &pair.call)
+    }
+
+    /// Runs `f` in the span of the attempt in flight.
+    fn in_attempt<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.0 {
+            Some(pair) => pair.attempt.in_scope(f),
+            None => f(),
+        }
+    }
+
+    /// Opens the span of attempt number `attempt`.
+    fn next_attempt(&mut self, attempt: u32) {
+        match &mut self.0 {
+            Some(pair) => pair.attempt = attempt_span(&pair.call, attempt),
+            None => {
+                let attempt = attempt_span(&Span::none(), attempt);
+                if !attempt.is_disabled() {
+                    let call = Span::none();
+                    self.0 = Some(Box::new(SpanPair { call, attempt }));
+                }
+            }
+        }
     }
 }
 
@@ -385,8 +510,8 @@ impl<S: Clone> Call<S> {
     /// The service for retries, cloned from the spare when the first retry needs it: a call
     /// that succeeds at once clones nothing.
     fn retry_service(&mut self) -> &mut S {
-        let spare = &self.spare;
-        self.service.get_or_insert_with(|| {
+        let spare = Arc::clone(&self.spare);
+        self.slow().service.get_or_insert_with(|| {
             spare
                 .service
                 .lock()
@@ -401,27 +526,35 @@ impl<S> Call<S> {
         self.policy.resolve(&self.shared)
     }
 
-    /// Sets when the attempt starting now must end, and tells the server in `grpc-timeout` when
-    /// the caller's own header no longer says it (`rewrite`, or a per-attempt timeout).
-    fn arm_attempt(&mut self, headers: &mut HeaderMap, rewrite: bool) {
+    /// The call's state off the happy path, allocated the first time it is needed.
+    fn slow(&mut self) -> &mut Cold<S> {
+        self.slow_pinned().project().cold
+    }
+
+    /// The call's one timer.
+    fn timer(&mut self) -> Pin<&mut Option<Sleep>> {
+        self.slow_pinned().project().timer
+    }
+
+    fn slow_pinned(&mut self) -> Pin<&mut Slow<S>> {
+        let started = self.started;
+        self.slow.get_or_insert_with(|| Slow::new(started)).as_mut()
+    }
+
+    /// The call's state off the happy path, if it has any.
+    fn cold(&self) -> Option<&Cold<S>> {
+        self.slow.as_ref().map(|slow| &slow.cold)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.cold().and_then(|cold| cold.deadline)
+    }
+
+    /// Arms the attempt starting at `now`: see [`Slow::arm_attempt`].
+    fn arm_attempt(&mut self, headers: &mut HeaderMap, rewrite: bool, now: Instant) {
         let attempt_timeout = self.policy().attempt_timeout();
-        if self.deadline.is_none() && attempt_timeout.is_none() {
-            return;
-        }
-        let now = Instant::now();
-        let attempt_end = attempt_timeout.and_then(|timeout| now.checked_add(timeout));
-        self.attempt_deadline = match (self.deadline, attempt_end) {
-            (Some(call), Some(attempt)) => Some(call.min(attempt)),
-            (call, attempt) => call.or(attempt),
-        };
-        if let Some(end) = self.attempt_deadline
-            && (rewrite || attempt_end.is_some())
-        {
-            headers.insert(
-                GRPC_TIMEOUT,
-                encode_grpc_timeout(end.saturating_duration_since(now)),
-            );
-        }
+        self.slow_pinned()
+            .arm_attempt(attempt_timeout, headers, rewrite, now);
     }
 
     /// The next attempt's request, or why none can be sent: the request can no longer be
@@ -429,12 +562,16 @@ impl<S> Call<S> {
     /// never goes out with no time left, which `grpc-timeout` could not even say).
     fn next_request(&mut self) -> Result<Request<Body>, StopReason> {
         let now = Instant::now();
-        if self.deadline.is_some_and(|deadline| deadline <= now) {
+        if self.deadline().is_some_and(|deadline| deadline <= now) {
             return Err(StopReason::Deadline);
         }
         let body = self.body.next_attempt().ok_or(StopReason::BufferLimit)?;
         let mut request = self.head.request(body);
-        if let Some(started) = self.timed_out_attempt.take() {
+        let cold = self.slow();
+        let transparent = cold.transparent;
+        let delay_before = cold.delay_before;
+        cold.attempt_started = now;
+        if let Some(started) = cold.timed_out_attempt.take() {
             request
                 .extensions_mut()
                 .insert(AfterAttemptTimeout::new(started));
@@ -442,22 +579,21 @@ impl<S> Call<S> {
         let headers = request.headers_mut();
         // grpc-go's count: retries before this attempt, this one included if it is one;
         // transparent retries are not retries.
-        let retries = self.attempts - u32::from(self.transparent);
+        let retries = self.attempts - u32::from(transparent);
         if retries > 0 {
             headers.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(retries));
         }
-        self.arm_attempt(headers, true);
+        self.arm_attempt(headers, true, now);
         self.sent += 1;
         let counters = &self.shared.counters;
-        if self.transparent {
+        if transparent {
             Counters::bump(&counters.transparent_retries);
         } else {
             self.attempts += 1;
             Counters::bump(&counters.retries);
         }
         // Counted now that it has elapsed: a call dropped during its backoff waited less.
-        counters.add_retry_delay(self.delay_before);
-        self.attempt_started = now;
+        counters.add_retry_delay(delay_before);
         Counters::bump(&counters.attempts);
         Ok(request)
     }
@@ -465,10 +601,13 @@ impl<S> Call<S> {
     /// Which time limit, if any, a failure at `now` hit: the call's deadline (stop, with the last
     /// real outcome) or the attempt's own timeout (a failure to decide on).
     fn timed_out(&mut self, now: Instant, failure: Failure) -> Timeout {
-        if self.deadline.is_some_and(|deadline| now >= deadline) {
+        let Some(cold) = self.cold() else {
+            return Timeout::None(failure);
+        };
+        if cold.deadline.is_some_and(|deadline| now >= deadline) {
             let message = format!(
                 "deadline of {:?} exceeded",
-                self.timeout.unwrap_or_default()
+                cold.timeout.unwrap_or_default()
             );
             let cut = Failure::local(
                 Code::DeadlineExceeded,
@@ -478,10 +617,10 @@ impl<S> Call<S> {
             self.record(&cut);
             // The attempt that the deadline cut has no outcome of its own; an earlier attempt's
             // says more about why the call failed than "deadline exceeded" does.
-            let failure = self.last_failure.take().unwrap_or(cut);
+            let failure = self.slow().last_failure.take().unwrap_or(cut);
             return Timeout::CallDeadline(self.give_up(failure, StopReason::Deadline));
         }
-        if self.attempt_deadline.is_some_and(|end| now >= end) {
+        if cold.attempt_deadline.is_some_and(|end| now >= end) {
             return Timeout::Attempt(self.attempt_timeout_failure());
         }
         Timeout::None(failure)
@@ -530,12 +669,15 @@ impl<S> Call<S> {
         if debits_throttle(self.policy(), &failure) {
             self.shared.gate.on_retryable_failure();
         }
+        let replayable = self.body.replayable();
+        let attempts = self.attempts;
+        let cold = self.slow();
         let progress = Progress {
-            attempts: self.attempts,
-            backoff_step: self.backoff_step,
-            transparent_used: self.transparent_used,
-            replayable: self.body.replayable(),
-            remaining: self
+            attempts,
+            backoff_step: cold.backoff_step,
+            transparent_used: cold.transparent_used,
+            replayable,
+            remaining: cold
                 .deadline
                 .map(|deadline| deadline.saturating_duration_since(Instant::now())),
             random: self.shared.jitter.next_unit(),
@@ -575,23 +717,24 @@ impl<S> Call<S> {
                         transparent,
                     });
                 }
-                self.transparent = transparent;
-                self.delay_before = delay;
+                let cold = self.slow();
+                cold.transparent = transparent;
+                cold.delay_before = delay;
                 if transparent {
-                    self.transparent_used = true;
+                    cold.transparent_used = true;
                 } else {
-                    self.backoff_step = if restart_backoff {
+                    cold.backoff_step = if restart_backoff {
                         0
                     } else {
-                        self.backoff_step.saturating_add(1)
+                        cold.backoff_step.saturating_add(1)
                     };
                 }
-                self.timed_out_attempt = matches!(
+                cold.timed_out_attempt = matches!(
                     failure.kind,
                     FailureKind::AttemptTimeout | FailureKind::TransportTimeout
                 )
-                .then_some(self.attempt_started);
-                self.last_failure = Some(failure);
+                .then_some(cold.attempt_started);
+                cold.last_failure = Some(failure);
                 Next::Retry(delay)
             }
             Decision::Stop(reason) => Next::GiveUp(self.give_up(failure, reason)),
@@ -600,21 +743,23 @@ impl<S> Call<S> {
 
     fn record(&mut self, failure: &Failure) {
         let now = Instant::now();
-        self.history.push(AttemptRecord {
-            number: self.sent,
+        let (number, started) = (self.sent, self.started);
+        let cold = self.slow();
+        cold.history.push(AttemptRecord {
+            number,
             code: failure.code(),
             message: failure.status.message().to_owned(),
             kind: failure.kind,
             never_sent: failure.never_sent,
-            transparent: self.transparent,
-            started_at: self.attempt_started.saturating_duration_since(self.started),
-            duration: now.saturating_duration_since(self.attempt_started),
-            delay_before: self.delay_before,
+            transparent: cold.transparent,
+            started_at: cold.attempt_started.saturating_duration_since(started),
+            duration: now.saturating_duration_since(cold.attempt_started),
+            delay_before: cold.delay_before,
         });
     }
 
     fn give_up_on_last(&mut self, reason: StopReason) -> BoxError {
-        match self.last_failure.take() {
+        match self.slow().last_failure.take() {
             Some(failure) => self.give_up(failure, reason),
             None => "tonic-retry: no attempt to report".into(),
         }
@@ -652,7 +797,7 @@ impl<S> Call<S> {
         CallHistory {
             path,
             target,
-            attempts: std::mem::take(&mut self.history),
+            attempts: std::mem::take(&mut self.slow().history),
             sent: self.sent,
             stop,
             elapsed: self.started.elapsed(),
@@ -670,5 +815,25 @@ where
             .field("path", &self.call.head.uri().path())
             .field("attempts", &self.call.sent)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every in-flight call holds its future, and building it moves it: what the happy path
+    /// does not need lives in the `Slow` box. (It was 760 bytes over a `Channel`.)
+    #[test]
+    fn the_call_future_stays_small() {
+        let size = std::mem::size_of::<ResponseFuture<tonic::transport::Channel>>();
+        eprintln!(
+            "ResponseFuture<Channel>: {size} B; Call: {} B; head: {} B; body: {} B; Slow: {} B",
+            std::mem::size_of::<Call<tonic::transport::Channel>>(),
+            std::mem::size_of::<RequestHead>(),
+            std::mem::size_of::<CallBody>(),
+            std::mem::size_of::<Slow<tonic::transport::Channel>>(),
+        );
+        assert!(size <= 384, "ResponseFuture<Channel> is {size} bytes");
     }
 }

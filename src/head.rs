@@ -1,7 +1,7 @@
 //! The request head, kept so that every attempt after the first can be built from it.
 
-use http::request::Parts;
-use http::{Extensions, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use http::header::{CONTENT_TYPE, TE};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use std::time::Duration;
 
 use tonic::GrpcMethod;
@@ -34,12 +34,38 @@ pub(crate) struct RequestHead {
     method: Method,
     uri: Uri,
     version: Version,
-    /// Every header value, in order: one allocation, where cloning the `HeaderMap` costs two
-    /// (its index table and its entries). A retry rebuilds the map.
+    /// The headers a generated client sets on every call, when they have the values it gives
+    /// them: flags, not copies.
+    usual: UsualHeaders,
+    /// Every other header value, in order: one allocation (none for a generated client's
+    /// plain call), where cloning the `HeaderMap` costs two (its index table and its entries).
+    /// A retry rebuilds the map.
     headers: Vec<(HeaderName, HeaderValue)>,
     extensions: SavedExtensions,
-    /// The caller's `grpc-timeout`, read while the headers were copied (no second lookup).
-    caller_timeout: Option<Duration>,
+}
+
+/// Which of a generated client's usual headers (`te: trailers`, `content-type:
+/// application/grpc`) the request has, each as the first value of its name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct UsualHeaders(u8);
+
+impl UsualHeaders {
+    const TE_TRAILERS: u8 = 1;
+    const CONTENT_TYPE_GRPC: u8 = 2;
+
+    /// The flag for `name: value`, if it is one of the usual headers.
+    fn flag(name: &HeaderName, value: &HeaderValue) -> Option<u8> {
+        if value.is_sensitive() {
+            return None;
+        }
+        if *name == TE && value.as_bytes() == b"trailers" {
+            Some(Self::TE_TRAILERS)
+        } else if *name == CONTENT_TYPE && value.as_bytes() == b"application/grpc" {
+            Some(Self::CONTENT_TYPE_GRPC)
+        } else {
+            None
+        }
+    }
 }
 
 /// The request's extensions, kept for the retries. A generated client's request carries one,
@@ -76,29 +102,62 @@ impl SavedExtensions {
 }
 
 impl RequestHead {
-    /// Copies what a retry needs of the first attempt's head.
-    pub(crate) fn save(parts: &Parts) -> RequestHead {
+    /// Copies what a retry needs of the first attempt's head; returns it with the timeout the
+    /// caller's `grpc-timeout` header gives, if it parses (read while the headers are copied: no
+    /// second lookup).
+    ///
+    /// A `grpc-timeout` that parses is not copied: the call's deadline comes from it, and every
+    /// retry says in its own `grpc-timeout` what is left of that deadline. (Should the deadline
+    /// not be representable, [`RequestHead::keep_grpc_timeout`] copies it after all.)
+    pub(crate) fn save<B>(request: &Request<B>) -> (RequestHead, Option<Duration>) {
         let mut caller_timeout = None;
-        let mut headers = Vec::with_capacity(parts.headers.len());
-        for (name, value) in &parts.headers {
+        let mut has_timeout = false;
+        let mut usual = UsualHeaders::default();
+        let mut headers = Vec::new();
+        let mut previous: Option<&HeaderName> = None;
+        for (name, value) in request.headers() {
+            // A usual header is kept as a flag only as the first value of its name: a retry
+            // restores the flags first, so the values of each name keep their order.
+            let first_of_name = previous != Some(name);
+            previous = Some(name);
             if *name == GRPC_TIMEOUT {
                 caller_timeout = parse_grpc_timeout(value.as_bytes());
+                has_timeout = true;
+                continue;
+            }
+            if first_of_name && let Some(flag) = UsualHeaders::flag(name, value) {
+                usual.0 |= flag;
+                continue;
+            }
+            if headers.capacity() == 0 {
+                headers.reserve_exact(request.headers().len());
             }
             headers.push((name.clone(), value.clone()));
         }
-        RequestHead {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
+        let mut head = RequestHead {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            usual,
             headers,
-            extensions: SavedExtensions::save(&parts.extensions),
-            caller_timeout,
+            extensions: SavedExtensions::save(request.extensions()),
+        };
+        if has_timeout && caller_timeout.is_none() {
+            head.keep_grpc_timeout(request.headers());
+        }
+        (head, caller_timeout)
+    }
+
+    /// Copies the caller's `grpc-timeout` values from `headers`, for retries to send as they are.
+    pub(crate) fn keep_grpc_timeout(&mut self, headers: &HeaderMap) {
+        for value in headers.get_all(GRPC_TIMEOUT) {
+            self.headers.push((GRPC_TIMEOUT, value.clone()));
         }
     }
 
-    /// The timeout the caller's `grpc-timeout` header gives, if it parses.
-    pub(crate) fn caller_timeout(&self) -> Option<Duration> {
-        self.caller_timeout
+    /// Whether the request carries extensions other than tonic's `GrpcMethod`.
+    pub(crate) fn has_other_extensions(&self) -> bool {
+        matches!(self.extensions, SavedExtensions::All(_))
     }
 
     /// The call's URI.
@@ -113,7 +172,13 @@ impl RequestHead {
         *request.uri_mut() = self.uri.clone();
         *request.version_mut() = self.version;
         let headers = request.headers_mut();
-        headers.reserve(self.headers.len());
+        headers.reserve(self.headers.len() + self.usual.0.count_ones() as usize);
+        if self.usual.0 & UsualHeaders::TE_TRAILERS != 0 {
+            headers.append(TE, HeaderValue::from_static("trailers"));
+        }
+        if self.usual.0 & UsualHeaders::CONTENT_TYPE_GRPC != 0 {
+            headers.append(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        }
         for (name, value) in &self.headers {
             headers.append(name.clone(), value.clone());
         }
@@ -132,8 +197,7 @@ mod tests {
         request
             .extensions_mut()
             .insert(GrpcMethod::new("pkg.Svc", "Method"));
-        let (parts, ()) = request.into_parts();
-        let head = RequestHead::save(&parts);
+        let (head, _) = RequestHead::save(&request);
         assert!(matches!(head.extensions, SavedExtensions::GrpcMethod(_)));
         let retry = head.request(Body::empty());
         let method = retry.extensions().get::<GrpcMethod<'static>>().unwrap();
@@ -160,12 +224,75 @@ mod tests {
         let mut secret = HeaderValue::from_static("token");
         secret.set_sensitive(true);
         headers.insert("authorization", secret);
-        let (parts, ()) = request.into_parts();
-        let retry = RequestHead::save(&parts).request(Body::empty());
-        assert_eq!(retry.headers(), &parts.headers);
+        let retry = RequestHead::save(&request).0.request(Body::empty());
+        assert_eq!(retry.headers(), request.headers());
         let multi: Vec<_> = retry.headers().get_all("x-multi").iter().collect();
         assert_eq!(multi, ["1", "2"]);
         assert!(retry.headers()["authorization"].is_sensitive());
+    }
+
+    #[test]
+    fn usual_headers_are_flags_and_keep_the_order_of_each_name() {
+        let mut request = Request::new(());
+        let headers = request.headers_mut();
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.append(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.append(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let (head, _) = RequestHead::save(&request);
+        assert_eq!(
+            head.usual.0,
+            UsualHeaders::TE_TRAILERS | UsualHeaders::CONTENT_TYPE_GRPC
+        );
+        assert_eq!(head.headers.len(), 2, "the repeated values are copied");
+        let retry = head.request(Body::empty());
+        assert_eq!(retry.headers(), request.headers());
+        let types: Vec<_> = retry.headers().get_all(CONTENT_TYPE).iter().collect();
+        assert_eq!(
+            types,
+            ["application/grpc", "application/grpc", "text/plain"]
+        );
+
+        // Another value first, or a sensitive one, is copied as it is.
+        let mut request = Request::new(());
+        request.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        let mut secret = HeaderValue::from_static("trailers");
+        secret.set_sensitive(true);
+        request.headers_mut().insert(TE, secret);
+        let (head, _) = RequestHead::save(&request);
+        assert_eq!(head.usual, UsualHeaders::default());
+        let retry = head.request(Body::empty());
+        assert_eq!(retry.headers(), request.headers());
+        assert!(retry.headers()[TE].is_sensitive());
+    }
+
+    #[test]
+    fn a_grpc_timeout_is_copied_only_when_it_does_not_parse() {
+        let mut request = Request::new(());
+        request
+            .headers_mut()
+            .insert(GRPC_TIMEOUT, HeaderValue::from_static("100m"));
+        let (head, timeout) = RequestHead::save(&request);
+        assert_eq!(timeout, Some(Duration::from_millis(100)));
+        assert!(
+            head.headers.is_empty(),
+            "a retry rewrites it from the deadline"
+        );
+
+        let mut request = Request::new(());
+        request
+            .headers_mut()
+            .insert(GRPC_TIMEOUT, HeaderValue::from_static("soon"));
+        let (head, timeout) = RequestHead::save(&request);
+        assert_eq!(timeout, None);
+        assert_eq!(
+            head.request(Body::empty()).headers(),
+            request.headers(),
+            "one that does not parse is sent again as it is"
+        );
     }
 
     #[test]
@@ -175,8 +302,7 @@ mod tests {
             .extensions_mut()
             .insert(GrpcMethod::new("pkg.Svc", "Method"));
         request.extensions_mut().insert(42u32);
-        let (parts, ()) = request.into_parts();
-        let retry = RequestHead::save(&parts).request(Body::empty());
+        let retry = RequestHead::save(&request).0.request(Body::empty());
         assert_eq!(retry.extensions().get::<u32>(), Some(&42));
         assert!(retry.extensions().get::<GrpcMethod<'static>>().is_some());
     }
