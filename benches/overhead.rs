@@ -38,9 +38,8 @@ use tonic::transport::Channel;
 use tonic::{Code, GrpcMethod, Status};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-use tonic_retry::{
-    ExponentialBackoff, ResumableStream, ResumePolicy, RetryLayer, RetryPolicy, RetryThrottle,
-};
+use tonic_retry::backoff::ExponentialBackoff;
+use tonic_retry::{ResumableStream, ResumePolicy, RetryLayer, RetryPolicy, RetryThrottle};
 use tonic_retry_testkit::pb::echo_client::EchoClient;
 use tonic_retry_testkit::pb::{CountRequest, SayRequest};
 use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};

@@ -14,7 +14,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tonic_retry_diagnose::{DiagnoseOptions, Diagnosis, Layer};
+use tonic_retry_diagnose::{DiagnoseOptions, Diagnosis, Step};
 
 const USAGE: &str =
     "usage: diagnose <uri> [package.Service[/Method]] [--timeout SECONDS]  (default 2 s a step)";
@@ -54,7 +54,7 @@ async fn main() -> ExitCode {
     match Diagnosis::run(uri, target, options).await {
         Ok(report) => {
             println!("{report}");
-            if report.conclusion().layer() == Layer::Application {
+            if report.conclusion().step() == Step::Application {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

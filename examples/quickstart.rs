@@ -17,9 +17,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tonic::Request;
-use tonic_retry::{
-    CallHistory, ExponentialBackoff, ResumableStream, ResumePolicy, RetryLayer, RetryPolicy,
-};
+use tonic_retry::backoff::ExponentialBackoff;
+use tonic_retry::{CallHistory, ResumableStream, ResumePolicy, RetryLayer, RetryPolicy};
 use tonic_retry_testkit::pb::echo_client::EchoClient;
 use tonic_retry_testkit::pb::other_client::OtherClient;
 use tonic_retry_testkit::pb::{CountRequest, SayRequest};

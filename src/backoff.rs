@@ -1,4 +1,7 @@
 //! Backoff schedules: how long to wait before each retry.
+//!
+//! A [`RetryPolicy`](crate::RetryPolicy) or [`ResumePolicy`](crate::ResumePolicy) takes any
+//! [`BackoffSchedule`]; [`ExponentialBackoff`] is gRFC A6's, the default.
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -7,6 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::ConfigError;
+
+#[cfg(feature = "backoff")]
+#[cfg_attr(docsrs, doc(cfg(feature = "backoff")))]
+pub use crate::backoff_crate::BackoffCrateSchedule;
 
 /// A backoff schedule: the delay before each retry.
 ///
@@ -18,13 +25,14 @@ use crate::error::ConfigError;
 ///
 /// ```
 /// use std::time::Duration;
-/// use tonic_retry::{Backoff, RetryPolicy};
+/// use tonic_retry::RetryPolicy;
+/// use tonic_retry::backoff::BackoffSchedule;
 ///
 /// /// A fixed list of delays, without jitter; no retry after the last.
 /// #[derive(Debug)]
 /// struct Steps(&'static [Duration]);
 ///
-/// impl Backoff for Steps {
+/// impl BackoffSchedule for Steps {
 ///     fn delay(&self, retry: u32, _random: f64) -> Option<Duration> {
 ///         let index = usize::try_from(retry.checked_sub(1)?).ok()?;
 ///         self.0.get(index).copied()
@@ -37,7 +45,7 @@ use crate::error::ConfigError;
 /// assert_eq!(policy.backoff().delay(3, 0.5), None); // the call stops: backoff schedule ended
 /// # Ok::<(), tonic_retry::ConfigError>(())
 /// ```
-pub trait Backoff: fmt::Debug + Send + Sync + 'static {
+pub trait BackoffSchedule: fmt::Debug + Send + Sync + 'static {
     /// The delay before retry number `retry` (1 for the first retry), given `random`, a uniform
     /// sample in `[0, 1)`. `None` means: do not retry again.
     fn delay(&self, retry: u32, random: f64) -> Option<Duration>;
@@ -48,7 +56,7 @@ pub trait Backoff: fmt::Debug + Send + Sync + 'static {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tonic_retry::{Backoff, ExponentialBackoff};
+/// use tonic_retry::backoff::{BackoffSchedule, ExponentialBackoff};
 ///
 /// let backoff = ExponentialBackoff::new(
 ///     Duration::from_millis(100),
@@ -115,7 +123,8 @@ impl ExponentialBackoff {
     /// benchmarks of the retry path itself.
     ///
     /// ```
-    /// use tonic_retry::{ExponentialBackoff, RetryPolicy};
+    /// use tonic_retry::RetryPolicy;
+    /// use tonic_retry::backoff::ExponentialBackoff;
     ///
     /// let in_tests = RetryPolicy::builder().backoff(ExponentialBackoff::immediate()).build()?;
     /// # let _ = in_tests;
@@ -166,7 +175,7 @@ impl Default for ExponentialBackoff {
     }
 }
 
-impl Backoff for ExponentialBackoff {
+impl BackoffSchedule for ExponentialBackoff {
     /// Any `random` is fine: it is clamped to `[0, 1]`, and NaN means no jitter. The jittered
     /// delay saturates at `Duration::MAX` rather than overflow (`Duration::mul_f64` panics).
     fn delay(&self, retry: u32, random: f64) -> Option<Duration> {

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use crate::backoff::Backoff;
+use crate::backoff::BackoffSchedule;
 
-/// A [`Backoff`] that follows a `backoff::ExponentialBackoff`'s settings.
+/// A [`BackoffSchedule`] that follows a `backoff::ExponentialBackoff`'s settings.
 ///
 /// The delay before retry `n` is the crate's interval `n` (`initial_interval`, then times
 /// `multiplier` per retry, at most `max_interval`), randomized by `randomization_factor` with
@@ -22,7 +22,7 @@ use crate::backoff::Backoff;
 ///
 /// ```
 /// # #[cfg(feature = "backoff")] {
-/// use tonic_retry::BackoffCrateSchedule;
+/// use tonic_retry::backoff::BackoffCrateSchedule;
 /// let schedule = BackoffCrateSchedule::new(backoff::ExponentialBackoff::default());
 /// # }
 /// ```
@@ -33,7 +33,7 @@ pub struct BackoffCrateSchedule {
 
 /// Retries whose earlier delays are summed one by one for `max_elapsed_time`; past it the
 /// last interval stands for the rest (the layer itself never passes
-/// [`MAX_ATTEMPTS_LIMIT`](crate::MAX_ATTEMPTS_LIMIT)).
+/// [`MAX_ATTEMPTS_LIMIT`](crate::policy::MAX_ATTEMPTS_LIMIT)).
 const EXACT_STEPS: u32 = 1024;
 
 impl BackoffCrateSchedule {
@@ -69,7 +69,7 @@ impl BackoffCrateSchedule {
     }
 }
 
-impl Backoff for BackoffCrateSchedule {
+impl BackoffSchedule for BackoffCrateSchedule {
     fn delay(&self, retry: u32, random: f64) -> Option<Duration> {
         let retry = retry.max(1);
         let spread = match self.template.randomization_factor {

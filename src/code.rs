@@ -1,5 +1,7 @@
-//! The one table of gRPC status codes: canonical names, parsing, the HTTP mapping, and a
-//! copyable set of codes.
+//! gRPC status codes by their canonical names (`"UNAVAILABLE"`, as in a service config) and
+//! [`CodeSet`], a copyable set of codes.
+//!
+//! One table inside holds every code's name; parsing, display and the HTTP mapping derive from it.
 
 use std::fmt;
 
@@ -32,7 +34,7 @@ const TABLE: [(Code, &str); 17] = [
 /// The canonical upper-case name of a code, as written in a gRPC service config.
 ///
 /// ```
-/// assert_eq!(tonic_retry::code_name(tonic::Code::Unavailable), "UNAVAILABLE");
+/// assert_eq!(tonic_retry::code::code_name(tonic::Code::Unavailable), "UNAVAILABLE");
 /// ```
 pub fn code_name(code: Code) -> &'static str {
     TABLE[code as usize].1
@@ -42,7 +44,7 @@ pub fn code_name(code: Code) -> &'static str {
 ///
 /// ```
 /// use tonic::Code;
-/// use tonic_retry::code_from_name;
+/// use tonic_retry::code::code_from_name;
 ///
 /// assert_eq!(code_from_name("resource_exhausted"), Some(Code::ResourceExhausted));
 /// assert_eq!(code_from_name("UNAVAIL"), None);
@@ -80,7 +82,7 @@ pub(crate) fn code_from_http_status(status: http::StatusCode) -> Code {
 ///
 /// ```
 /// use tonic::Code;
-/// use tonic_retry::CodeSet;
+/// use tonic_retry::code::CodeSet;
 ///
 /// let set = CodeSet::from_iter([Code::Unavailable, Code::ResourceExhausted]);
 /// assert!(set.contains(Code::Unavailable));

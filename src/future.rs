@@ -31,15 +31,15 @@ use tracing::Span;
 use crate::BoxError;
 use crate::body::CallBody;
 use crate::classify::{Classified, Failure, classify_response, classify_service_error};
+use crate::connection::AfterAttemptTimeout;
 use crate::deadline::{GRPC_TIMEOUT, encode_grpc_timeout};
-use crate::endpoint::AfterAttemptTimeout;
 use crate::head::{RequestHead, grpc_path};
 use crate::history::{AttemptRecord, CallHistory, StopReason, with_history};
 use crate::kind::FailureKind;
 use crate::layer::Shared;
 use crate::metrics::Counters;
-use crate::policy::{Decision, Progress, RetryPolicy, debits_throttle, decide};
 use crate::response_body::{ResponseBody, ends_ok};
+use crate::retry_policy::{Decision, Progress, RetryPolicy, debits_throttle, decide};
 use crate::service::Spare;
 
 /// The header that tells the server how many attempts came before this one (gRFC A6).
@@ -486,8 +486,9 @@ fn call_span(path: &str) -> Span {
     tracing::debug_span!(
         "grpc_retry",
         rpc.service =
-            crate::policy::split_path(grpc_path(path)).map_or(path, |(service, _)| service),
-        rpc.method = crate::policy::split_path(grpc_path(path)).map_or("", |(_, method)| method),
+            crate::retry_policy::split_path(grpc_path(path)).map_or(path, |(service, _)| service),
+        rpc.method =
+            crate::retry_policy::split_path(grpc_path(path)).map_or("", |(_, method)| method),
     )
 }
 

@@ -91,7 +91,8 @@
 //!
 //! use tonic::service::InterceptorLayer;
 //! use tonic::{Request, Status};
-//! use tonic_retry::{CallHistory, ExponentialBackoff, RetryLayer, RetryPolicy};
+//! use tonic_retry::{CallHistory, RetryLayer, RetryPolicy};
+//! use tonic_retry::backoff::ExponentialBackoff;
 //! use tower::ServiceBuilder;
 //! // The test proto's `Echo` service and a scripted server on 127.0.0.1.
 //! use tonic_retry_testkit::pb::{SayRequest, echo_client::EchoClient};

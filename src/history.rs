@@ -145,7 +145,8 @@ impl AttemptRecord {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tonic_retry::{CallHistory, ExponentialBackoff, RetryLayer, RetryPolicy};
+/// use tonic_retry::{CallHistory, RetryLayer, RetryPolicy};
+/// use tonic_retry::backoff::ExponentialBackoff;
 /// // Your generated client; here the test proto's `Echo` service.
 /// use tonic_retry_testkit::pb::{SayRequest, echo_client::EchoClient};
 /// # use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};
@@ -197,7 +198,8 @@ impl CallHistory {
     /// ```
     /// use std::time::Duration;
     /// use tonic::transport::Channel;
-    /// use tonic_retry::{CallHistory, ExponentialBackoff, FailureKind, RetryLayer, RetryPolicy, StopReason};
+    /// use tonic_retry::{CallHistory, FailureKind, RetryLayer, RetryPolicy, StopReason};
+    /// use tonic_retry::backoff::ExponentialBackoff;
     /// // Your generated client; here the test proto's `Echo` service.
     /// use tonic_retry_testkit::pb::{SayRequest, echo_client::EchoClient};
     ///

@@ -17,7 +17,8 @@ use crate::kind::FailureKind;
 /// ```
 /// use std::sync::{Arc, Mutex};
 /// use std::time::Duration;
-/// use tonic_retry::{ExponentialBackoff, FailureKind, RetryLayer, RetryPolicy};
+/// use tonic_retry::{FailureKind, RetryLayer, RetryPolicy};
+/// use tonic_retry::backoff::ExponentialBackoff;
 /// // Your generated client; here the test proto's `Echo` service.
 /// use tonic_retry_testkit::pb::{SayRequest, echo_client::EchoClient};
 /// # use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};

@@ -9,7 +9,7 @@ use crate::body::BufferBudget;
 use crate::error::ConfigError;
 use crate::hook::OnRetry;
 use crate::metrics::Counters;
-use crate::policy::{PolicyTable, PolicyTableBuilder, RetryPolicy};
+use crate::retry_policy::{PolicyTable, PolicyTableBuilder, RetryPolicy};
 use crate::service::Retry;
 use crate::throttle::{RetryGate, RetryThrottle};
 

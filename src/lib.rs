@@ -36,7 +36,7 @@
 //! | log that a call succeeded after retries | the [`CallHistory`] in the response's extensions |
 //! | be told of every retry | [`RetryLayerBuilder::on_retry`] and [`RetryEvent`] |
 //! | count what the layer did | [`RetryLayer::metrics`] and [`Counters`] |
-//! | find and replace dead connections | [`Keepalive`], [`keepalive`], [`EvictingChannel`] |
+//! | find and replace dead connections | [`Keepalive`], [`endpoint::keepalive`], [`EvictingChannel`] |
 //! | resume a server stream that broke | [`ResumableStream`], [`ResumePolicy`] |
 //! | place the layer among interceptors, timeouts, limits, balancers | the [`guide`] |
 //!
@@ -59,14 +59,15 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod backoff;
+pub mod backoff;
 #[cfg(feature = "backoff")]
 mod backoff_crate;
 mod body;
 mod classify;
-mod code;
+pub mod code;
+mod config;
+mod connection;
 mod deadline;
-mod endpoint;
 mod error;
 mod future;
 pub mod guide;
@@ -76,42 +77,65 @@ mod hook;
 mod kind;
 mod layer;
 mod metrics;
-mod policy;
 mod response_body;
-mod resume;
+mod resumable;
+mod retry_policy;
 mod service;
-mod service_config;
 mod throttle;
 
-pub use crate::backoff::{Backoff, ExponentialBackoff};
-#[cfg(feature = "backoff")]
-pub use crate::backoff_crate::BackoffCrateSchedule;
-pub use crate::code::{CodeSet, code_from_name, code_name};
-pub use crate::endpoint::{
-    AfterAttemptTimeout, EvictingChannel, EvictingResponseFuture, Keepalive, keepalive,
-};
+pub use crate::config::ServiceConfig;
+pub use crate::connection::{EvictingChannel, Keepalive};
 pub use crate::error::ConfigError;
 pub use crate::future::ResponseFuture;
 pub use crate::history::{AttemptRecord, CallHistory, StopReason};
 pub use crate::hook::RetryEvent;
 pub use crate::kind::FailureKind;
-pub use crate::layer::{DEFAULT_CHANNEL_BUFFER_LIMIT, RetryLayer, RetryLayerBuilder};
+pub use crate::layer::{RetryLayer, RetryLayerBuilder};
 pub use crate::metrics::Counters;
-pub use crate::policy::{
-    DEFAULT_BUFFER_LIMIT, DEFAULT_FAIL_FAST_CODES, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRYABLE_CODES,
-    MAX_ATTEMPTS_LIMIT, MAX_SERVER_DELAY, RetryPolicy, RetryPolicyBuilder,
-};
 pub use crate::response_body::ResponseBody;
-pub use crate::resume::{
-    DEFAULT_MAX_FAILED_REOPENS, DEFAULT_MESSAGES_PER_REOPEN, DEFAULT_REOPEN_BUDGET, OpenedStream,
-    ReopenBudget, ReopenRecord, ReopenThrottle, ResumableStream, ResumeHistory, ResumePolicy,
-    ResumePolicyBuilder,
-};
+pub use crate::resumable::{ResumableStream, ResumePolicy};
+pub use crate::retry_policy::{RetryPolicy, RetryPolicyBuilder};
 pub use crate::service::Retry;
-pub use crate::service_config::{
-    MethodConfig, MethodName, RetryPolicyConfig, RetryThrottling, ServiceConfig,
-};
 pub use crate::throttle::RetryThrottle;
+
+pub mod policy {
+    //! The defaults and limits of a [`RetryPolicy`](crate::RetryPolicy) and of the layer's
+    //! request buffer.
+
+    pub use crate::layer::DEFAULT_CHANNEL_BUFFER_LIMIT;
+    pub use crate::retry_policy::{
+        DEFAULT_BUFFER_LIMIT, DEFAULT_FAIL_FAST_CODES, DEFAULT_MAX_ATTEMPTS,
+        DEFAULT_RETRYABLE_CODES, MAX_ATTEMPTS_LIMIT, MAX_SERVER_DELAY,
+    };
+}
+
+pub mod service_config {
+    //! The parts of a gRPC service config: its `methodConfig` entries with their names,
+    //! `retryPolicy` and `timeout`, and its `retryThrottling`. The whole config is
+    //! [`ServiceConfig`](crate::ServiceConfig).
+
+    pub use crate::config::{ConfigRetryPolicy, ConfigThrottling, MethodConfig, MethodName};
+}
+
+pub mod resume {
+    //! The parts of a [`ResumableStream`](crate::ResumableStream) beyond the stream and its
+    //! [`ResumePolicy`](crate::ResumePolicy): the builder, the reopen budget and throttle, the
+    //! history of reopens, and the defaults.
+
+    pub use crate::resumable::{
+        DEFAULT_MAX_FAILED_REOPENS, DEFAULT_MESSAGES_PER_REOPEN, DEFAULT_REOPEN_BUDGET,
+        OpenedStream, ReopenBudget, ReopenRecord, ReopenThrottle, ResumeHistory,
+        ResumePolicyBuilder,
+    };
+}
+
+pub mod endpoint {
+    //! Connection health under the layer beyond [`Keepalive`](crate::Keepalive) and
+    //! [`EvictingChannel`](crate::EvictingChannel): the one-call keepalive setup, the marker a
+    //! timed-out attempt leaves for the channel, and the channel's response future.
+
+    pub use crate::connection::{AfterAttemptTimeout, EvictingResponseFuture, keepalive};
+}
 
 /// The README's examples, compiled and checked as doctests.
 #[doc = include_str!("../README.md")]

@@ -13,7 +13,8 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use tonic_retry::{ExponentialBackoff, RetryLayer, RetryPolicy};
+/// use tonic_retry::{RetryLayer, RetryPolicy};
+/// use tonic_retry::backoff::ExponentialBackoff;
 /// // Your generated client; here the test proto's `Echo` service.
 /// use tonic_retry_testkit::pb::{SayRequest, echo_client::EchoClient};
 /// # use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};

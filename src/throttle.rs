@@ -24,7 +24,7 @@ const SCALE: u32 = 1000;
 ///
 /// Clones share the bucket: pass one to the layer
 /// ([`RetryLayerBuilder::throttle`](crate::RetryLayerBuilder::throttle)) and to resumable
-/// streams ([`ResumePolicyBuilder::throttle`](crate::ResumePolicyBuilder::throttle)) so that
+/// streams ([`ResumePolicyBuilder::throttle`](crate::resume::ResumePolicyBuilder::throttle)) so that
 /// they draw on the same tokens, and an outage that fails every call does not also turn every
 /// open stream into a reopen storm.
 ///

@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
-use tonic_retry::{
-    CallHistory, ExponentialBackoff, FailureKind, Retry, RetryLayer, RetryPolicy, StopReason,
-};
+use tonic_retry::backoff::ExponentialBackoff;
+use tonic_retry::{CallHistory, FailureKind, Retry, RetryLayer, RetryPolicy, StopReason};
 use tonic_retry_testkit::pb::echo_client::EchoClient;
 use tonic_retry_testkit::pb::other_client::OtherClient;
 use tonic_retry_testkit::pb::{Chunk, CountRequest, SayRequest};

@@ -20,9 +20,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
+use tonic_retry::backoff::ExponentialBackoff;
 use tonic_retry::{
-    CallHistory, EvictingChannel, ExponentialBackoff, Keepalive, Retry, RetryLayer, RetryPolicy,
-    RetryPolicyBuilder, StopReason,
+    CallHistory, EvictingChannel, Keepalive, Retry, RetryLayer, RetryPolicy, RetryPolicyBuilder,
+    StopReason,
 };
 use tonic_retry_testkit::pb::echo_client::EchoClient;
 use tonic_retry_testkit::pb::other_client::OtherClient;

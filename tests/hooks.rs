@@ -5,9 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::{Code, Request};
-use tonic_retry::{
-    CallHistory, ExponentialBackoff, FailureKind, RetryLayer, RetryPolicy, StopReason,
-};
+use tonic_retry::backoff::ExponentialBackoff;
+use tonic_retry::{CallHistory, FailureKind, RetryLayer, RetryPolicy, StopReason};
 use tonic_retry_testkit::pb::SayRequest;
 use tonic_retry_testkit::pb::echo_client::EchoClient;
 use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};

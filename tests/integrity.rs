@@ -128,7 +128,7 @@ async fn a_call_that_commits_in_the_middle_of_a_replay_sends_every_message_once_
             RetryPolicy::builder()
                 .buffer_limit(1 << 20)
                 .backoff(
-                    tonic_retry::ExponentialBackoff::new(
+                    tonic_retry::backoff::ExponentialBackoff::new(
                         Duration::from_millis(1),
                         Duration::from_millis(1),
                         1.0,
@@ -231,7 +231,7 @@ mod mock {
 
 /// The default policy with 1 ms backoffs: a retry always fits in the deadlines below.
 fn quick_layer() -> RetryLayer {
-    let backoff = tonic_retry::ExponentialBackoff::new(
+    let backoff = tonic_retry::backoff::ExponentialBackoff::new(
         Duration::from_millis(1),
         Duration::from_millis(1),
         1.0,
@@ -326,7 +326,7 @@ async fn a_huge_pushback_without_a_deadline_waits_at_most_the_documented_bound()
         .expect("not forever")
         .expect("the retry passes");
     assert_eq!(response.headers().get("grpc-status").unwrap(), "0");
-    assert_eq!(started.elapsed(), tonic_retry::MAX_SERVER_DELAY);
+    assert_eq!(started.elapsed(), tonic_retry::policy::MAX_SERVER_DELAY);
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
@@ -383,7 +383,7 @@ async fn a_client_behind_a_path_prefix_gets_its_methods_policy_and_history() {
     let two_attempts = RetryPolicy::builder()
         .max_attempts(2)
         .backoff(
-            tonic_retry::ExponentialBackoff::new(
+            tonic_retry::backoff::ExponentialBackoff::new(
                 Duration::from_millis(1),
                 Duration::from_millis(1),
                 1.0,
@@ -432,9 +432,13 @@ async fn a_client_behind_a_path_prefix_gets_its_methods_policy_and_history() {
 
 // ---- retry throttling as gRFC A6 counts it ----
 
-fn one_ms_backoff() -> tonic_retry::ExponentialBackoff {
-    tonic_retry::ExponentialBackoff::new(Duration::from_millis(1), Duration::from_millis(1), 1.0)
-        .unwrap()
+fn one_ms_backoff() -> tonic_retry::backoff::ExponentialBackoff {
+    tonic_retry::backoff::ExponentialBackoff::new(
+        Duration::from_millis(1),
+        Duration::from_millis(1),
+        1.0,
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -543,7 +547,7 @@ async fn attempt_timeouts_against_a_silent_server_engage_the_throttle() {
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_an_attempt_timeout_is_marked_for_the_service_below() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tonic_retry::AfterAttemptTimeout;
+    use tonic_retry::endpoint::AfterAttemptTimeout;
     use tower::{Service, ServiceExt};
 
     /// Never answers its first call; answers OK and records the marker after that.

@@ -6,9 +6,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
-use tonic_retry::{
-    CallHistory, ExponentialBackoff, FailureKind, Retry, RetryLayer, RetryPolicy, StopReason,
-};
+use tonic_retry::backoff::ExponentialBackoff;
+use tonic_retry::{CallHistory, FailureKind, Retry, RetryLayer, RetryPolicy, StopReason};
 use tonic_retry_testkit::pb::echo_client::EchoClient;
 use tonic_retry_testkit::pb::other_client::OtherClient;
 use tonic_retry_testkit::pb::{Chunk, CountRequest, SayRequest};
@@ -175,7 +174,7 @@ async fn nothing_listening_then_a_server_starts_on_that_port() {
 async fn nothing_listening_for_the_whole_deadline() {
     let layer = layer_with(
         RetryPolicy::builder()
-            .max_attempts(tonic_retry::MAX_ATTEMPTS_LIMIT)
+            .max_attempts(tonic_retry::policy::MAX_ATTEMPTS_LIMIT)
             .backoff(
                 ExponentialBackoff::new(Duration::from_millis(10), Duration::from_millis(40), 2.0)
                     .unwrap(),

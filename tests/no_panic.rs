@@ -10,10 +10,12 @@ use std::time::Duration;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tonic::Code;
+use tonic_retry::backoff::{BackoffSchedule, ExponentialBackoff};
+use tonic_retry::code::{CodeSet, code_from_name, code_name};
+use tonic_retry::policy::MAX_ATTEMPTS_LIMIT;
+use tonic_retry::service_config::{ConfigRetryPolicy, ConfigThrottling, MethodConfig, MethodName};
 use tonic_retry::{
-    Backoff, CodeSet, ConfigError, ExponentialBackoff, MAX_ATTEMPTS_LIMIT, MethodConfig,
-    MethodName, ResumePolicy, RetryLayer, RetryPolicy, RetryPolicyConfig, RetryThrottle,
-    RetryThrottling, ServiceConfig, code_from_name, code_name,
+    ConfigError, ResumePolicy, RetryLayer, RetryPolicy, RetryThrottle, ServiceConfig,
 };
 
 fn duration() -> impl Strategy<Value = Duration> {
@@ -282,7 +284,7 @@ proptest! {
     #[test]
     fn retry_throttle_and_throttling(max_tokens in float(), token_ratio in float(), failures in 0u32..30) {
         let throttle = RetryThrottle::new(max_tokens, token_ratio);
-        let throttling = RetryThrottling::new(max_tokens, token_ratio);
+        let throttling = ConfigThrottling::new(max_tokens, token_ratio);
         match &throttle {
             Ok(throttle) => {
                 for _ in 0..failures {
@@ -374,7 +376,7 @@ proptest! {
         for name in &names {
             let _ = name.to_string();
         }
-        let policy = RetryPolicyConfig::new(attempts, initial, max, multiplier, retryable);
+        let policy = ConfigRetryPolicy::new(attempts, initial, max, multiplier, retryable);
         if let Ok(policy) = &policy {
             let built = policy.to_policy();
             prop_assert_eq!(built.max_attempts(), policy.max_attempts());
@@ -393,7 +395,7 @@ proptest! {
             Err(err) => prop_assert!(well_formed(&err), "{err:?}"),
         }
         let mut config = ServiceConfig::new().with_method_config(entry).unwrap();
-        if let Ok(throttling) = RetryThrottling::new(max_tokens, token_ratio) {
+        if let Ok(throttling) = ConfigThrottling::new(max_tokens, token_ratio) {
             config = config.with_retry_throttling(throttling);
         }
         prop_assert!(RetryLayer::builder().service_config(&config).build().is_ok());
@@ -470,7 +472,7 @@ proptest! {
             max_elapsed_time: elapsed,
             ..backoff::ExponentialBackoff::default()
         };
-        let schedule = tonic_retry::BackoffCrateSchedule::new(template);
+        let schedule = tonic_retry::backoff::BackoffCrateSchedule::new(template);
         let _ = schedule.delay(retry, 0.5);
     }
 }

@@ -18,10 +18,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
-use tonic_retry::{
-    ExponentialBackoff, FailureKind, ResumableStream, ResumeHistory, ResumePolicy,
-    ResumePolicyBuilder, StopReason,
-};
+use tonic_retry::backoff::ExponentialBackoff;
+use tonic_retry::resume::{ResumeHistory, ResumePolicyBuilder};
+use tonic_retry::{FailureKind, ResumableStream, ResumePolicy, StopReason};
 use tonic_retry_testkit::pb::echo_client::EchoClient;
 use tonic_retry_testkit::pb::echo_server::{Echo, EchoServer};
 use tonic_retry_testkit::pb::{Chunk, CollectReply, CountRequest, Numbered, SayReply, SayRequest};

@@ -8,10 +8,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tonic::Code;
-use tonic_retry::{
-    CodeSet, ConfigError, MethodConfig, MethodName, RetryLayer, RetryPolicyConfig, RetryThrottling,
-    ServiceConfig,
-};
+use tonic_retry::code::CodeSet;
+use tonic_retry::service_config::{ConfigRetryPolicy, ConfigThrottling, MethodConfig, MethodName};
+use tonic_retry::{ConfigError, RetryLayer, ServiceConfig};
 
 /// gRFC A6, "Integration with Service Config": the retry policy example.
 const A6_RETRY_POLICY: &str = r#"{
@@ -120,7 +119,7 @@ fn a6_throttling_example_parses() {
     let throttling = config.retry_throttling().unwrap();
     assert_eq!(throttling.max_tokens(), 10.0);
     assert_eq!(throttling.token_ratio(), 0.1);
-    assert_eq!(throttling, RetryThrottling::new(10.0, 0.1).unwrap());
+    assert_eq!(throttling, ConfigThrottling::new(10.0, 0.1).unwrap());
 
     let layer = RetryLayer::builder()
         .service_config(&config)
@@ -519,7 +518,7 @@ fn a_token_ratio_too_small_to_keep_is_rejected_at_parse_time() {
     );
     // The typed constructor shares the validation, under the JSON names.
     assert_eq!(
-        RetryThrottling::new(10.0, 1e-10).unwrap_err().field(),
+        ConfigThrottling::new(10.0, 1e-10).unwrap_err().field(),
         "tokenRatio"
     );
 }
@@ -640,9 +639,9 @@ fn max_attempts_never_exceeds_the_limit() {
     };
     assert_eq!(attempts(ServiceConfig::from_json(&huge).unwrap()), 5);
     let (config, _) = with_logs(|| ServiceConfig::from_json_with_cap(&huge, u32::MAX).unwrap());
-    assert_eq!(attempts(config), tonic_retry::MAX_ATTEMPTS_LIMIT);
+    assert_eq!(attempts(config), tonic_retry::policy::MAX_ATTEMPTS_LIMIT);
 
-    let err = RetryPolicyConfig::new(
+    let err = ConfigRetryPolicy::new(
         u32::MAX,
         Duration::from_secs(1),
         Duration::from_secs(1),
@@ -688,7 +687,7 @@ fn typed_to_json_and_back_is_equal() {
             .with_timeout(Duration::new(1, 1))
             .unwrap()
             .with_retry_policy(
-                RetryPolicyConfig::new(
+                ConfigRetryPolicy::new(
                     5,
                     Duration::from_millis(100),
                     Duration::from_millis(1234),
@@ -701,7 +700,7 @@ fn typed_to_json_and_back_is_equal() {
         .unwrap()
         .with_method_config(MethodConfig::new([MethodName::default()]).unwrap())
         .unwrap()
-        .with_retry_throttling(RetryThrottling::new(42.5, 0.125).unwrap());
+        .with_retry_throttling(ConfigThrottling::new(42.5, 0.125).unwrap());
     let json = config.to_json();
     assert_eq!(ServiceConfig::from_json(&json).unwrap(), config, "{json}");
     assert!(json.contains("\"timeout\": \"1.000000001s\""), "{json}");
@@ -733,7 +732,7 @@ fn typed_to_json_and_back_is_equal() {
     );
     assert!(MethodConfig::new([]).is_err());
     assert!(
-        RetryPolicyConfig::new(
+        ConfigRetryPolicy::new(
             1,
             Duration::from_secs(1),
             Duration::from_secs(1),
@@ -743,7 +742,7 @@ fn typed_to_json_and_back_is_equal() {
         .is_err()
     );
     assert!(
-        RetryPolicyConfig::new(
+        ConfigRetryPolicy::new(
             2,
             Duration::from_secs(1),
             Duration::from_secs(1),
@@ -891,7 +890,7 @@ mod end_to_end {
         let default = || {
             tonic_retry::RetryPolicy::builder()
                 .max_attempts(3)
-                .backoff(tonic_retry::ExponentialBackoff::immediate())
+                .backoff(tonic_retry::backoff::ExponentialBackoff::immediate())
                 .build()
                 .unwrap()
         };
@@ -1170,7 +1169,7 @@ fn arb_name() -> impl Strategy<Value = MethodName> {
     ]
 }
 
-fn arb_policy() -> impl Strategy<Value = RetryPolicyConfig> {
+fn arb_policy() -> impl Strategy<Value = ConfigRetryPolicy> {
     (
         2..=5u32,
         1..10_000_000_000u64,
@@ -1179,7 +1178,7 @@ fn arb_policy() -> impl Strategy<Value = RetryPolicyConfig> {
         prop::collection::vec(1..=16i32, 1..5),
     )
         .prop_map(|(attempts, initial, extra, multiplier, codes)| {
-            RetryPolicyConfig::new(
+            ConfigRetryPolicy::new(
                 attempts,
                 Duration::from_nanos(initial),
                 Duration::from_nanos(initial + extra),
@@ -1224,7 +1223,7 @@ fn arb_config() -> impl Strategy<Value = ServiceConfig> {
             }
             if let Some((tokens, ratio)) = throttling {
                 config = config.with_retry_throttling(
-                    RetryThrottling::new(f64::from(tokens) / 1000.0, f64::from(ratio) / 1000.0)
+                    ConfigThrottling::new(f64::from(tokens) / 1000.0, f64::from(ratio) / 1000.0)
                         .unwrap(),
                 );
             }

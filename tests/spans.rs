@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::Code;
-use tonic_retry::{ExponentialBackoff, RetryLayer, RetryPolicy};
+use tonic_retry::backoff::ExponentialBackoff;
+use tonic_retry::{RetryLayer, RetryPolicy};
 use tonic_retry_testkit::pb::SayRequest;
 use tonic_retry_testkit::pb::echo_client::EchoClient;
 use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};

@@ -12,7 +12,8 @@ use http::{Request, Response};
 use proptest::prelude::*;
 use tonic::Code;
 use tonic::body::Body;
-use tonic_retry::{BoxError, CallHistory, ExponentialBackoff, RetryLayer, RetryPolicy};
+use tonic_retry::backoff::ExponentialBackoff;
+use tonic_retry::{BoxError, CallHistory, RetryLayer, RetryPolicy};
 use tower::{Layer, Service, ServiceExt};
 
 #[derive(Debug, Clone, Copy)]

@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
-use tonic_retry::{
-    CallHistory, ExponentialBackoff, Retry, RetryLayer, RetryPolicy, RetryThrottle, StopReason,
-};
+use tonic_retry::backoff::ExponentialBackoff;
+use tonic_retry::{CallHistory, Retry, RetryLayer, RetryPolicy, RetryThrottle, StopReason};
 use tonic_retry_testkit::pb::SayRequest;
 use tonic_retry_testkit::pb::echo_client::EchoClient;
 use tonic_retry_testkit::{

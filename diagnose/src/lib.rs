@@ -58,8 +58,8 @@ use std::time::{Duration, Instant};
 use http::Uri;
 
 pub use self::report::{
-    Conclusion, HandshakeVerdict, HealthVerdict, Layer, OtherProtocol, ReflectionVerdict,
-    ReflectionVersion, Report, ResolveVerdict, TargetVerdict, TcpCheck, TcpVerdict,
+    Conclusion, HandshakeVerdict, HealthVerdict, OtherProtocol, ReflectionVerdict,
+    ReflectionVersion, Report, ResolveVerdict, Step, TargetVerdict, TcpCheck, TcpVerdict,
 };
 pub use self::resolve::{Resolve, ResolveFuture, StaticResolver, SystemResolver};
 

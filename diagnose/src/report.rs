@@ -9,9 +9,9 @@ use tonic::Code;
 use crate::grpc::GrpcChecks;
 use crate::{Endpoint, Target};
 use tonic_retry::FailureKind;
-use tonic_retry::code_name;
+use tonic_retry::code::code_name;
 
-/// Layer 1a: what name resolution gave.
+/// Step 1a: what name resolution gave.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResolveVerdict {
@@ -32,7 +32,7 @@ pub enum ResolveVerdict {
     TimedOut(Duration),
 }
 
-/// Layer 1b: a TCP connect to one address.
+/// Step 1b: a TCP connect to one address.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TcpVerdict {
@@ -68,7 +68,7 @@ impl TcpCheck {
     }
 }
 
-/// Layer 2: the HTTP/2 + gRPC handshake, proven by a call to a method no server has.
+/// Step 2: the HTTP/2 + gRPC handshake, proven by a call to a method no server has.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandshakeVerdict {
@@ -154,7 +154,7 @@ impl HandshakeVerdict {
     }
 }
 
-/// Layer 3a: the standard health service, `grpc.health.v1.Health/Check`.
+/// Step 3a: the standard health service, `grpc.health.v1.Health/Check`.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthVerdict {
@@ -208,7 +208,7 @@ impl ReflectionVersion {
     }
 }
 
-/// Layer 3b: server reflection, `v1` then `v1alpha`.
+/// Step 3b: server reflection, `v1` then `v1alpha`.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReflectionVerdict {
@@ -264,10 +264,11 @@ pub enum TargetVerdict {
     Undetermined(String),
 }
 
-/// A layer of a gRPC target, from the name to the application, in the order they are checked.
+/// A step of a diagnosis: one layer of a gRPC target, from the name to the application, in the
+/// order they are checked.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Layer {
+pub enum Step {
     /// Turning the host name into addresses.
     NameResolution,
     /// Opening a TCP connection.
@@ -282,21 +283,21 @@ pub enum Layer {
     Application,
 }
 
-impl Layer {
+impl Step {
     /// A short name, such as `name resolution`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Layer::NameResolution => "name resolution",
-            Layer::Tcp => "tcp",
-            Layer::Handshake => "handshake",
-            Layer::Health => "health",
-            Layer::Service => "service",
-            Layer::Application => "application",
+            Step::NameResolution => "name resolution",
+            Step::Tcp => "tcp",
+            Step::Handshake => "handshake",
+            Step::Health => "health",
+            Step::Service => "service",
+            Step::Application => "application",
         }
     }
 }
 
-impl fmt::Display for Layer {
+impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -305,16 +306,16 @@ impl fmt::Display for Layer {
 /// The most likely cause, and what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conclusion {
-    layer: Layer,
+    step: Step,
     kind: Option<FailureKind>,
     cause: String,
     advice: String,
 }
 
 impl Conclusion {
-    /// The lowest layer that failed ([`Layer::Application`] when none did).
-    pub fn layer(&self) -> Layer {
-        self.layer
+    /// The step of the lowest layer that failed ([`Step::Application`] when none did).
+    pub fn step(&self) -> Step {
+        self.step
     }
 
     /// The kind of failure a call would meet, from `tonic-retry`'s table, if one is expected.
@@ -376,7 +377,7 @@ impl Report {
             target_verdict: grpc.target,
             notes: Vec::new(),
             conclusion: Conclusion {
-                layer: Layer::Application,
+                step: Step::Application,
                 kind: None,
                 cause: String::new(),
                 advice: String::new(),
@@ -399,22 +400,22 @@ impl Report {
         self.target.as_deref()
     }
 
-    /// Layer 1a: name resolution.
+    /// Step 1a: name resolution.
     pub fn resolution(&self) -> &ResolveVerdict {
         &self.resolution
     }
 
-    /// Layer 1b: the TCP connect to each address, in the resolver's order.
+    /// Step 1b: the TCP connect to each address, in the resolver's order.
     pub fn connects(&self) -> &[TcpCheck] {
         &self.connects
     }
 
-    /// Layer 2: the HTTP/2 + gRPC handshake.
+    /// Step 2: the HTTP/2 + gRPC handshake.
     pub fn handshake(&self) -> &HandshakeVerdict {
         &self.handshake
     }
 
-    /// Layer 3a: the health of the server as a whole (service `""`).
+    /// Step 3a: the health of the server as a whole (service `""`).
     pub fn health(&self) -> &HealthVerdict {
         &self.health
     }
@@ -424,7 +425,7 @@ impl Report {
         self.service_health.as_ref()
     }
 
-    /// Layer 3b: server reflection.
+    /// Step 3b: server reflection.
     pub fn reflection(&self) -> &ReflectionVerdict {
         &self.reflection
     }
@@ -497,8 +498,8 @@ impl Report {
     }
 
     fn conclude(&self) -> Conclusion {
-        let verdict = |layer, kind: Option<FailureKind>, cause: String, advice: &str| Conclusion {
-            layer,
+        let verdict = |step, kind: Option<FailureKind>, cause: String, advice: &str| Conclusion {
+            step,
             kind,
             cause,
             advice: advice.to_owned(),
@@ -508,7 +509,7 @@ impl Report {
             ResolveVerdict::Resolved { .. } => {}
             ResolveVerdict::Failed(message) => {
                 return verdict(
-                    Layer::NameResolution,
+                    Step::NameResolution,
                     Some(FailureKind::DnsFailure),
                     format!("the name {host} does not resolve ({message})"),
                     FailureKind::DnsFailure.hint(),
@@ -516,7 +517,7 @@ impl Report {
             }
             ResolveVerdict::NoAddresses => {
                 return verdict(
-                    Layer::NameResolution,
+                    Step::NameResolution,
                     Some(FailureKind::DnsFailure),
                     format!("the name {host} resolves to no address"),
                     FailureKind::DnsFailure.hint(),
@@ -524,7 +525,7 @@ impl Report {
             }
             ResolveVerdict::TimedOut(step) => {
                 return verdict(
-                    Layer::NameResolution,
+                    Step::NameResolution,
                     Some(FailureKind::DnsFailure),
                     format!("resolving {host} did not finish within {step:?}"),
                     "the resolver does not answer: check the resolver configuration \
@@ -543,7 +544,7 @@ impl Report {
             {
                 let kind = FailureKind::of_status(*code, "");
                 return verdict(
-                    Layer::Service,
+                    Step::Service,
                     Some(kind),
                     format!(
                         "the server speaks gRPC but rejects every call, even to an unknown \
@@ -557,7 +558,7 @@ impl Report {
             HandshakeVerdict::Grpc { .. } => {}
             HandshakeVerdict::NotGrpc(message) => {
                 return verdict(
-                    Layer::Handshake,
+                    Step::Handshake,
                     Some(FailureKind::Unimplemented),
                     format!(
                         "an HTTP/2 server answers on port {}, but not with gRPC ({message})",
@@ -597,12 +598,12 @@ impl Report {
                          cannot carry gRPC",
                     ),
                 };
-                return verdict(Layer::Handshake, Some(kind), cause, advice);
+                return verdict(Step::Handshake, Some(kind), cause, advice);
             }
             HandshakeVerdict::ClosedAfterAccept { reset, .. } => {
                 let kind = FailureKind::ClosedBeforeSent;
                 return verdict(
-                    Layer::Handshake,
+                    Step::Handshake,
                     Some(kind),
                     format!(
                         "the server accepted then {} the connection, before answering a byte",
@@ -613,7 +614,7 @@ impl Report {
             }
             HandshakeVerdict::Failed { kind, message } => {
                 return verdict(
-                    Layer::Handshake,
+                    Step::Handshake,
                     Some(*kind),
                     format!(
                         "TCP connects, but HTTP/2 fails ({message}): the port serves something \
@@ -625,7 +626,7 @@ impl Report {
             }
             HandshakeVerdict::TimedOut(step) => {
                 return verdict(
-                    Layer::Handshake,
+                    Step::Handshake,
                     Some(FailureKind::TransportTimeout),
                     format!("TCP connects, but no HTTP/2 answer came within {step:?}"),
                     "the server is stalled or speaks another protocol (TLS?): check its logs, \
@@ -634,7 +635,7 @@ impl Report {
             }
             HandshakeVerdict::Skipped(reason) => {
                 return verdict(
-                    Layer::Handshake,
+                    Step::Handshake,
                     None,
                     format!("TCP connects; the gRPC layers were not checked: {reason}"),
                     "check the gRPC layers with grpcurl (grpcurl ADDR list)",
@@ -644,7 +645,7 @@ impl Report {
 
         if self.health == HealthVerdict::NotServing {
             return verdict(
-                Layer::Health,
+                Step::Health,
                 Some(FailureKind::Unavailable),
                 "the server is up but its health service says NOT_SERVING".to_owned(),
                 "it is starting, draining or missing a dependency: check its logs and readiness",
@@ -665,7 +666,7 @@ impl Report {
                     )
                 };
                 return verdict(
-                    Layer::Service,
+                    Step::Service,
                     Some(FailureKind::UnknownService),
                     cause,
                     FailureKind::UnknownService.hint(),
@@ -673,7 +674,7 @@ impl Report {
             }
             Some(TargetVerdict::MethodMissing { methods }) => {
                 return verdict(
-                    Layer::Service,
+                    Step::Service,
                     Some(FailureKind::UnknownMethod),
                     format!(
                         "the server serves the service, but not the method {target}; it has: {}",
@@ -688,7 +689,7 @@ impl Report {
             }
             Some(TargetVerdict::Undetermined(reason)) => {
                 return verdict(
-                    Layer::Service,
+                    Step::Service,
                     None,
                     format!(
                         "the server answers gRPC; whether it serves {target} is unknown: {reason}"
@@ -710,7 +711,7 @@ impl Report {
             cause.push_str(&format!(", and it serves {target}"));
         }
         verdict(
-            Layer::Application,
+            Step::Application,
             None,
             cause,
             "if calls still fail, the cause is in the application: read the failing call's \
@@ -786,7 +787,7 @@ impl Report {
             ),
         };
         Some(Conclusion {
-            layer: Layer::Tcp,
+            step: Step::Tcp,
             kind: Some(kind),
             cause,
             advice,
@@ -967,7 +968,7 @@ impl fmt::Display for Report {
             write!(f, "\n  note: {note}")?;
         }
         let c = &self.conclusion;
-        write!(f, "\nverdict ({}", c.layer)?;
+        write!(f, "\nverdict ({}", c.step)?;
         if let Some(kind) = c.kind {
             write!(f, ", {kind}")?;
         }

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 
 use tonic_retry::FailureKind;
 use tonic_retry_diagnose::{
-    DiagnoseOptions, Diagnosis, HandshakeVerdict, HealthVerdict, Layer, ReflectionVerdict,
-    ReflectionVersion, Report, ResolveVerdict, StaticResolver, TargetVerdict, TcpVerdict,
+    DiagnoseOptions, Diagnosis, HandshakeVerdict, HealthVerdict, ReflectionVerdict,
+    ReflectionVersion, Report, ResolveVerdict, StaticResolver, Step, TargetVerdict, TcpVerdict,
 };
 use tonic_retry_testkit::{Script, ScriptedServer, unused_addr};
 
@@ -99,7 +99,7 @@ async fn a_server_with_health_and_reflection() {
             .any(|s| s == "grpc.health.v1.Health")
     );
     assert_eq!(report.target_verdict(), Some(&TargetVerdict::Found));
-    assert_eq!(report.conclusion().layer(), Layer::Application);
+    assert_eq!(report.conclusion().step(), Step::Application);
     assert_eq!(report.conclusion().kind(), None);
     let text = report.to_string();
     assert!(
@@ -125,7 +125,7 @@ async fn a_server_with_health_and_reflection() {
             similar: vec!["tonic_retry.test.Echo".to_owned()]
         })
     );
-    assert_eq!(report.conclusion().layer(), Layer::Service);
+    assert_eq!(report.conclusion().step(), Step::Service);
     assert_eq!(
         report.conclusion().kind(),
         Some(FailureKind::UnknownService)
@@ -140,7 +140,7 @@ async fn a_server_with_health_and_reflection() {
     // No target: every layer is fine.
     let report = diagnose(&uri, None, options()).await;
     assert_eq!(report.target_verdict(), None);
-    assert_eq!(report.conclusion().layer(), Layer::Application);
+    assert_eq!(report.conclusion().step(), Step::Application);
 }
 
 #[tokio::test(start_paused = true)]
@@ -160,7 +160,7 @@ async fn a_server_without_reflection_or_health() {
         report.target_verdict(),
         Some(TargetVerdict::Undetermined(_))
     ));
-    assert_eq!(report.conclusion().layer(), Layer::Service);
+    assert_eq!(report.conclusion().step(), Step::Service);
     assert!(report.conclusion().advice().contains("reflection"));
 }
 
@@ -200,7 +200,7 @@ async fn a_closed_port() {
     assert!(matches!(report.handshake(), HandshakeVerdict::Skipped(_)));
     assert!(matches!(report.health(), HealthVerdict::Skipped(_)));
     assert!(matches!(report.reflection(), ReflectionVerdict::Skipped(_)));
-    assert_eq!(report.conclusion().layer(), Layer::Tcp);
+    assert_eq!(report.conclusion().step(), Step::Tcp);
     assert_eq!(
         report.conclusion().kind(),
         Some(FailureKind::ConnectionRefused)
@@ -225,7 +225,7 @@ async fn a_name_that_does_not_resolve() {
     );
     assert!(report.connects().is_empty());
     assert!(matches!(report.handshake(), HandshakeVerdict::Skipped(_)));
-    assert_eq!(report.conclusion().layer(), Layer::NameResolution);
+    assert_eq!(report.conclusion().step(), Step::NameResolution);
     assert_eq!(report.conclusion().kind(), Some(FailureKind::DnsFailure));
 }
 
@@ -261,7 +261,7 @@ async fn a_name_whose_ipv6_address_fails_while_ipv4_works() {
         "{:?}",
         report.notes()
     );
-    assert_eq!(report.conclusion().layer(), Layer::Application);
+    assert_eq!(report.conclusion().step(), Step::Application);
 }
 
 #[tokio::test(start_paused = true)]
@@ -288,7 +288,7 @@ async fn a_port_that_accepts_but_never_speaks() {
         "{:?}",
         report.handshake()
     );
-    assert_eq!(report.conclusion().layer(), Layer::Handshake);
+    assert_eq!(report.conclusion().step(), Step::Handshake);
 }
 
 #[tokio::test(start_paused = true)]
@@ -379,7 +379,7 @@ async fn a_peer_that_does_not_speak_http2() {
             other => panic!("{other:?}"),
         }
         let conclusion = report.conclusion();
-        assert_eq!(conclusion.layer(), Layer::Handshake);
+        assert_eq!(conclusion.step(), Step::Handshake);
         assert_eq!(conclusion.kind(), Some(FailureKind::LocalProtocolError));
         assert!(
             conclusion.cause().contains("does not speak"),
@@ -403,7 +403,7 @@ async fn a_server_that_resets_connections_at_accept() {
     let report = diagnose(&format!("http://{addr}"), None, options()).await;
     let conclusion = report.conclusion();
     assert!(
-        matches!(conclusion.layer(), Layer::Tcp | Layer::Handshake),
+        matches!(conclusion.step(), Step::Tcp | Step::Handshake),
         "{conclusion:?}"
     );
     assert_eq!(conclusion.kind(), Some(FailureKind::ClosedBeforeSent));
@@ -429,7 +429,7 @@ async fn a_server_that_resets_connections_at_accept() {
         report.handshake()
     );
     let conclusion = report.conclusion();
-    assert_eq!(conclusion.layer(), Layer::Handshake);
+    assert_eq!(conclusion.step(), Step::Handshake);
     assert_eq!(conclusion.kind(), Some(FailureKind::ClosedBeforeSent));
     assert!(conclusion.cause().contains("accepted then reset"));
     let text = report.to_string();

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::duration::format_duration;
-use super::{MethodConfig, RetryPolicyConfig, ServiceConfig};
+use super::{ConfigRetryPolicy, MethodConfig, ServiceConfig};
 use crate::code::code_name;
 
 /// A JSON string literal, escaped.
@@ -77,7 +77,7 @@ fn method_config(config: &MethodConfig) -> String {
     format!("    {{\n      {}\n    }}", members.join(",\n      "))
 }
 
-fn retry_policy(policy: &RetryPolicyConfig) -> String {
+fn retry_policy(policy: &ConfigRetryPolicy) -> String {
     let codes: Vec<String> = policy
         .retryable_status_codes
         .iter()

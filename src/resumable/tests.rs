@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tonic::{Code, Status};
 
 use super::*;
-use crate::backoff::{Backoff, ExponentialBackoff};
+use crate::backoff::{BackoffSchedule, ExponentialBackoff};
 use crate::history::StopReason;
 use crate::kind::FailureKind;
 use crate::throttle::RetryThrottle;
@@ -151,7 +151,7 @@ fn refused() -> Status {
 #[derive(Debug)]
 struct Linear;
 
-impl Backoff for Linear {
+impl BackoffSchedule for Linear {
     fn delay(&self, retry: u32, _random: f64) -> Option<Duration> {
         Some(Duration::from_millis(10) * retry)
     }
@@ -551,7 +551,7 @@ async fn a_throttle_can_veto_reopens() {
 async fn backoff_schedule_end_stops() {
     #[derive(Debug)]
     struct Once;
-    impl Backoff for Once {
+    impl BackoffSchedule for Once {
         fn delay(&self, retry: u32, _: f64) -> Option<Duration> {
             (retry == 1).then_some(Duration::ZERO)
         }
@@ -796,7 +796,7 @@ async fn an_ordered_cursor_drops_what_a_replaying_server_sends_again() {
 #[derive(Debug)]
 struct Forever;
 
-impl Backoff for Forever {
+impl BackoffSchedule for Forever {
     fn delay(&self, _: u32, _: f64) -> Option<Duration> {
         Some(Duration::MAX)
     }
@@ -807,7 +807,10 @@ impl Backoff for Forever {
 #[tokio::test(start_paused = true)]
 async fn extreme_durations_never_panic() {
     let huge = ExponentialBackoff::new(Duration::MAX, Duration::MAX, f64::MAX).unwrap();
-    for backoff in [Arc::new(huge) as Arc<dyn Backoff>, Arc::new(Forever)] {
+    for backoff in [
+        Arc::new(huge) as Arc<dyn BackoffSchedule>,
+        Arc::new(Forever),
+    ] {
         let server = Server::new([Plan::Send(2, Then::Fail(reset()))]);
         let policy = ResumePolicy {
             backoff,
@@ -843,7 +846,7 @@ mod no_panic {
     #[derive(Debug)]
     struct Scripted(Vec<Option<Duration>>);
 
-    impl Backoff for Scripted {
+    impl BackoffSchedule for Scripted {
         fn delay(&self, retry: u32, _: f64) -> Option<Duration> {
             let index = usize::try_from(retry).unwrap_or(usize::MAX) % self.0.len().max(1);
             self.0.get(index).copied().unwrap_or(Some(Duration::MAX))
@@ -893,13 +896,13 @@ mod no_panic {
         ]
     }
 
-    fn backoff() -> impl Strategy<Value = Arc<dyn Backoff>> {
+    fn backoff() -> impl Strategy<Value = Arc<dyn BackoffSchedule>> {
         prop_oneof![
             proptest::collection::vec(proptest::option::of(duration()), 0..6)
-                .prop_map(|delays| Arc::new(Scripted(delays)) as Arc<dyn Backoff>),
+                .prop_map(|delays| Arc::new(Scripted(delays)) as Arc<dyn BackoffSchedule>),
             (duration(), duration(), any::<f64>()).prop_map(|(initial, max, multiplier)| {
                 match ExponentialBackoff::new(initial, max, multiplier) {
-                    Ok(backoff) => Arc::new(backoff) as Arc<dyn Backoff>,
+                    Ok(backoff) => Arc::new(backoff) as Arc<dyn BackoffSchedule>,
                     Err(_) => Arc::new(ExponentialBackoff::default()),
                 }
             }),

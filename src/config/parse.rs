@@ -7,7 +7,7 @@ use tonic::Code;
 
 use super::duration::{MALFORMED, parse_duration};
 use super::{
-    MethodConfig, MethodName, RetryPolicyConfig, RetryThrottling, ServiceConfig, check_duration,
+    ConfigRetryPolicy, ConfigThrottling, MethodConfig, MethodName, ServiceConfig, check_duration,
     duplicate,
 };
 use crate::code::{code_from_name, code_from_number};
@@ -140,7 +140,7 @@ fn retry_policy(
     value: &Value,
     path: &str,
     max_attempts_cap: u32,
-) -> Result<RetryPolicyConfig, ConfigError> {
+) -> Result<ConfigRetryPolicy, ConfigError> {
     let policy = object(value, path)?;
     let field = |key: &str| -> Result<(&Value, String), ConfigError> {
         let field_path = format!("{path}.{key}");
@@ -168,7 +168,7 @@ fn retry_policy(
         codes.push(status_code(code, &format!("{at}[{k}]"))?);
     }
 
-    RetryPolicyConfig::new(
+    ConfigRetryPolicy::new(
         max_attempts,
         initial_backoff,
         max_backoff,
@@ -212,7 +212,7 @@ fn max_attempts(value: &Value, path: &str, cap: u32) -> Result<u32, ConfigError>
     Ok(u32::try_from(attempts).unwrap_or(cap))
 }
 
-fn retry_throttling(value: &Value, path: &str) -> Result<RetryThrottling, ConfigError> {
+fn retry_throttling(value: &Value, path: &str) -> Result<ConfigThrottling, ConfigError> {
     let throttling = object(value, path)?;
     let required = |key: &str| -> Result<f64, ConfigError> {
         let at = format!("{path}.{key}");
@@ -227,7 +227,7 @@ fn retry_throttling(value: &Value, path: &str) -> Result<RetryThrottling, Config
     };
     let max_tokens = required("maxTokens")?;
     let token_ratio = required("tokenRatio")?;
-    RetryThrottling::new(max_tokens, token_ratio).map_err(|err| {
+    ConfigThrottling::new(max_tokens, token_ratio).map_err(|err| {
         match get(throttling, err.field()) {
             Some(value) => {
                 let at = format!("{path}.{}", err.field());

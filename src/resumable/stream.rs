@@ -34,9 +34,9 @@ use crate::backoff::Jitter;
 use crate::code::code_name;
 use crate::history::{StopReason, with_history};
 use crate::kind::FailureKind;
-use crate::resume::classify::{Verdict, classify_status};
-use crate::resume::history::{ReopenRecord, ResumeHistory};
-use crate::resume::policy::{ReopenBudget, ResumePolicy};
+use crate::resumable::classify::{Verdict, classify_status};
+use crate::resumable::history::{ReopenRecord, ResumeHistory};
+use crate::resumable::policy::{ReopenBudget, ResumePolicy};
 
 /// What the future of a [`ResumableStream`]'s factory yields on success: the opened call's
 /// stream of messages.
@@ -118,8 +118,8 @@ impl<Fut, S> State<Fut, S> {
 /// quiet: pair it with HTTP/2 keepalive on the endpoint so that a dead connection is noticed
 /// (see [`ResumePolicy`#quiet-streams-and-dead-connections](ResumePolicy#quiet-streams-and-dead-connections)).
 ///
-/// After [`max_failed_reopens`](crate::ResumePolicyBuilder::max_failed_reopens) reopens in a
-/// row that deliver nothing, or once the [reopen budget](crate::ReopenBudget) is spent (a
+/// After [`max_failed_reopens`](crate::resume::ResumePolicyBuilder::max_failed_reopens) reopens in a
+/// row that deliver nothing, or once the [reopen budget](crate::resume::ReopenBudget) is spent (a
 /// server that cuts the stream after every few messages), it yields the last error, unchanged
 /// in code and message, with a [`ResumeHistory`] as its source, and ends. A status the server
 /// sent on purpose (say INVALID_ARGUMENT), a fail-fast code and a clean end end the stream at
@@ -325,7 +325,7 @@ where
     /// Without it, "nothing twice" rests on the server honouring the cursor. The check costs one
     /// comparison per message. Dropped messages are counted
     /// ([`replays_dropped`](ResumableStream::replays_dropped)) and logged (once per open, at
-    /// debug level); they do not refill the [reopen budget](crate::ReopenBudget), since they
+    /// debug level); they do not refill the [reopen budget](crate::resume::ReopenBudget), since they
     /// are no progress. Dropping rather than failing keeps the stream going when the server
     /// merely replays; a server that goes backwards for good shows as a stream that delivers
     /// nothing new, which the reopen bounds and the caller's own deadline handle.

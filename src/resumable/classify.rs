@@ -8,7 +8,7 @@ use tonic::{Code, Status};
 use crate::classify::{classify_error, kind_of_status};
 use crate::history::StopReason;
 use crate::kind::FailureKind;
-use crate::resume::policy::ResumePolicy;
+use crate::resumable::policy::ResumePolicy;
 
 /// The start of tonic's message for a stream that ended without `grpc-status` trailers (an
 /// HTTP/2 stream closed cleanly, or reset with NO_ERROR/CANCEL, before the final status).

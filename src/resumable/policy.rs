@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use tonic::Code;
 
-use crate::backoff::{Backoff, ExponentialBackoff};
+use crate::backoff::{BackoffSchedule, ExponentialBackoff};
 use crate::code::CodeSet;
 use crate::error::ConfigError;
-use crate::policy::{DEFAULT_FAIL_FAST_CODES, DEFAULT_RETRYABLE_CODES};
-use crate::resume::history::ReopenRecord;
+use crate::resumable::history::ReopenRecord;
+use crate::retry_policy::{DEFAULT_FAIL_FAST_CODES, DEFAULT_RETRYABLE_CODES};
 use crate::throttle::RetryThrottle;
 
 /// The default bound on reopens in a row that deliver no message before the stream gives up.
@@ -35,10 +35,10 @@ pub const DEFAULT_MESSAGES_PER_REOPEN: u32 = 10;
 /// messages between cuts is reopened for as long as it lives, while a server that cuts it after
 /// every message (or every few) empties the bucket after a bounded number of reopens: about
 /// `reopens * messages_per_reopen / (messages_per_reopen - delivered_per_cut)`. The stream
-/// then ends with the last error and a [`ResumeHistory`](crate::ResumeHistory) whose
-/// [`stop_reason`](crate::ResumeHistory::stop_reason) is
+/// then ends with the last error and a [`ResumeHistory`](crate::resume::ResumeHistory) whose
+/// [`stop_reason`](crate::resume::ResumeHistory::stop_reason) is
 /// [`StopReason::Throttled`](crate::StopReason::Throttled) and whose
-/// [`reopen_budget_spent`](crate::ResumeHistory::reopen_budget_spent) is true.
+/// [`reopen_budget_spent`](crate::resume::ResumeHistory::reopen_budget_spent) is true.
 ///
 /// Counted in whole messages (integers): refilling costs one addition and one comparison per
 /// message, no clock read. The budget is the stream's own; a [`throttle`](ResumePolicyBuilder::throttle)
@@ -152,7 +152,8 @@ type ReopenHook = Arc<dyn Fn(&ReopenRecord) + Send + Sync>;
 /// ```
 /// use std::time::Duration;
 /// use tonic::Code;
-/// use tonic_retry::{ExponentialBackoff, ResumePolicy};
+/// use tonic_retry::ResumePolicy;
+/// use tonic_retry::backoff::ExponentialBackoff;
 ///
 /// let policy = ResumePolicy::builder()
 ///     .max_failed_reopens(3)
@@ -180,7 +181,7 @@ pub struct ResumePolicy {
     pub(crate) reopen_budget: Option<ReopenBudget>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) heartbeat_timeout: Option<Duration>,
-    pub(crate) backoff: Arc<dyn Backoff>,
+    pub(crate) backoff: Arc<dyn BackoffSchedule>,
     pub(crate) retryable: CodeSet,
     pub(crate) fail_fast: CodeSet,
     pub(crate) jitter_seed: Option<u64>,
@@ -233,7 +234,7 @@ impl ResumePolicy {
     }
 
     /// The backoff schedule between reopens.
-    pub fn backoff(&self) -> &dyn Backoff {
+    pub fn backoff(&self) -> &dyn BackoffSchedule {
         &*self.backoff
     }
 
@@ -294,7 +295,7 @@ pub struct ResumePolicyBuilder {
 
 impl ResumePolicyBuilder {
     /// How many reopens in a row may fail before the stream gives up and yields the last error
-    /// with a [`ResumeHistory`](crate::ResumeHistory); at least 1. A reopen fails when it ends
+    /// with a [`ResumeHistory`](crate::resume::ResumeHistory); at least 1. A reopen fails when it ends
     /// before delivering a message; once a message arrives the count starts again.
     pub fn max_failed_reopens(mut self, reopens: u32) -> Self {
         self.policy.max_failed_reopens = reopens;
@@ -375,7 +376,7 @@ impl ResumePolicyBuilder {
     /// The backoff schedule between reopens, such as an [`ExponentialBackoff`]; retry number
     /// `n` is the `n`th reopen in a row. A schedule that returns `None` ends the stream. A
     /// delay too long for the clock to represent (`Duration::MAX`) waits for ever.
-    pub fn backoff(mut self, backoff: impl Backoff) -> Self {
+    pub fn backoff(mut self, backoff: impl BackoffSchedule) -> Self {
         self.policy.backoff = Arc::new(backoff);
         self
     }

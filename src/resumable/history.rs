@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 use crate::code::code_name;
 use crate::history::StopReason;
 use crate::kind::FailureKind;
-use crate::resume::policy::ReopenBudget;
+use crate::resumable::policy::ReopenBudget;
 
 /// One failure of a resumable stream, and the reopen it led to (if any).
 #[derive(Debug, Clone)]
@@ -93,7 +93,7 @@ impl fmt::Display for ReopenRecord {
 ///
 /// ```
 /// # fn handle(status: tonic::Status) {
-/// use tonic_retry::ResumeHistory;
+/// use tonic_retry::resume::ResumeHistory;
 ///
 /// if let Some(history) = ResumeHistory::of(&status) {
 ///     eprintln!("{history}");
@@ -109,7 +109,9 @@ impl fmt::Display for ReopenRecord {
 /// ```
 /// use std::time::Duration;
 /// use futures::StreamExt;
-/// use tonic_retry::{ExponentialBackoff, ResumableStream, ResumeHistory, ResumePolicy};
+/// use tonic_retry::{ResumableStream, ResumePolicy};
+/// use tonic_retry::backoff::ExponentialBackoff;
+/// use tonic_retry::resume::ResumeHistory;
 /// // Your generated client; here the test proto's `Count(CountRequest) returns (stream Numbered)`.
 /// use tonic_retry_testkit::pb::{CountRequest, echo_client::EchoClient};
 /// # use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};
@@ -174,7 +176,7 @@ impl ResumeHistory {
 
     /// Why the stream stopped reopening: [`StopReason::AttemptsExhausted`] when the bound on
     /// failed reopens in a row was reached, [`StopReason::Throttled`] when the
-    /// [reopen budget](crate::ReopenBudget) was spent (see
+    /// [reopen budget](crate::resume::ReopenBudget) was spent (see
     /// [`reopen_budget_spent`](ResumeHistory::reopen_budget_spent)) or a shared throttle vetoed
     /// the reopen, [`StopReason::BackoffExhausted`], or [`StopReason::NotRetryable`] /
     /// [`StopReason::FailFast`] for a status that ends the stream after failed reopens.

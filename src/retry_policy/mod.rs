@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tonic::Code;
 
-use crate::backoff::{Backoff, ExponentialBackoff};
+use crate::backoff::{BackoffSchedule, ExponentialBackoff};
 use crate::code::CodeSet;
 use crate::error::ConfigError;
 
@@ -52,7 +52,8 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
 /// ```
 /// use std::time::Duration;
 /// use tonic::Code;
-/// use tonic_retry::{ExponentialBackoff, RetryPolicy};
+/// use tonic_retry::RetryPolicy;
+/// use tonic_retry::backoff::ExponentialBackoff;
 ///
 /// let policy = RetryPolicy::builder()
 ///     .max_attempts(4)
@@ -84,7 +85,8 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
 /// ```
 /// use std::time::Duration;
 /// use tonic::{Code, Request};
-/// use tonic_retry::{CallHistory, ExponentialBackoff, RetryLayer, RetryPolicy};
+/// use tonic_retry::{CallHistory, RetryLayer, RetryPolicy};
+/// use tonic_retry::backoff::ExponentialBackoff;
 /// // Your generated client; here the test proto's `Echo` service.
 /// use tonic_retry_testkit::pb::{SayRequest, echo_client::EchoClient};
 /// # use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};
@@ -121,7 +123,7 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
 #[derive(Clone)]
 pub struct RetryPolicy {
     max_attempts: u32,
-    backoff: Arc<dyn Backoff>,
+    backoff: Arc<dyn BackoffSchedule>,
     retryable: CodeSet,
     fail_fast: CodeSet,
     attempt_timeout: Option<Duration>,
@@ -184,7 +186,7 @@ impl RetryPolicy {
     }
 
     /// The backoff schedule.
-    pub fn backoff(&self) -> &dyn Backoff {
+    pub fn backoff(&self) -> &dyn BackoffSchedule {
         &*self.backoff
     }
 
@@ -290,7 +292,7 @@ impl RetryPolicyBuilder {
     }
 
     /// The backoff schedule, such as an [`ExponentialBackoff`].
-    pub fn backoff(mut self, backoff: impl Backoff) -> Self {
+    pub fn backoff(mut self, backoff: impl BackoffSchedule) -> Self {
         self.policy.backoff = Arc::new(backoff);
         self
     }

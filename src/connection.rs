@@ -181,7 +181,7 @@ impl Default for Keepalive {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let channel = tonic_retry::keepalive(Endpoint::from_static("http://127.0.0.1:50051"))
+/// let channel = tonic_retry::endpoint::keepalive(Endpoint::from_static("http://127.0.0.1:50051"))
 ///     .connect_lazy();
 /// # let _ = channel;
 /// # }
@@ -199,7 +199,7 @@ pub fn keepalive(endpoint: Endpoint) -> Endpoint {
 /// ```
 /// use http::Request;
 /// use tonic::body::Body;
-/// use tonic_retry::AfterAttemptTimeout;
+/// use tonic_retry::endpoint::AfterAttemptTimeout;
 ///
 /// /// Whether `request` retries an attempt that went unanswered while the connection opened at
 /// /// `opened` was already there: that attempt may have gone down it, and it may be dead.
@@ -344,7 +344,7 @@ impl EvictingChannel {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let endpoint = tonic_retry::keepalive(Endpoint::from_static("http://127.0.0.1:50051"));
+    /// let endpoint = tonic_retry::endpoint::keepalive(Endpoint::from_static("http://127.0.0.1:50051"));
     /// // Here the same as `EvictingChannel::new(endpoint)`; a custom connector goes in the closure.
     /// let channel = EvictingChannel::from_fn(move || endpoint.connect_lazy());
     /// let channel = tower::ServiceBuilder::new().layer(RetryLayer::new()).service(channel);

@@ -19,7 +19,7 @@ use crate::backoff::ExponentialBackoff;
 use crate::code::CodeSet;
 use crate::error::ConfigError;
 use crate::layer::{GateSetting, RetryLayerBuilder};
-use crate::policy::{
+use crate::retry_policy::{
     DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, RetryPolicy, RetryPolicyBuilder, validate_method,
     validate_service,
 };
@@ -98,7 +98,7 @@ use self::duration::{MAX_DURATION, format_duration};
 #[derive(Clone, Default)]
 pub struct ServiceConfig {
     method_configs: Vec<MethodConfig>,
-    retry_throttling: Option<RetryThrottling>,
+    retry_throttling: Option<ConfigThrottling>,
     /// Where each name is, as (entry, position in its `name` list): duplicate checks and lookups
     /// in constant time (a config of 40,000 names once took 33 s to check).
     places: HashMap<MethodName, (usize, usize)>,
@@ -149,7 +149,7 @@ impl ServiceConfig {
     /// Parses and validates a service config, capping `maxAttempts` at `max_attempts_cap`
     /// (gRPC's channel option of the same purpose). A value above the cap is lowered to it and a
     /// `tracing` warning names its path; a cap below 2 is taken as 2, a cap above
-    /// [`MAX_ATTEMPTS_LIMIT`](crate::MAX_ATTEMPTS_LIMIT) (100) as that limit.
+    /// [`MAX_ATTEMPTS_LIMIT`](crate::policy::MAX_ATTEMPTS_LIMIT) (100) as that limit.
     ///
     /// ```
     /// use tonic_retry::ServiceConfig;
@@ -196,7 +196,7 @@ impl ServiceConfig {
     }
 
     /// Sets gRFC A6 retry throttling.
-    pub fn with_retry_throttling(mut self, throttling: RetryThrottling) -> ServiceConfig {
+    pub fn with_retry_throttling(mut self, throttling: ConfigThrottling) -> ServiceConfig {
         self.retry_throttling = Some(throttling);
         self
     }
@@ -207,7 +207,7 @@ impl ServiceConfig {
     }
 
     /// The retry throttling, if the config sets one.
-    pub fn retry_throttling(&self) -> Option<RetryThrottling> {
+    pub fn retry_throttling(&self) -> Option<ConfigThrottling> {
         self.retry_throttling
     }
 
@@ -245,7 +245,7 @@ impl ServiceConfig {
     /// [`default_policy`](RetryLayerBuilder::default_policy), a service name
     /// [`service`](RetryLayerBuilder::service), a method name
     /// [`method`](RetryLayerBuilder::method). Each `retryPolicy` becomes a [`RetryPolicy`] (see
-    /// [`RetryPolicyConfig::to_policy`]); an entry without one becomes
+    /// [`ConfigRetryPolicy::to_policy`]); an entry without one becomes
     /// [`RetryPolicy::no_retries`], as in gRPC. `retryThrottling` becomes the builder's
     /// [`RetryThrottle`].
     ///
@@ -338,14 +338,15 @@ fn duplicate(name: &MethodName, first: &str) -> ConfigError {
 /// ```
 /// use std::time::Duration;
 /// use tonic::Code;
-/// use tonic_retry::{MethodConfig, MethodName, RetryPolicyConfig, ServiceConfig};
+/// use tonic_retry::ServiceConfig;
+/// use tonic_retry::service_config::{ConfigRetryPolicy, MethodConfig, MethodName};
 ///
 /// let config = MethodConfig::new([
 ///     MethodName::service("helloworld.Greeter")?,
 ///     MethodName::method("helloworld.Admin", "Reload")?,
 /// ])?
 /// .with_timeout(Duration::from_secs(5))?
-/// .with_retry_policy(RetryPolicyConfig::new(
+/// .with_retry_policy(ConfigRetryPolicy::new(
 ///     3,
 ///     Duration::from_millis(100),
 ///     Duration::from_secs(1),
@@ -359,7 +360,7 @@ fn duplicate(name: &MethodName, first: &str) -> ConfigError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MethodConfig {
     names: Vec<MethodName>,
-    retry_policy: Option<RetryPolicyConfig>,
+    retry_policy: Option<ConfigRetryPolicy>,
     timeout: Option<Duration>,
 }
 
@@ -389,7 +390,7 @@ impl MethodConfig {
     }
 
     /// Sets the retry policy.
-    pub fn with_retry_policy(mut self, policy: RetryPolicyConfig) -> MethodConfig {
+    pub fn with_retry_policy(mut self, policy: ConfigRetryPolicy) -> MethodConfig {
         self.retry_policy = Some(policy);
         self
     }
@@ -408,7 +409,7 @@ impl MethodConfig {
     }
 
     /// The retry policy; `None` means the calls are not retried.
-    pub fn retry_policy(&self) -> Option<&RetryPolicyConfig> {
+    pub fn retry_policy(&self) -> Option<&ConfigRetryPolicy> {
         self.retry_policy.as_ref()
     }
 
@@ -423,7 +424,7 @@ impl MethodConfig {
         let policy = self
             .retry_policy
             .as_ref()
-            .map_or_else(RetryPolicy::no_retries, RetryPolicyConfig::to_policy);
+            .map_or_else(RetryPolicy::no_retries, ConfigRetryPolicy::to_policy);
         match self.timeout {
             Some(timeout) => RetryPolicyBuilder::from(policy)
                 .call_timeout(timeout)
@@ -437,7 +438,7 @@ impl MethodConfig {
 /// One entry of a method config's `name` list: a method, a whole service, or the default.
 ///
 /// ```
-/// use tonic_retry::MethodName;
+/// use tonic_retry::service_config::MethodName;
 ///
 /// let name = MethodName::method("helloworld.Greeter", "SayHello")?;
 /// assert_eq!(name.to_string(), "helloworld.Greeter/SayHello");
@@ -518,7 +519,7 @@ impl fmt::Display for MethodName {
 /// Errors name the JSON fields (`maxAttempts`, `initialBackoff`, ...), so that the parser can
 /// place them in the config.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicyConfig {
+pub struct ConfigRetryPolicy {
     max_attempts: u32,
     initial_backoff: Duration,
     max_backoff: Duration,
@@ -526,9 +527,9 @@ pub struct RetryPolicyConfig {
     retryable_status_codes: CodeSet,
 }
 
-impl RetryPolicyConfig {
+impl ConfigRetryPolicy {
     /// A retry policy. `max_attempts` counts the first attempt and must be at least 2 and at most
-    /// [`MAX_ATTEMPTS_LIMIT`](crate::MAX_ATTEMPTS_LIMIT) (gRFC A6's cap of 5 is the parser's, see
+    /// [`MAX_ATTEMPTS_LIMIT`](crate::policy::MAX_ATTEMPTS_LIMIT) (gRFC A6's cap of 5 is the parser's, see
     /// [`ServiceConfig::from_json_with_cap`]); both backoffs more than zero, `max_backoff` at
     /// least `initial_backoff`; the multiplier finite and more than zero; at least one
     /// retryable code, and not OK.
@@ -538,7 +539,7 @@ impl RetryPolicyConfig {
         max_backoff: Duration,
         backoff_multiplier: f64,
         retryable_status_codes: impl IntoIterator<Item = Code>,
-    ) -> Result<RetryPolicyConfig, ConfigError> {
+    ) -> Result<ConfigRetryPolicy, ConfigError> {
         if max_attempts < 2 {
             return Err(ConfigError::new(
                 "maxAttempts",
@@ -598,7 +599,7 @@ impl RetryPolicyConfig {
                 "must not contain OK",
             ));
         }
-        Ok(RetryPolicyConfig {
+        Ok(ConfigRetryPolicy {
             max_attempts,
             initial_backoff,
             max_backoff,
@@ -645,13 +646,13 @@ impl RetryPolicyConfig {
             self.max_backoff,
             self.backoff_multiplier,
         )
-        .unwrap_or_else(|err| unreachable!("validated by RetryPolicyConfig::new: {err}"));
+        .unwrap_or_else(|err| unreachable!("validated by ConfigRetryPolicy::new: {err}"));
         RetryPolicy::builder()
             .max_attempts(self.max_attempts)
             .backoff(backoff)
             .retryable_codes(self.retryable_status_codes.iter())
             .build()
-            .unwrap_or_else(|err| unreachable!("validated by RetryPolicyConfig::new: {err}"))
+            .unwrap_or_else(|err| unreachable!("validated by ConfigRetryPolicy::new: {err}"))
     }
 }
 
@@ -659,27 +660,27 @@ impl RetryPolicyConfig {
 /// per failure, `tokenRatio` given back per success; retries only while more than half is left.
 ///
 /// ```
-/// use tonic_retry::RetryThrottling;
+/// use tonic_retry::service_config::ConfigThrottling;
 ///
-/// let throttling = RetryThrottling::new(10.0, 0.1)?;
+/// let throttling = ConfigThrottling::new(10.0, 0.1)?;
 /// assert_eq!(throttling.max_tokens(), 10.0);
-/// assert!(RetryThrottling::new(10.0, 0.0001).is_err(), "at most three decimal places");
+/// assert!(ConfigThrottling::new(10.0, 0.0001).is_err(), "at most three decimal places");
 /// let throttle = throttling.to_throttle();
 /// assert_eq!(throttle.tokens(), 10.0);
 /// # Ok::<(), tonic_retry::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RetryThrottling {
+pub struct ConfigThrottling {
     max_tokens: f64,
     token_ratio: f64,
 }
 
-impl RetryThrottling {
+impl ConfigThrottling {
     /// `max_tokens` in (0, 1000]; `token_ratio` in (0, 1000] with at most three decimal places;
     /// each at least 0.001. This is [`RetryThrottle::new`]'s own validation (under the JSON
     /// names), so every accepted value builds a throttle; only the decimal places are stricter
     /// here, where the throttle rounds.
-    pub fn new(max_tokens: f64, token_ratio: f64) -> Result<RetryThrottling, ConfigError> {
+    pub fn new(max_tokens: f64, token_ratio: f64) -> Result<ConfigThrottling, ConfigError> {
         let thousandths = token_ratio * 1000.0;
         if thousandths.is_finite() && (thousandths - thousandths.round()).abs() > 1e-6 {
             return Err(ConfigError::new(
@@ -689,7 +690,7 @@ impl RetryThrottling {
             ));
         }
         bucket_settings(max_tokens, token_ratio, ("maxTokens", "tokenRatio"))?;
-        Ok(RetryThrottling {
+        Ok(ConfigThrottling {
             max_tokens,
             token_ratio,
         })
