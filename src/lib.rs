@@ -40,6 +40,11 @@
 //! | resume a server stream that broke | [`ResumableStream`], [`ResumePolicy`] |
 //! | place the layer among interceptors, timeouts, limits, balancers | the [`guide`] |
 //!
+//! The root holds what a client names most; the parts that fewer need live in modules:
+//! [`backoff`] (schedules), [`code`] (status code names and sets), [`policy`] (defaults and
+//! limits), [`service_config`] (the parts of a service config), [`resume`] (the parts of a
+//! resumable stream) and [`endpoint`] (connection helpers).
+//!
 //! Beyond the layer:
 //!
 //! - [`ServiceConfig`] reads the standard gRPC service-config JSON (`methodConfig`,
