@@ -36,11 +36,10 @@ use crate::deadline::{GRPC_TIMEOUT, encode_grpc_timeout};
 use crate::head::{RequestHead, grpc_path};
 use crate::history::{AttemptRecord, CallHistory, StopReason, with_history};
 use crate::kind::FailureKind;
-use crate::layer::Shared;
 use crate::metrics::Counters;
 use crate::response_body::{ResponseBody, ends_ok};
 use crate::retry_policy::{Decision, Progress, RetryPolicy, debits_throttle, decide};
-use crate::service::Spare;
+use crate::shared::{Shared, Spare};
 
 /// The header that tells the server how many attempts came before this one (gRFC A6).
 const GRPC_PREVIOUS_RPC_ATTEMPTS: HeaderName =

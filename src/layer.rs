@@ -9,8 +9,9 @@ use crate::body::BufferBudget;
 use crate::error::ConfigError;
 use crate::hook::OnRetry;
 use crate::metrics::Counters;
-use crate::retry_policy::{PolicyTable, PolicyTableBuilder, RetryPolicy};
+use crate::retry_policy::{PolicyTableBuilder, RetryPolicy};
 use crate::service::Retry;
+use crate::shared::Shared;
 use crate::throttle::{RetryGate, RetryThrottle};
 
 /// The default bound on the bytes all calls of one layer hold for replay.
@@ -58,17 +59,6 @@ pub struct RetryLayer {
     shared: Arc<Shared>,
     /// The label of the services this layer makes: where their calls go, for the history.
     target: Option<Arc<str>>,
-}
-
-/// What every clone of a layer's services shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) policies: PolicyTable,
-    pub(crate) jitter: Jitter,
-    pub(crate) buffer_budget: Arc<BufferBudget>,
-    pub(crate) counters: Counters,
-    pub(crate) gate: RetryGate,
-    pub(crate) on_retry: Option<OnRetry>,
 }
 
 impl RetryLayer {

@@ -86,6 +86,7 @@ mod response_body;
 mod resumable;
 mod retry_policy;
 mod service;
+mod shared;
 mod throttle;
 
 pub use crate::config::ServiceConfig;

@@ -9,9 +9,9 @@ use tower::Service;
 
 use crate::BoxError;
 use crate::future::ResponseFuture;
-use crate::layer::Shared;
 use crate::metrics::Counters;
 use crate::response_body::ResponseBody;
+use crate::shared::{Shared, Spare};
 
 /// Retries the calls made through it; made by [`RetryLayer`](crate::RetryLayer).
 ///
@@ -25,14 +25,6 @@ pub struct Retry<S> {
     /// cloning a `Channel` is not free), and the service's target label.
     spare: Arc<Spare<S>>,
     shared: Arc<Shared>,
-}
-
-/// The per-service state every call of a [`Retry`] holds a handle on.
-#[derive(Debug)]
-pub(crate) struct Spare<S> {
-    pub(crate) service: Mutex<S>,
-    /// Where the calls go, for the history, when the request does not say.
-    pub(crate) target: Option<Arc<str>>,
 }
 
 impl<S: Clone> Retry<S> {

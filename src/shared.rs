@@ -1,0 +1,31 @@
+//! The state the layer, its services and their calls share. In a module of its own so that the
+//! layer, the service and the call future each depend on it, and not on one another in a cycle.
+
+use std::sync::{Arc, Mutex};
+
+use crate::backoff::Jitter;
+use crate::body::BufferBudget;
+use crate::hook::OnRetry;
+use crate::metrics::Counters;
+use crate::retry_policy::PolicyTable;
+use crate::throttle::RetryGate;
+
+/// What every clone of a layer's services shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) policies: PolicyTable,
+    pub(crate) jitter: Jitter,
+    pub(crate) buffer_budget: Arc<BufferBudget>,
+    pub(crate) counters: Counters,
+    pub(crate) gate: RetryGate,
+    pub(crate) on_retry: Option<OnRetry>,
+}
+
+/// The per-service state every call of a [`Retry`](crate::Retry) holds a handle on.
+#[derive(Debug)]
+pub(crate) struct Spare<S> {
+    /// A clone of the inner service that calls clone again for their retries.
+    pub(crate) service: Mutex<S>,
+    /// Where the calls go, for the history, when the request does not say.
+    pub(crate) target: Option<Arc<str>>,
+}
