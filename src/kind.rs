@@ -488,6 +488,16 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_has_a_name_and_an_actionable_hint() {
+        for kind in FailureKind::ALL {
+            assert!(!kind.as_str().is_empty());
+            assert!(kind.hint().len() > 40, "{kind}: {}", kind.hint());
+        }
+        assert!(FailureKind::ConnectionRefused.hint().contains("nothing listens"));
+        assert!(FailureKind::UnknownService.hint().contains("stubs"));
+    }
+
+    #[test]
     fn all_lists_every_kind_once_with_a_distinct_name() {
         for (index, kind) in FailureKind::ALL.iter().enumerate() {
             assert_eq!(index_in_all(*kind), index, "{kind:?}");
