@@ -93,6 +93,19 @@ pub(crate) fn code_from_http_status(status: http::StatusCode) -> Code {
 pub struct CodeSet(u32);
 
 impl CodeSet {
+    /// The one check every code setting shares: OK is not a failure, so it can be neither
+    /// retried nor failed fast. The error names `field`.
+    pub(crate) fn reject_ok(self, field: &str) -> Result<CodeSet, crate::ConfigError> {
+        if self.contains(Code::Ok) {
+            return Err(crate::ConfigError::new(
+                field,
+                self.to_string(),
+                "must not contain OK",
+            ));
+        }
+        Ok(self)
+    }
+
     /// The empty set.
     pub const EMPTY: CodeSet = CodeSet(0);
 

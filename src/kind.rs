@@ -493,7 +493,11 @@ mod tests {
             assert!(!kind.as_str().is_empty());
             assert!(kind.hint().len() > 40, "{kind}: {}", kind.hint());
         }
-        assert!(FailureKind::ConnectionRefused.hint().contains("nothing listens"));
+        assert!(
+            FailureKind::ConnectionRefused
+                .hint()
+                .contains("nothing listens")
+        );
         assert!(FailureKind::UnknownService.hint().contains("stubs"));
     }
 

@@ -592,13 +592,7 @@ impl ConfigRetryPolicy {
                 "must not be empty",
             ));
         }
-        if codes.contains(Code::Ok) {
-            return Err(ConfigError::new(
-                "retryableStatusCodes",
-                codes.to_string(),
-                "must not contain OK",
-            ));
-        }
+        codes.reject_ok("retryableStatusCodes")?;
         Ok(ConfigRetryPolicy {
             max_attempts,
             initial_backoff,

@@ -450,20 +450,8 @@ impl ResumePolicyBuilder {
                 return Err(ConfigError::new(field, "0s", "must be > 0"));
             }
         }
-        if policy.retryable.contains(Code::Ok) {
-            return Err(ConfigError::new(
-                "retryable_codes",
-                policy.retryable.to_string(),
-                "must not contain OK",
-            ));
-        }
-        if policy.fail_fast.contains(Code::Ok) {
-            return Err(ConfigError::new(
-                "fail_fast_codes",
-                policy.fail_fast.to_string(),
-                "must not contain OK",
-            ));
-        }
+        policy.retryable.reject_ok("retryable_codes")?;
+        policy.fail_fast.reject_ok("fail_fast_codes")?;
         Ok(policy)
     }
 }

@@ -375,20 +375,8 @@ impl RetryPolicyBuilder {
                 ),
             ));
         }
-        if policy.retryable.contains(Code::Ok) {
-            return Err(ConfigError::new(
-                "retryable_codes",
-                policy.retryable.to_string(),
-                "must not contain OK",
-            ));
-        }
-        if policy.fail_fast.contains(Code::Ok) {
-            return Err(ConfigError::new(
-                "fail_fast_codes",
-                policy.fail_fast.to_string(),
-                "must not contain OK",
-            ));
-        }
+        policy.retryable.reject_ok("retryable_codes")?;
+        policy.fail_fast.reject_ok("fail_fast_codes")?;
         let both: CodeSet = policy
             .fail_fast
             .iter()
