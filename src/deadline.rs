@@ -1,8 +1,19 @@
 //! The call's deadline on the wire: the `grpc-timeout` request header.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
+use tokio::time::{Instant, Sleep};
+
+/// Arms a future's one timer for `at`, creating it the first time it is needed: `Sleep::reset`
+/// does not allocate, and the `Sleep` lives inline in the pinned future or stream.
+pub(crate) fn arm_timer(mut timer: Pin<&mut Option<Sleep>>, at: Instant) {
+    match timer.as_mut().as_pin_mut() {
+        Some(sleep) => sleep.reset(at),
+        None => timer.set(Some(tokio::time::sleep_until(at))),
+    }
+}
 
 /// The request header that carries the call's timeout.
 pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use pin_project::pin_project;
-use tokio::time::{Instant, Sleep, sleep_until};
+use tokio::time::{Instant, Sleep};
 use tonic::Code;
 use tonic::body::Body;
 use tower::Service;
@@ -32,7 +32,7 @@ use crate::BoxError;
 use crate::body::CallBody;
 use crate::classify::{Classified, Failure, classify_response, classify_service_error};
 use crate::connection::AfterAttemptTimeout;
-use crate::deadline::{GRPC_TIMEOUT, encode_grpc_timeout};
+use crate::deadline::{GRPC_TIMEOUT, arm_timer, encode_grpc_timeout};
 use crate::head::{RequestHead, grpc_path};
 use crate::history::{AttemptRecord, CallHistory, StopReason, with_history};
 use crate::kind::FailureKind;
@@ -342,7 +342,7 @@ where
             match next {
                 Next::Retry(delay) => match Instant::now().checked_add(delay) {
                     Some(end) if !delay.is_zero() => {
-                        arm(this.call.timer(), end);
+                        arm_timer(this.call.timer(), end);
                         this.state.set(State::Backoff);
                     }
                     // `decide` caps every delay; an unrepresentable end is no reason to panic.
@@ -360,17 +360,9 @@ where
 /// Waits for the service to take the next attempt, with the timer on the call's deadline.
 fn enter_ready<F, S>(mut state: Pin<&mut State<F>>, call: &mut Call<S>) {
     if let Some(deadline) = call.deadline() {
-        arm(call.timer(), deadline);
+        arm_timer(call.timer(), deadline);
     }
     state.set(State::Ready);
-}
-
-/// Arms the future's one timer, creating it the first time it is needed.
-fn arm(mut timer: Pin<&mut Option<Sleep>>, at: Instant) {
-    match timer.as_mut().as_pin_mut() {
-        Some(sleep) => sleep.reset(at),
-        None => timer.set(Some(sleep_until(at))),
-    }
 }
 
 impl<S> Slow<S> {
@@ -417,7 +409,7 @@ impl<S> Slow<S> {
         };
         this.cold.attempt_deadline = attempt_deadline;
         if let Some(end) = attempt_deadline {
-            arm(this.timer, end);
+            arm_timer(this.timer, end);
             if rewrite || attempt_end.is_some() {
                 headers.insert(
                     GRPC_TIMEOUT,

@@ -27,11 +27,12 @@ use std::time::Duration;
 
 use futures_core::{FusedStream, Stream};
 use pin_project::pin_project;
-use tokio::time::{Instant, Sleep, sleep_until};
+use tokio::time::{Instant, Sleep};
 use tonic::{Response, Status, Streaming};
 
 use crate::backoff::Jitter;
 use crate::code::code_name;
+use crate::deadline::arm_timer;
 use crate::history::{StopReason, with_history};
 use crate::kind::FailureKind;
 use crate::resumable::classify::{Verdict, classify_status};
@@ -562,18 +563,12 @@ impl<C> Control<C> {
     }
 
     /// Moves the timer to `after` from now (`None`: never), creating it the first time.
-    /// `Sleep::reset` does not allocate; the `Sleep` lives inline in the pinned stream.
-    fn arm(&mut self, mut timer: Pin<&mut Option<Sleep>>, after: Option<Duration>) {
+    fn arm(&mut self, timer: Pin<&mut Option<Sleep>>, after: Option<Duration>) {
         let deadline = after.and_then(|after| deadline_after(Instant::now(), after));
         self.timer_armed = deadline.is_some();
-        let Some(deadline) = deadline else {
-            return;
-        };
-        if let Some(sleep) = timer.as_mut().as_pin_mut() {
-            sleep.reset(deadline);
-            return;
+        if let Some(deadline) = deadline {
+            arm_timer(timer, deadline);
         }
-        timer.set(Some(sleep_until(deadline)));
     }
 
     /// A call is being opened: start the watchdog on the open, if there is one.
