@@ -15,21 +15,41 @@
 //! # instructions per call = (refs(11000) - refs(1000)) / 10000, for each mode
 //! ```
 //!
-//! Without arguments (as `cargo bench` and `cargo test --benches` run it) it makes a few calls of
-//! each mode and prints how to count.
+//! The stream modes count what a `ResumableStream` adds per message in the same way: a real
+//! `tonic::Streaming<Numbered>` decodes `n` messages from an in-memory body (16 KiB chunks, as
+//! HTTP/2 data frames bring them, then `grpc-status: 0` trailers), read raw or through the
+//! wrapper (default policy; `stream-heartbeat` adds a 30 s heartbeat timeout):
+//!
+//! ```sh
+//! for mode in stream-raw stream-resumable stream-heartbeat; do for n in 100000 1100000; do
+//!   valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" $mode $n 2>&1 \
+//!     | grep -o 'refs: *[0-9,]*'
+//! done; done
+//! # instructions per message = (refs(1100000) - refs(100000)) / 1000000, for each mode
+//! ```
+//!
+//! Without arguments (as `cargo bench` and `cargo test --benches` run it) it runs a few calls and
+//! messages of each mode and prints how to count.
 
 use std::convert::Infallible;
+use std::pin::pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
-use bytes::Bytes;
-use futures::FutureExt;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::{FutureExt, Stream};
 use http::header::{CONTENT_TYPE, TE};
-use http::{HeaderValue, Request, Response, Uri, Version};
-use http_body_util::{BodyExt, Collected, Full, combinators::Collect};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::Frame;
+use http_body_util::{BodyExt, Collected, Full, StreamBody, combinators::Collect};
+use prost::Message;
 use tonic::GrpcMethod;
 use tonic::Status;
+use tonic::Streaming;
 use tonic::body::Body;
-use tonic_retry::RetryLayer;
+use tonic::codec::{DecodeBuf, Decoder};
+use tonic_retry::{ResumableStream, ResumePolicy, RetryLayer};
+use tonic_retry_testkit::pb::Numbered;
 use tower::{Layer, Service};
 
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +111,91 @@ where
     }
 }
 
+/// Decodes `Numbered` with prost, as a generated client's codec does.
+#[derive(Debug, Default)]
+struct NumberedDecoder;
+
+impl Decoder for NumberedDecoder {
+    type Item = Numbered;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Numbered>, Status> {
+        Numbered::decode(buf)
+            .map(Some)
+            .map_err(|error| Status::internal(error.to_string()))
+    }
+}
+
+type Frames = futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>;
+
+/// `n` gRPC-framed `Numbered` messages (seq 1..=n) in 16 KiB data frames, then OK trailers.
+fn numbered_frames(n: u64) -> Vec<Result<Frame<Bytes>, Infallible>> {
+    const FRAME: usize = 16 * 1024;
+    let mut frames = Vec::new();
+    let mut chunk = BytesMut::with_capacity(FRAME + 32);
+    for seq in 1..=n {
+        let message = Numbered {
+            seq,
+            padding: Bytes::new(),
+        };
+        let len = message.encoded_len();
+        chunk.put_u8(0);
+        chunk.put_u32(u32::try_from(len).expect("small message"));
+        message.encode(&mut chunk).expect("room in the chunk");
+        if chunk.len() >= FRAME {
+            frames.push(Ok(Frame::data(chunk.split().freeze())));
+        }
+    }
+    if chunk.has_remaining() {
+        frames.push(Ok(Frame::data(chunk.freeze())));
+    }
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    frames.push(Ok(Frame::trailers(trailers)));
+    frames
+}
+
+/// A response stream of `n` messages, as a generated client gets it from a `Channel`.
+fn numbered_stream(n: u64) -> Streaming<Numbered> {
+    let body: StreamBody<Frames> = StreamBody::new(futures::stream::iter(numbered_frames(n)));
+    Streaming::new_response(NumberedDecoder, body, StatusCode::OK, None, None)
+}
+
+/// Reads a stream to its end, counting what it delivered.
+fn drain<S: Stream<Item = Result<Numbered, Status>>>(stream: S) -> u64 {
+    let mut stream = pin!(stream);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut n = 0u64;
+    loop {
+        match stream.as_mut().poll_next(&mut cx) {
+            Poll::Ready(Some(message)) => {
+                n += std::hint::black_box(message.expect("message")).seq.min(1);
+            }
+            Poll::Ready(None) => return n,
+            Poll::Pending => panic!("an in-memory stream is never pending"),
+        }
+    }
+}
+
+fn resumable(policy: ResumePolicy, n: u64) -> u64 {
+    // The frames are built before the stream, outside the wrapper: the factory is called once.
+    let mut opened = Some(numbered_stream(n));
+    drain(ResumableStream::with_policy(
+        policy,
+        move |_cursor: Option<u64>| {
+            std::future::ready(opened.take().ok_or_else(|| Status::unavailable("opened once")))
+        },
+        |message: &Numbered| message.seq,
+    ))
+}
+
+fn heartbeat_policy() -> ResumePolicy {
+    ResumePolicy::builder()
+        .heartbeat_timeout(Duration::from_secs(30))
+        .build()
+        .expect("resume policy")
+}
+
 fn main() {
     let framed = Bytes::from(vec![0x5a; 100]);
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -105,12 +210,19 @@ fn main() {
     match mode {
         Some("bare") => calls(&mut ReadAllOk, &framed, n),
         Some("layered") => calls(&mut RetryLayer::new().layer(ReadAllOk), &framed, n),
+        Some("stream-raw") => assert_eq!(drain(numbered_stream(n)), n),
+        Some("stream-resumable") => assert_eq!(resumable(ResumePolicy::default(), n), n),
+        Some("stream-heartbeat") => assert_eq!(resumable(heartbeat_policy(), n), n),
         _ => {
             calls(&mut ReadAllOk, &framed, n);
             calls(&mut RetryLayer::new().layer(ReadAllOk), &framed, n);
+            let messages = n * 1_000;
+            assert_eq!(drain(numbered_stream(messages)), messages);
+            assert_eq!(resumable(ResumePolicy::default(), messages), messages);
+            assert_eq!(resumable(heartbeat_policy(), messages), messages);
             println!(
-                "made {n} calls bare and layered; count instructions with callgrind: see the \
-                 header of benches/instructions.rs"
+                "made {n} calls bare and layered, read {messages} messages raw and resumable; \
+                 count instructions with callgrind: see the header of benches/instructions.rs"
             );
         }
     }
