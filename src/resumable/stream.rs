@@ -11,8 +11,8 @@
 //! One `Sleep`, pinned in the struct, is the backoff timer in `Backoff`, the watchdog on an open
 //! (idle timeout) in `Opening`, and the heartbeat watchdog in `Streaming` when the server
 //! promised one; a quiet stream with no heartbeat promise has no timer at all. Neither the timer
-//! nor the clock is touched per message: a message only bumps a counter (and refills the reopen
-//! budget by one, an addition), and when the timer fires it re-arms itself for another period if
+//! nor the clock is touched per message: a message only bumps a counter (from which the reopen
+//! budget's refills are counted at the next failure), and when the timer fires it re-arms itself for another period if
 //! the counter moved since it was armed. So a broken heartbeat is detected between one and two
 //! periods after the last message, and nothing is allocated or read from the clock per message.
 //!
@@ -221,12 +221,19 @@ struct Control<C> {
     history: Vec<ReopenRecord>,
 }
 
-/// The reopen budget's bucket, in messages: a reopen costs `cost`, a message gives back one.
+/// The reopen budget's bucket, in messages: a reopen costs `cost`, a delivered message gives
+/// back one, up to `capacity`.
+///
+/// The refills are counted at a failure, not per message: one credit per message delivered
+/// since the last count, capped, is the same sum as capped increments of one, and it keeps the
+/// budget off the per-message path.
 #[derive(Debug, Clone, Copy)]
 struct Budget {
     credits: u64,
     capacity: u64,
     cost: u64,
+    /// `delivered` when the credits were last counted.
+    counted_at: u64,
 }
 
 impl Budget {
@@ -235,12 +242,15 @@ impl Budget {
             credits: budget.capacity(),
             capacity: budget.capacity(),
             cost: budget.cost(),
+            counted_at: 0,
         }
     }
 
-    #[inline]
-    fn refill(&mut self) {
-        self.credits = self.credits.saturating_add(1).min(self.capacity);
+    /// Adds the refills of the messages delivered since the last count.
+    fn count_refills(&mut self, delivered: u64) {
+        let refills = delivered.wrapping_sub(self.counted_at);
+        self.counted_at = delivered;
+        self.credits = self.credits.saturating_add(refills).min(self.capacity);
     }
 
     fn allows_reopen(&self) -> bool {
@@ -405,6 +415,7 @@ where
 {
     type Item = Result<R::Message, Status>;
 
+    #[inline]
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         // The per-message path, kept apart from the state machine: a message from the open
         // stream is handed on by this small function. Inlined together, the whole machine's
@@ -615,8 +626,8 @@ impl<C> Control<C> {
 
     #[inline]
     fn on_message(&mut self) {
-        self.delivered = self.delivered.saturating_add(1);
-        self.budget.refill();
+        // Wrapping, not saturating: one instruction, and 2^64 messages take centuries.
+        self.delivered = self.delivered.wrapping_add(1);
         if self.failures > 0 {
             self.flowing_again();
         }
@@ -719,6 +730,7 @@ impl<C> Control<C> {
             throttle.record_failure();
         }
         let mut budget_spent = false;
+        self.budget.count_refills(self.delivered);
         let stop = if failed_reopens >= self.policy.max_failed_reopens {
             Some(StopReason::AttemptsExhausted)
         } else if !self.budget.allows_reopen() {
@@ -766,7 +778,7 @@ impl<C> Control<C> {
             message: status.message().to_owned(),
             kind,
             at: self.now_since_start(),
-            delivered: self.delivered.saturating_sub(self.delivered_before_open),
+            delivered: self.delivered.wrapping_sub(self.delivered_before_open),
             delay,
         };
         self.delivered_before_open = self.delivered;
