@@ -195,6 +195,9 @@ struct Control<C> {
     cursor: Option<C>,
     /// With an ordered cursor: whether a message's cursor comes after the last delivered one.
     is_after: Option<fn(&C, &C) -> bool>,
+    /// Whether a message needs more than the plain bookkeeping: an ordered cursor to check, or
+    /// failures to clear. One flag, so that the usual message pays for one test, not two.
+    check_messages: bool,
     /// Set at the first poll.
     started: Option<Instant>,
     /// Whether the timer holds a deadline (an unrepresentable one leaves it unarmed: never).
@@ -304,6 +307,7 @@ where
                 jitter,
                 cursor: None,
                 is_after: None,
+                check_messages: false,
                 started: None,
                 timer_armed: false,
                 opened: 0,
@@ -365,6 +369,7 @@ where
         C: Ord,
     {
         self.ctl.is_after = Some(|new, last| new > last);
+        self.ctl.check_messages = true;
         self
     }
 }
@@ -613,6 +618,18 @@ impl<C> Control<C> {
     #[inline(always)]
     fn deliver<M>(&mut self, cursor_fn: &mut impl FnMut(&M) -> C, message: &M) -> bool {
         let cursor = cursor_fn(message);
+        if self.check_messages {
+            return self.deliver_checked(cursor);
+        }
+        self.cursor = Some(cursor);
+        // Wrapping, not saturating: one instruction, and 2^64 messages take centuries.
+        self.delivered = self.delivered.wrapping_add(1);
+        true
+    }
+
+    /// `deliver` with an ordered cursor or after failures.
+    #[inline(never)]
+    fn deliver_checked(&mut self, cursor: C) -> bool {
         if let (Some(is_after), Some(last)) = (self.is_after, &self.cursor)
             && !is_after(&cursor, last)
         {
@@ -620,20 +637,20 @@ impl<C> Control<C> {
             return false;
         }
         self.cursor = Some(cursor);
-        self.on_message();
-        true
-    }
-
-    #[inline]
-    fn on_message(&mut self) {
-        // Wrapping, not saturating: one instruction, and 2^64 messages take centuries.
         self.delivered = self.delivered.wrapping_add(1);
         if self.failures > 0 {
             self.flowing_again();
         }
+        true
     }
 
-    /// The first message after failures: out of the per-message path.
+    /// A failure: messages are checked until one arrives.
+    fn count_failure(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        self.check_messages = true;
+    }
+
+    /// The first message after failures.
     #[cold]
     fn flowing_again(&mut self) {
         tracing::debug!(
@@ -642,6 +659,7 @@ impl<C> Control<C> {
             "resumable stream flowing again"
         );
         self.failures = 0;
+        self.check_messages = self.is_after.is_some();
         if let Some(throttle) = &self.policy.throttle {
             throttle.record_success();
         }
@@ -717,13 +735,13 @@ impl<C> Control<C> {
                     // A status the server sent with nothing failing before it: as it came.
                     return Next::End(status);
                 }
-                self.failures = self.failures.saturating_add(1);
+                self.count_failure();
                 self.record(&status, kind, None);
                 return Next::End(self.give_up(status, reason, false));
             }
             Verdict::Reopen(kind) => kind,
         };
-        self.failures = self.failures.saturating_add(1);
+        self.count_failure();
         let failed_reopens = self.failures - 1;
         let throttle = self.policy.throttle.as_ref();
         if let Some(throttle) = throttle {

@@ -792,6 +792,33 @@ async fn an_ordered_cursor_drops_what_a_replaying_server_sends_again() {
     assert_eq!(got.len(), 5 + 8 + 20);
 }
 
+/// The ordered-cursor check stays on once messages flow again after a failure (the check and
+/// the first-message-after-failures work share one flag on the per-message path), and the
+/// first message after failures clears the failure count even when the check is on.
+#[tokio::test(start_paused = true)]
+async fn an_ordered_cursor_is_checked_before_and_after_a_reopen() {
+    let opens = [vec![Ok(1), Ok(2), Ok(1), Ok(3), Err(reset())], vec![Ok(4), Ok(2), Ok(5)]];
+    let mut opens = VecDeque::from(opens);
+    let factory = move |_cursor: Option<u64>| {
+        let items = opens.pop_front().unwrap_or_default();
+        std::future::ready(Ok::<_, Status>(Mock(Box::pin(stream::iter(items)))))
+    };
+    let mut stream = std::pin::pin!(
+        ResumableStream::with_policy(policy().build().unwrap(), factory, |n: &u64| *n)
+            .ordered_cursor()
+    );
+    let mut got = Vec::new();
+    while let Some(item) = stream.next().await {
+        got.push(item.expect("reopened, not ended"));
+        if got == [1, 2, 3, 4] {
+            assert_eq!(stream.consecutive_failures(), 0, "a message arrived after the reset");
+        }
+    }
+    assert_eq!(got, [1, 2, 3, 4, 5]);
+    assert_eq!(stream.replays_dropped(), 2);
+    assert_eq!(stream.reopens(), 1);
+}
+
 /// A custom schedule that waits as long as a `Duration` can.
 #[derive(Debug)]
 struct Forever;
