@@ -422,22 +422,28 @@ where
 
     #[inline]
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        // The per-message path, kept apart from the state machine: a message from the open
-        // stream is handed on by this small function. Inlined together, the whole machine's
-        // stack frame (kilobytes: it opens calls) was set up for every message, 12% of a raw
-        // `Streaming`'s time.
+        // The per-message path, kept apart from the state machine and small enough to be
+        // inlined into the caller's loop: a message that needs no check is handed on here,
+        // everything else goes to the machine. Inlined together, the whole machine's stack
+        // frame (kilobytes: it opens calls) was set up for every message, 12% of a raw
+        // `Streaming`'s time; a bigger fast path (the checked delivery, the drop of a replay)
+        // kept `StreamExt::next` from inlining it, +20 instructions per message.
         let this = self.as_mut().project();
-        if let StateProj::Streaming { stream } = this.state.project() {
-            let polled = stream.poll_next(cx);
-            let Poll::Ready(Some(Ok(message))) = &polled else {
-                return self.poll_machine(cx, Some(polled));
-            };
-            if this.ctl.deliver(this.cursor_fn, message) {
-                // Handed on as polled: not moved out of its `Poll` and back in.
-                return polled;
+        let polled = match this.state.project() {
+            StateProj::Streaming { stream } => {
+                let polled = stream.poll_next(cx);
+                if let Poll::Ready(Some(Ok(message))) = &polled
+                    && !this.ctl.check_messages
+                {
+                    this.ctl.deliver_unchecked((this.cursor_fn)(message));
+                    // Handed on as polled: not moved out of its `Poll` and back in.
+                    return polled;
+                }
+                Some(polled)
             }
-        }
-        self.poll_machine(cx, None)
+            _ => None,
+        };
+        self.poll_machine(cx, polled)
     }
 }
 
@@ -615,20 +621,24 @@ impl<C> Control<C> {
 
     /// A message arrived: records it and returns `true`, or, with an ordered cursor, drops a
     /// replayed one (at or before the cursor) and returns `false`.
-    #[inline(always)]
     fn deliver<M>(&mut self, cursor_fn: &mut impl FnMut(&M) -> C, message: &M) -> bool {
         let cursor = cursor_fn(message);
         if self.check_messages {
             return self.deliver_checked(cursor);
         }
-        self.cursor = Some(cursor);
-        // Wrapping, not saturating: one instruction, and 2^64 messages take centuries.
-        self.delivered = self.delivered.wrapping_add(1);
+        self.deliver_unchecked(cursor);
         true
     }
 
+    /// Records a message that needs no check (`check_messages` is off): the per-message path.
+    #[inline(always)]
+    fn deliver_unchecked(&mut self, cursor: C) {
+        self.cursor = Some(cursor);
+        // Wrapping, not saturating: one instruction, and 2^64 messages take centuries.
+        self.delivered = self.delivered.wrapping_add(1);
+    }
+
     /// `deliver` with an ordered cursor or after failures.
-    #[inline(never)]
     fn deliver_checked(&mut self, cursor: C) -> bool {
         if let (Some(is_after), Some(last)) = (self.is_after, &self.cursor)
             && !is_after(&cursor, last)
@@ -636,8 +646,7 @@ impl<C> Control<C> {
             self.on_replayed();
             return false;
         }
-        self.cursor = Some(cursor);
-        self.delivered = self.delivered.wrapping_add(1);
+        self.deliver_unchecked(cursor);
         if self.failures > 0 {
             self.flowing_again();
         }
