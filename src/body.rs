@@ -200,6 +200,15 @@ impl CallBody {
         }
     }
 
+    /// Whether the hedged attempt that reads through `reader` can still send the whole request:
+    /// not once the request outgrew the buffer while it lagged behind another.
+    pub(crate) fn reader_live(&self, reader: ReaderId) -> bool {
+        match self {
+            CallBody::Whole(_) => true,
+            CallBody::Streamed(handle) => handle.is_live(reader.0),
+        }
+    }
+
     /// A hedged call committed to the attempt that reads through `reader`.
     pub(crate) fn commit_to(&mut self, reader: ReaderId) {
         match self {
@@ -567,6 +576,11 @@ impl ReplayHandle {
             shared: Arc::clone(&self.shared),
             generation: state.open_reader(free),
         })
+    }
+
+    /// Whether the body whose identity is `generation` is still read.
+    pub(crate) fn is_live(&self, generation: u32) -> bool {
+        lock(&self.shared).live_reader(generation).is_some()
     }
 
     /// The hedged attempt whose body is `generation` ended: its reader is free for another.
@@ -957,6 +971,180 @@ mod tests {
                 })?;
             }
         }
+
+        /// What the property below does to one hedged reader.
+        #[derive(Debug, Clone)]
+        enum HedgeStep {
+            /// Read one frame through reader `n` (modulo those live).
+            Read(usize),
+            /// Open another hedged reader.
+            Hedge,
+            /// Close reader `n`: its attempt failed.
+            Close(usize),
+        }
+
+        fn hedge_steps() -> impl Strategy<Value = Vec<HedgeStep>> {
+            let step = prop_oneof![
+                4 => (0usize..5).prop_map(HedgeStep::Read),
+                1 => Just(HedgeStep::Hedge),
+                1 => (0usize..5).prop_map(HedgeStep::Close),
+            ];
+            proptest::collection::vec(step, 0..40)
+        }
+
+        proptest! {
+            /// Hedged readers read one body side by side, in any interleaving, opened and closed
+            /// at any time, within any limit: each sends a prefix of the request in order (or is
+            /// cut with an error once the request outgrew the buffer), the one the call commits
+            /// to sends exactly the request, and every byte held is released.
+            #[test]
+            fn hedged_readers_each_send_the_request_in_order(
+                chunks in chunks_strategy(),
+                steps in hedge_steps(),
+                winner in 0usize..5,
+                limit in 0usize..80,
+            ) {
+                let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                runtime.block_on(async {
+                    let original: Vec<u8> = chunks.concat();
+                    let frames: Vec<Result<Frame<Bytes>, Status>> = chunks
+                        .iter()
+                        .map(|chunk| Ok(Frame::data(Bytes::from(chunk.clone()))))
+                        .collect();
+                    let budget = Arc::new(BufferBudget::new(1 << 20));
+                    let handle = ReplayHandle::new(
+                        Body::new(StreamBody::new(futures::stream::iter(frames))),
+                        limit,
+                        Arc::clone(&budget),
+                    );
+                    handle.enable_hedging();
+                    // Live readers and what each has sent.
+                    let mut readers = vec![(handle.first_attempt(), Vec::<u8>::new())];
+                    for step in steps {
+                        match step {
+                            HedgeStep::Read(n) if !readers.is_empty() => {
+                                let n = n % readers.len();
+                                let (body, sent) = &mut readers[n];
+                                match body.frame().await {
+                                    Some(Ok(frame)) => {
+                                        sent.extend_from_slice(&frame.into_data().unwrap());
+                                        prop_assert!(original.starts_with(sent), "in order");
+                                    }
+                                    // Cut: the request outgrew the buffer while it lagged.
+                                    Some(Err(_)) => {
+                                        prop_assert!(!handle.replayable());
+                                        readers.remove(n);
+                                    }
+                                    None => prop_assert_eq!(&sent[..], &original[..]),
+                                }
+                            }
+                            HedgeStep::Hedge if readers.len() < MAX_READERS => {
+                                if let Some(body) = handle.hedge_attempt() {
+                                    readers.push((body, Vec::new()));
+                                }
+                            }
+                            HedgeStep::Close(n) if !readers.is_empty() => {
+                                let (body, _) = readers.remove(n % readers.len());
+                                handle.close_reader(body.generation());
+                            }
+                            _ => {}
+                        }
+                    }
+                    // Readers cut while they lagged cannot win: the hedged call drops them.
+                    let (live, cut): (Vec<_>, Vec<_>) = readers
+                        .into_iter()
+                        .partition(|(body, _)| handle.is_live(body.generation()));
+                    for (mut body, _) in cut {
+                        prop_assert!(matches!(body.frame().await, Some(Err(_))), "cut");
+                    }
+                    let mut readers = live;
+                    if !readers.is_empty() {
+                        let (mut body, mut sent) = readers.swap_remove(winner % readers.len());
+                        handle.commit_to(body.generation());
+                        for (loser, _) in &mut readers {
+                            prop_assert!(matches!(loser.frame().await, Some(Err(_))), "cut");
+                        }
+                        loop {
+                            match body.frame().await {
+                                Some(frame) => {
+                                    sent.extend_from_slice(&frame.unwrap().into_data().unwrap())
+                                }
+                                None => break,
+                            }
+                        }
+                        prop_assert_eq!(sent, original);
+                        prop_assert_eq!(budget.used(), 0, "committed and read: nothing held");
+                    }
+                    drop(readers);
+                    drop(handle);
+                    prop_assert_eq!(budget.used(), 0);
+                    Ok(())
+                })?;
+            }
+        }
+    }
+
+    /// Wakes count how often they were woken.
+    #[derive(Default)]
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The caller's body remembers only the waker of its last poll; every hedged reader waiting
+    /// for it must still be woken, or one whose transport stopped polling (a stream out of
+    /// window) would stall the one that could go on.
+    #[tokio::test]
+    async fn every_hedged_reader_waiting_for_the_body_is_woken() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Status>>(4);
+        let source = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|frame| (frame, rx))
+        });
+        let handle = ReplayHandle::new(Body::new(StreamBody::new(source)), 1024, budget());
+        handle.enable_hedging();
+        let mut first = handle.first_attempt();
+        let mut hedge = handle.hedge_attempt().unwrap();
+        let first_woken = Arc::new(CountingWaker::default());
+        let hedge_woken = Arc::new(CountingWaker::default());
+        let first_waker = Waker::from(Arc::clone(&first_woken));
+        let hedge_waker = Waker::from(Arc::clone(&hedge_woken));
+        let poll = |body: &mut ReplayBody, waker: &Waker| {
+            Pin::new(body).poll_frame(&mut Context::from_waker(waker))
+        };
+        assert!(poll(&mut first, &first_waker).is_pending());
+        assert!(poll(&mut hedge, &hedge_waker).is_pending());
+
+        tx.send(Ok(Frame::data(Bytes::from_static(b"x"))))
+            .await
+            .unwrap();
+        assert_eq!(
+            first_woken.0.load(Ordering::SeqCst),
+            1,
+            "not only the last poller"
+        );
+        assert_eq!(hedge_woken.0.load(Ordering::SeqCst), 1);
+
+        // The hedge reads the chunk from the body; the first reader, behind, from the buffer.
+        assert!(matches!(
+            poll(&mut hedge, &hedge_waker),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert!(matches!(
+            poll(&mut first, &first_waker),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert!(poll(&mut first, &first_waker).is_pending());
+        // A reader that ends wakes the others: it may have been the one the body would wake.
+        handle.close_reader(first.generation());
+        assert!(matches!(
+            poll(&mut first, &first_waker),
+            Poll::Ready(Some(Err(_)))
+        ));
+        drop(tx);
+        assert!(matches!(poll(&mut hedge, &hedge_waker), Poll::Ready(None)));
     }
 
     #[tokio::test]

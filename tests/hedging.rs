@@ -340,3 +340,99 @@ fn tokio_stream_from(
 ) -> impl futures::Stream<Item = Chunk> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+#[tokio::test]
+async fn a_bidi_call_commits_to_the_hedge_that_answers_and_loses_no_message() {
+    let server = ScriptedServer::start(
+        Script::new()
+            .chat(Action::Hang)
+            .chat(Action::Ok)
+            .record_payloads(true),
+    )
+    .await;
+    let layer = layer(RetryPolicy::hedged(hedging(2, Duration::from_millis(30))));
+    let mut client = client(&server, &layer);
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(8);
+    for i in 0..3u8 {
+        tx.send(Chunk {
+            data: vec![i; 3].into(),
+        })
+        .await
+        .unwrap();
+    }
+    // The hedge answers with headers at once: the call commits to it, and the messages the
+    // first attempt had read are replayed to it before the rest.
+    let mut echoes = tokio::time::timeout(BOUND, client.chat(Request::new(tokio_stream_from(rx))))
+        .await
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    for i in 3..6u8 {
+        tx.send(Chunk {
+            data: vec![i; 3].into(),
+        })
+        .await
+        .unwrap();
+    }
+    drop(tx);
+    let mut received = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(BOUND, echoes.message())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        received.push(chunk.data[0]);
+    }
+    assert_eq!(received, [0, 1, 2, 3, 4, 5], "every message once, in order");
+    tokio::time::timeout(BOUND, server.wait_attempts_for(Method::Chat, 2))
+        .await
+        .unwrap();
+    assert_eq!(layer.metrics().hedges(), 1);
+}
+
+#[tokio::test]
+async fn an_adaptive_delay_hedges_at_the_methods_own_tail() {
+    let server = ScriptedServer::start(Script::new()).await;
+    // The fixed delay would never let a hedge out within the test; the learned one does.
+    let hedging = HedgingPolicy::builder()
+        .max_attempts(2)
+        .delay(Duration::from_secs(3600))
+        .adaptive_delay(0.9)
+        .build()
+        .unwrap();
+    let layer = layer(RetryPolicy::hedged(hedging));
+    let mut client = client(&server, &layer);
+    for _ in 0..40 {
+        client.say(say()).await.unwrap();
+    }
+    assert_eq!(layer.metrics().hedges(), 0, "fast calls need no hedge");
+
+    server.push(Method::Say, Action::Hang);
+    let response = tokio::time::timeout(BOUND, client.say(say()))
+        .await
+        .expect("hedged after the learned delay, not the fixed one")
+        .unwrap();
+    assert_eq!(response.get_ref().attempt, 42);
+    assert_eq!(layer.metrics().hedges(), 1);
+}
+
+#[tokio::test]
+async fn the_extra_load_cap_holds_hedges_to_a_fraction_of_calls() {
+    let server = ScriptedServer::start(Script::new()).await;
+    // No delay: every call would send both attempts at once, but for the cap.
+    let hedging = HedgingPolicy::builder()
+        .max_attempts(2)
+        .max_extra_load(0.1)
+        .build()
+        .unwrap();
+    let layer = layer(RetryPolicy::hedged(hedging));
+    let mut client = client(&server, &layer);
+    for _ in 0..50 {
+        client.say(say()).await.unwrap();
+    }
+    let hedges = layer.metrics().hedges();
+    // One hedge to start with, then one per ten calls.
+    assert!((1..=6).contains(&hedges), "{hedges} hedges for 50 calls");
+    assert_eq!(layer.metrics().attempts(), 50 + hedges);
+}

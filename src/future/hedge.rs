@@ -124,6 +124,18 @@ where
             };
             let attempt = this.in_flight.swap_remove(index);
             match outcome {
+                // An attempt cut from the request (it outgrew the buffer while this one lagged)
+                // cannot send it whole, whatever it heard: only the one that reads on may win.
+                Classified::Pass(_) if !call.body.reader_live(attempt.reader) => {
+                    let cut = Failure::local(
+                        Code::Cancelled,
+                        FailureKind::RequestBodyFailed,
+                        "request outgrew the replay buffer while another hedge read ahead".into(),
+                    );
+                    if let Some(error) = failed(&mut this, call, attempt, cut) {
+                        return Poll::Ready(Err(error));
+                    }
+                }
                 Classified::Pass(mut response) => {
                     let now = Instant::now();
                     this.policy
