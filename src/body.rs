@@ -1064,13 +1064,8 @@ mod tests {
                         for (loser, _) in &mut readers {
                             prop_assert!(matches!(loser.frame().await, Some(Err(_))), "cut");
                         }
-                        loop {
-                            match body.frame().await {
-                                Some(frame) => {
-                                    sent.extend_from_slice(&frame.unwrap().into_data().unwrap())
-                                }
-                                None => break,
-                            }
+                        while let Some(frame) = body.frame().await {
+                            sent.extend_from_slice(&frame.unwrap().into_data().unwrap());
                         }
                         prop_assert_eq!(sent, original);
                         prop_assert_eq!(budget.used(), 0, "committed and read: nothing held");
