@@ -11,12 +11,15 @@
 //!    with the stream's length, 10^3 to 10^6 messages);
 //! 5. a retry storm: attempts per call with and without the retry throttle;
 //! 6. memory under load: 10,000 calls held at once, bounded by the channel-wide buffer limit;
-//! 7. how cost grows: 1, 64, 1,024 and 10,000 calls in flight (time and bookkeeping per call).
+//! 7. how cost grows: 1, 64, 1,024 and 10,000 calls in flight (time and bookkeeping per call);
+//! 8. hedging a latency tail: p50, p99 and extra attempts per call, no hedging vs
+//!    `tower::hedge` vs tonic-retry's fixed and adaptive delays (see `hedging/mod.rs`).
 //!
 //! Everything talks to 127.0.0.1 only, every loop is bounded, every server is dropped at the end
 //! of its scenario.
 
 mod common;
+mod hedging;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -83,6 +86,9 @@ fn main() {
     }
     if run("7") {
         growth(&mut c, mode, &mut rows);
+    }
+    if run("8") {
+        hedging::hedging(mode, &mut rows);
     }
     if mode != Mode::Smoke {
         c.final_summary();
