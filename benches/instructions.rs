@@ -183,7 +183,11 @@ fn resumable(policy: ResumePolicy, n: u64) -> u64 {
     drain(ResumableStream::with_policy(
         policy,
         move |_cursor: Option<u64>| {
-            std::future::ready(opened.take().ok_or_else(|| Status::unavailable("opened once")))
+            std::future::ready(
+                opened
+                    .take()
+                    .ok_or_else(|| Status::unavailable("opened once")),
+            )
         },
         |message: &Numbered| message.seq,
     ))
