@@ -1,6 +1,6 @@
-//! 8. Hedging a latency tail (issue 13): p50, p99 and extra attempts per call against a server
-//! whose attempts are slow now and then, for no hedging, `tower::hedge` on a buffered request,
-//! and tonic-retry's hedging with a fixed and with an adaptive delay.
+//! Row 8, hedging a latency tail (issue 13): p50, p99 and extra attempts per call against a
+//! server whose attempts are slow now and then, for no hedging, `tower::hedge` on a buffered
+//! request, and tonic-retry's hedging with a fixed and with an adaptive delay.
 //!
 //! The server (`TailEcho`, on 127.0.0.1) answers `Say` at once, except that 5% of attempts
 //! wait 50 ms first. Whether an attempt is slow depends only on its arrival number at the

@@ -797,7 +797,10 @@ async fn an_ordered_cursor_drops_what_a_replaying_server_sends_again() {
 /// first message after failures clears the failure count even when the check is on.
 #[tokio::test(start_paused = true)]
 async fn an_ordered_cursor_is_checked_before_and_after_a_reopen() {
-    let opens = [vec![Ok(1), Ok(2), Ok(1), Ok(3), Err(reset())], vec![Ok(4), Ok(2), Ok(5)]];
+    let opens = [
+        vec![Ok(1), Ok(2), Ok(1), Ok(3), Err(reset())],
+        vec![Ok(4), Ok(2), Ok(5)],
+    ];
     let mut opens = VecDeque::from(opens);
     let factory = move |_cursor: Option<u64>| {
         let items = opens.pop_front().unwrap_or_default();
@@ -811,7 +814,11 @@ async fn an_ordered_cursor_is_checked_before_and_after_a_reopen() {
     while let Some(item) = stream.next().await {
         got.push(item.expect("reopened, not ended"));
         if got == [1, 2, 3, 4] {
-            assert_eq!(stream.consecutive_failures(), 0, "a message arrived after the reset");
+            assert_eq!(
+                stream.consecutive_failures(),
+                0,
+                "a message arrived after the reset"
+            );
         }
     }
     assert_eq!(got, [1, 2, 3, 4, 5]);
