@@ -215,28 +215,33 @@ where
                 .arm_attempt(attempt_timeout, request.headers_mut(), rewrite, started);
             slow
         });
-        let future = ready.call(request);
-        let state = match hedging {
-            None => State::Attempt { future },
-            Some(hedging) => State::Hedging {
-                hedges: Hedges::start(hedging, future, started),
-            },
-        };
-        // Built in place: the future is large, and each move of it is a copy.
-        ResponseFuture {
-            state,
-            call: Call {
-                spare,
-                policy,
-                head,
-                body,
-                started,
-                attempts: 1,
-                sent: 1,
-                slow,
-                shared,
-            },
-            spans,
+        // Built in place, in both arms: the future is large, and each move of it is a copy.
+        macro_rules! response_future {
+            ($state:expr) => {
+                ResponseFuture {
+                    state: $state,
+                    call: Call {
+                        spare,
+                        policy,
+                        head,
+                        body,
+                        started,
+                        attempts: 1,
+                        sent: 1,
+                        slow,
+                        shared,
+                    },
+                    spans,
+                }
+            };
+        }
+        match hedging {
+            None => response_future!(State::Attempt {
+                future: ready.call(request)
+            }),
+            Some(hedging) => response_future!(State::Hedging {
+                hedges: Hedges::start(hedging, ready.call(request), started),
+            }),
         }
     }
 }
