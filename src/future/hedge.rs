@@ -59,6 +59,7 @@ struct InFlight<F> {
 
 impl<F> Hedges<F> {
     /// The hedges of a call whose first attempt, `first`, went out at `started`.
+    #[cold]
     pub(super) fn start(policy: HedgingPolicy, first: F, started: Instant) -> Pin<Box<Hedges<F>>> {
         let next_at = started
             .checked_add(policy.current_delay())
@@ -84,7 +85,9 @@ impl<F> Hedges<F> {
     }
 }
 
-/// Drives a hedged call until one attempt commits it or none is left.
+/// Drives a hedged call until one attempt commits it or none is left. Never inlined: the
+/// retrying call's state machine stays as small as it was without hedging.
+#[inline(never)]
 pub(super) fn poll<S, B>(
     hedges: Pin<&mut Hedges<S::Future>>,
     call: &mut Call<S>,
