@@ -265,9 +265,10 @@ fn failed<S, F>(
     let non_fatal = !failure.retry_cannot_help()
         && (failure.never_sent || this.policy.non_fatal_codes().contains(failure.code()));
     if !non_fatal {
-        // A fatal status commits the call to it: the others are cancelled.
+        // A fatal status commits the call to it: the others are cancelled, and their readers
+        // cut, so that nothing of the request stays held for them.
         this.in_flight.clear();
-        call.body.commit();
+        call.body.commit_to(attempt.reader);
         let reason = if call.policy().fail_fast_codes().contains(failure.code()) {
             StopReason::FailFast
         } else {
