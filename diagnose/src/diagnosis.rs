@@ -68,14 +68,15 @@ impl Diagnosis {
     /// is `package.Service` or `package.Service/Method`, whether the server serves it.
     ///
     /// The steps, each bounded by [`DiagnoseOptions::step_timeout`]: resolve the host (every
-    /// address, IPv4 and IPv6), connect by TCP to each address (at most [`MAX_ADDRESSES`](Self::MAX_ADDRESSES), at
-    /// once), then over the first address that connects: the HTTP/2 + gRPC handshake (a call to
-    /// a method no server has, which any gRPC server answers with a status), the standard health
-    /// service, and server reflection (`v1`, then `v1alpha`). A layer that cannot be reached is
-    /// reported as skipped. A handshake that fails below gRPC is looked at once more, over a
-    /// connection of its own: the first bytes the peer answers to an HTTP/2 client preface (see
+    /// address, IPv4 and IPv6), connect by TCP to each address (at most
+    /// [`MAX_ADDRESSES`](Self::MAX_ADDRESSES), at once), then over the first address that
+    /// connects: the HTTP/2 + gRPC handshake (a call to a method no server has, which any gRPC
+    /// server answers with a status), the standard health service, and server reflection (`v1`,
+    /// then `v1alpha`). A layer that cannot be reached is reported as skipped. A handshake that
+    /// fails below gRPC is looked at once more, over a connection of its own: the first bytes
+    /// the peer answers to an HTTP/2 client preface (see
     /// [`HandshakeVerdict::NotHttp2`](crate::verdict::HandshakeVerdict::NotHttp2) and
-    /// [`HandshakeVerdict::ClosedAfterAccept`](crate::verdict::HandshakeVerdict::ClosedAfterAccept)). The report
+    /// [`ClosedAfterAccept`](crate::verdict::HandshakeVerdict::ClosedAfterAccept)). The report
     /// ends with the most likely cause and what to do.
     ///
     /// # Errors

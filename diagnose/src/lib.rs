@@ -72,6 +72,22 @@ pub mod resolver {
     //! Name resolvers for [`DiagnoseOptions::resolver`](crate::DiagnoseOptions::resolver): the
     //! system's (the default), a fixed answer for tests, and the future a
     //! [`Resolve`](crate::Resolve) returns.
+    //!
+    //! ```
+    //! use std::net::SocketAddr;
+    //! use tonic_retry_diagnose::resolver::StaticResolver;
+    //! use tonic_retry_diagnose::{DiagnoseOptions, Resolve};
+    //!
+    //! # #[tokio::main(flavor = "current_thread")]
+    //! # async fn main() -> std::io::Result<()> {
+    //! // Diagnose a name as if it resolved to these addresses; each gets the target's port.
+    //! let resolver = StaticResolver::addrs(["127.0.0.1:0".parse::<SocketAddr>().unwrap()]);
+    //! let addrs = resolver.resolve("backend.internal", 50051).await?;
+    //! assert_eq!(addrs, ["127.0.0.1:50051".parse::<SocketAddr>().unwrap()]);
+    //! let options = DiagnoseOptions::new().resolver(resolver);
+    //! # let _ = options;
+    //! # Ok(()) }
+    //! ```
 
     pub use crate::resolve::{ResolveFuture, StaticResolver, SystemResolver};
 }

@@ -3,6 +3,31 @@
 //!
 //! These are plain data: the checks make them, the report reads them, and this module depends
 //! on neither.
+//!
+//! ```
+//! use std::io;
+//! use tonic_retry::FailureKind;
+//! use tonic_retry_diagnose::resolver::StaticResolver;
+//! use tonic_retry_diagnose::verdict::{HandshakeVerdict, ResolveVerdict, Step};
+//! use tonic_retry_diagnose::{DiagnoseOptions, Diagnosis};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // A name that does not resolve (the resolver is injected: nothing is sent).
+//! let options = DiagnoseOptions::new()
+//!     .resolver(StaticResolver::error(io::ErrorKind::Other, "Name or service not known"));
+//! let report = Diagnosis::run("http://backend.internal:50051", None, options).await?;
+//!
+//! let ResolveVerdict::Failed(message) = report.resolution() else {
+//!     panic!("the name resolves")
+//! };
+//! assert!(message.contains("not known"));
+//! assert!(matches!(report.handshake(), HandshakeVerdict::Skipped(_)));
+//! let conclusion = report.conclusion();
+//! assert_eq!(conclusion.step(), Step::NameResolution);
+//! assert_eq!(conclusion.kind(), Some(FailureKind::DnsFailure));
+//! # Ok(()) }
+//! ```
 
 use std::fmt;
 use std::net::SocketAddr;

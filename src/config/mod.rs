@@ -3,8 +3,9 @@
 //!
 //! Parsing lives in `parse`, writing in `write`, protobuf JSON durations in `duration`; this file
 //! holds the typed configuration. It knows nothing of the layer: the layer's builder reads a
-//! config through its accessors ([`RetryLayerBuilder::service_config`](crate::RetryLayerBuilder::service_config)),
-//! so the dependency goes one way, layer to config.
+//! config through its accessors
+//! ([`RetryLayerBuilder::service_config`](crate::RetryLayerBuilder::service_config)), so the
+//! dependency goes one way, layer to config.
 
 mod duration;
 mod parse;
