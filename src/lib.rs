@@ -65,8 +65,6 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backoff;
-#[cfg(feature = "backoff")]
-mod backoff_crate;
 mod body;
 mod classify;
 pub mod code;
