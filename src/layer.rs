@@ -6,6 +6,7 @@ use tower::Layer;
 
 use crate::backoff::Jitter;
 use crate::body::BufferBudget;
+use crate::config::{ServiceConfig, name_place};
 use crate::error::ConfigError;
 use crate::hook::OnRetry;
 use crate::metrics::Counters;
@@ -219,7 +220,7 @@ pub struct RetryLayerBuilder {
 
 /// The settings that give a layer its one retry gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum GateSetting {
+enum GateSetting {
     Throttle,
     Budget,
     ServiceConfigThrottling,
@@ -304,22 +305,10 @@ impl RetryLayerBuilder {
         self
     }
 
-    /// A service config's default name (`{}`) at `place`.
-    pub(crate) fn service_config_default(mut self, policy: RetryPolicy, place: &str) -> Self {
-        self.policies.set_service_config_default(policy, place);
-        self
-    }
-
-    /// A service config was applied (see [`default_policy`](Self::default_policy)).
-    pub(crate) fn service_config_applied(mut self) -> Self {
-        self.policies.service_config_applied();
-        self
-    }
-
     /// Sets the retry gate, unless another setting already did: two settings for one gate are
     /// a conflict (the same setting twice replaces, as any setter does; a service config's is
     /// never replaced, since two configs that both throttle contradict each other).
-    pub(crate) fn set_gate(mut self, gate: RetryGate, setting: GateSetting) -> Self {
+    fn set_gate(mut self, gate: RetryGate, setting: GateSetting) -> Self {
         match &self.gate {
             Some((_, previous))
                 if *previous != setting || setting == GateSetting::ServiceConfigThrottling =>
@@ -366,25 +355,66 @@ impl RetryLayerBuilder {
         self
     }
 
-    /// Adds the policies and retry throttling of a gRPC service config (see
-    /// [`ServiceConfig::apply`](crate::ServiceConfig::apply)); validation happened when the config
-    /// was parsed. As in gRPC, calls the config does not name are then not retried, unless it
-    /// has a default name or [`default_policy`](Self::default_policy) is given (in any order).
+    /// Adds the policies and retry throttling of a gRPC service config; validation happened
+    /// when the config was parsed.
+    ///
+    /// The config's default name becomes the [`default_policy`](Self::default_policy), a service
+    /// name a [`service`](Self::service) policy, a method name a [`method`](Self::method)
+    /// policy. Each `retryPolicy` becomes a [`RetryPolicy`] (see
+    /// [`ConfigRetryPolicy::to_policy`](crate::service_config::ConfigRetryPolicy::to_policy));
+    /// an entry without one becomes [`RetryPolicy::no_retries`], as in gRPC. `retryThrottling`
+    /// becomes the layer's [`RetryThrottle`].
+    ///
+    /// Calls the config does not name are not retried, as in gRPC (they get
+    /// [`RetryPolicy::no_retries`], which keeps gRFC A6's transparent retry), unless the config
+    /// has a default name or the builder is given a [`default_policy`](Self::default_policy),
+    /// before or after: an explicit default wins over this fallback. Two settings for one thing
+    /// are errors from [`build`](Self::build), never silent overrides: a name also given to the
+    /// builder directly, the config's default name together with `default_policy`, or
+    /// `retryThrottling` together with [`throttle`](Self::throttle) or
+    /// [`budget`](Self::budget).
     ///
     /// ```
-    /// use tonic_retry::{RetryLayer, ServiceConfig};
+    /// use tonic_retry::{RetryLayer, RetryPolicy, ServiceConfig};
     ///
     /// let config: ServiceConfig = r#"{"methodConfig": [{
     ///     "name": [{"service": "helloworld.Greeter"}],
     ///     "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
     ///                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#
     ///     .parse()?;
-    /// let layer = RetryLayer::builder().service_config(&config).build()?;
+    /// // Calls to other services keep the crate's default policy rather than no retries.
+    /// let layer = RetryLayer::builder()
+    ///     .service_config(&config)
+    ///     .default_policy(RetryPolicy::default())
+    ///     .build()?;
     /// # let _ = layer;
     /// # Ok::<(), tonic_retry::ConfigError>(())
     /// ```
-    pub fn service_config(self, config: &crate::ServiceConfig) -> Self {
-        config.apply(self)
+    pub fn service_config(mut self, config: &ServiceConfig) -> Self {
+        // The builder reads the config, never the other way round: the config stays a plain
+        // description that knows nothing of layers.
+        for (entry, method_config) in config.method_configs().iter().enumerate() {
+            let policy = method_config.to_policy();
+            for (position, name) in method_config.names().iter().enumerate() {
+                match (name.service_name(), name.method_name()) {
+                    (None, _) => self
+                        .policies
+                        .set_service_config_default(policy.clone(), &name_place(entry, position)),
+                    (Some(service), None) => self.policies.insert_service(service, policy.clone()),
+                    (Some(service), Some(method)) => self
+                        .policies
+                        .insert_method(&format!("{service}/{method}"), policy.clone()),
+                }
+            }
+        }
+        if let Some(throttling) = config.retry_throttling() {
+            self = self.set_gate(
+                RetryGate::Throttle(throttling.to_throttle()),
+                GateSetting::ServiceConfigThrottling,
+            );
+        }
+        self.policies.service_config_applied();
+        self
     }
 
     /// Names where the calls go (such as `"orders.internal:443"` or the endpoint's URI), so that

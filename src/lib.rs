@@ -65,8 +65,6 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backoff;
-#[cfg(feature = "backoff")]
-mod backoff_crate;
 mod body;
 mod classify;
 pub mod code;
@@ -91,7 +89,7 @@ mod throttle;
 
 pub use crate::config::ServiceConfig;
 pub use crate::connection::{EvictingChannel, Keepalive};
-pub use crate::error::ConfigError;
+pub use crate::error::{BoxError, ConfigError};
 pub use crate::future::ResponseFuture;
 pub use crate::history::{AttemptRecord, CallHistory, StopReason};
 pub use crate::hook::RetryEvent;
@@ -148,6 +146,3 @@ pub mod endpoint {
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
-
-/// The error type of the retrying service: tonic turns it back into a [`tonic::Status`].
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
