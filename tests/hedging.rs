@@ -486,3 +486,27 @@ async fn a_request_that_outgrows_the_buffer_while_hedged_is_sent_whole_by_one_at
     assert_eq!(reply.checksum, fnv1a64(&expected));
     assert_eq!(server.attempt_count_for(Method::Collect), 2);
 }
+
+#[tokio::test]
+async fn a_service_config_hedging_policy_hedges_its_method() {
+    let server = ScriptedServer::start(Script::new().say(Action::Hang).say(Action::Ok)).await;
+    let config = tonic_retry::ServiceConfig::from_json(
+        r#"{"methodConfig": [{
+            "name": [{"service": "tonic_retry.test.Echo", "method": "Say"}],
+            "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.02s"}
+        }]}"#,
+    )
+    .unwrap();
+    let layer = RetryLayer::builder()
+        .service_config(&config)
+        .build()
+        .unwrap();
+    let mut client = client(&server, &layer);
+
+    let response = tokio::time::timeout(BOUND, client.say(say()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.get_ref().attempt, 2);
+    assert_eq!(layer.metrics().hedges(), 1);
+}

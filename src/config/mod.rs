@@ -22,7 +22,7 @@ use crate::backoff::ExponentialBackoff;
 use crate::code::CodeSet;
 use crate::error::ConfigError;
 use crate::retry_policy::{
-    DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, RetryPolicy, RetryPolicyBuilder, validate_method,
+    DEFAULT_MAX_ATTEMPTS, HedgingPolicy, MAX_ATTEMPTS_LIMIT, RetryPolicy, validate_method,
     validate_service,
 };
 use crate::throttle::{RetryThrottle, bucket_settings};
@@ -92,8 +92,12 @@ use self::duration::{MAX_DURATION, format_duration};
 /// - Unknown fields are ignored, at every level, as grpc-go ignores them: real configs carry
 ///   `loadBalancingConfig`, `waitForReady`, `maxRequestMessageBytes`, `perAttemptRecvTimeout`
 ///   and more. Fields are matched as grpc-go's JSON decoder matches them: by exact name, else
-///   ignoring ASCII case (`"MaxAttempts"` works); `null` is the same as absent. A
-///   `hedgingPolicy` is ignored with a warning: this crate does not hedge.
+///   ignoring ASCII case (`"MaxAttempts"` works); `null` is the same as absent.
+/// - `hedgingPolicy` (gRFC A6): `maxAttempts` >= 2, required, capped at 5 like a retry policy's
+///   (and never above [`MAX_HEDGED_ATTEMPTS`](crate::policy::MAX_HEDGED_ATTEMPTS)),
+///   `hedgingDelay` (default `"0s"`: every attempt at once) and `nonFatalStatusCodes` (default
+///   none), read into a [`HedgingPolicy`]. An entry with both a `retryPolicy` and a
+///   `hedgingPolicy` is an error naming the entry (gRFC A6 allows one or the other).
 ///
 /// Every error is a [`ConfigError`] whose [`field`](ConfigError::field) is the exact path, such as
 /// `methodConfig[2].retryPolicy.backoffMultiplier`.
@@ -309,6 +313,7 @@ fn duplicate(name: &MethodName, first: &str) -> ConfigError {
 pub struct MethodConfig {
     names: Vec<MethodName>,
     retry_policy: Option<ConfigRetryPolicy>,
+    hedging_policy: Option<HedgingPolicy>,
     timeout: Option<Duration>,
 }
 
@@ -333,13 +338,24 @@ impl MethodConfig {
         Ok(MethodConfig {
             names,
             retry_policy: None,
+            hedging_policy: None,
             timeout: None,
         })
     }
 
-    /// Sets the retry policy.
+    /// Sets the retry policy (and drops any hedging policy: gRFC A6 gives a method one or the
+    /// other).
     pub fn with_retry_policy(mut self, policy: ConfigRetryPolicy) -> MethodConfig {
         self.retry_policy = Some(policy);
+        self.hedging_policy = None;
+        self
+    }
+
+    /// Sets the hedging policy (`hedgingPolicy`), and drops any retry policy: gRFC A6 gives a
+    /// method one or the other.
+    pub fn with_hedging_policy(mut self, policy: HedgingPolicy) -> MethodConfig {
+        self.hedging_policy = Some(policy);
+        self.retry_policy = None;
         self
     }
 
@@ -361,25 +377,27 @@ impl MethodConfig {
         self.retry_policy.as_ref()
     }
 
+    /// The hedging policy, if the calls are hedged.
+    pub fn hedging_policy(&self) -> Option<&HedgingPolicy> {
+        self.hedging_policy.as_ref()
+    }
+
     /// The per-call default timeout (`timeout`), if set.
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
     }
 
-    /// The [`RetryPolicy`] for these calls: the retry policy's, or
-    /// [`RetryPolicy::no_retries`] when there is none, with the `timeout` as its call timeout.
+    /// The [`RetryPolicy`] for these calls: the retry policy's, [`RetryPolicy::hedged`] with the
+    /// hedging policy, or [`RetryPolicy::no_retries`] when there is neither, with the `timeout`
+    /// as its call timeout.
     pub fn to_policy(&self) -> RetryPolicy {
-        let policy = self
-            .retry_policy
-            .as_ref()
-            .map_or_else(RetryPolicy::no_retries, ConfigRetryPolicy::to_policy);
-        match self.timeout {
-            Some(timeout) => RetryPolicyBuilder::from(policy)
-                .call_timeout(timeout)
-                .build()
-                .unwrap_or_else(|err| unreachable!("validated by MethodConfig: {err}")),
-            None => policy,
-        }
+        let policy = match (&self.retry_policy, &self.hedging_policy) {
+            (_, Some(hedging)) => RetryPolicy::hedged(hedging.clone()),
+            (Some(retry), None) => retry.to_policy(),
+            (None, None) => RetryPolicy::no_retries(),
+        };
+        // `with_timeout` and the parser checked the timeout as the policy builder would.
+        policy.with_call_timeout(self.timeout)
     }
 }
 
