@@ -596,7 +596,7 @@ impl ConfigRetryPolicy {
     /// The [`RetryPolicy`]: these attempts, an [`ExponentialBackoff`] with A6 jitter, these
     /// retryable codes. The fail-fast codes (UNIMPLEMENTED, PERMISSION_DENIED, UNAUTHENTICATED)
     /// still fail fast even when listed as retryable, exactly as with
-    /// [`RetryPolicyBuilder::retryable_codes`]: retrying cannot fix a missing method or a caller
+    /// [`RetryPolicyBuilder::retryable_codes`](crate::RetryPolicyBuilder::retryable_codes): retrying cannot fix a missing method or a caller
     /// who is not allowed. Such a listing is left out of the policy's retryable codes with a
     /// `tracing` warning, never dropped silently.
     pub fn to_policy(&self) -> RetryPolicy {
