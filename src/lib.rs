@@ -87,6 +87,7 @@ mod resumable;
 mod retry_policy;
 mod service;
 mod shared;
+mod telemetry;
 mod throttle;
 
 pub use crate::config::ServiceConfig;
