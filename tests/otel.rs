@@ -52,8 +52,13 @@ impl Recorder {
 
     /// Everything recorded so far (cumulative, the SDK's default).
     fn snapshot(&self) -> Snapshot {
-        self.provider.force_flush().expect("flush the meter provider");
-        let exported = self.exporter.get_finished_metrics().expect("read the exporter");
+        self.provider
+            .force_flush()
+            .expect("flush the meter provider");
+        let exported = self
+            .exporter
+            .get_finished_metrics()
+            .expect("read the exporter");
         let latest = exported.last().expect("one export at least");
         let mut metrics = BTreeMap::new();
         for metric in latest.scope_metrics().flat_map(|scope| scope.metrics()) {
@@ -140,7 +145,7 @@ impl Snapshot {
 /// What one call (the only one the recorder saw) must have recorded, every instrument checked
 /// by [`ExpectedCall::check`]. A hedged call is stated the same way: for a first attempt
 /// overtaken by one hedge, `attempts: &["CANCELLED", "OK"], status: "OK", hedges: 1` (the
-/// loser is recorded CANCELLED when the winner commits the call).
+/// loser is recorded CANCELLED).
 struct ExpectedCall<'a> {
     method: &'a str,
     target: &'a str,
@@ -169,7 +174,11 @@ impl ExpectedCall<'_> {
         let started = snapshot.points("grpc.client.attempt.started", "{attempt}");
         assert_eq!(started.len(), 1, "attempt.started: {started:?}");
         assert_eq!(started[0].attributes, labels);
-        assert_eq!(started[0].count, self.attempts.len() as u64, "attempts started");
+        assert_eq!(
+            started[0].count,
+            self.attempts.len() as u64,
+            "attempts started"
+        );
 
         let mut expected_attempts: BTreeMap<&str, u64> = BTreeMap::new();
         for status in self.attempts {
@@ -200,7 +209,11 @@ impl ExpectedCall<'_> {
             }
             assert_eq!(points.len(), 1, "{name}: {points:?}");
             assert_eq!(points[0].attributes, labels);
-            assert_eq!((points[0].count, points[0].sum), (1, expected as f64), "{name}");
+            assert_eq!(
+                (points[0].count, points[0].sum),
+                (1, expected as f64),
+                "{name}"
+            );
             assert_eq!(points[0].bounds, bounds, "{name} buckets");
         };
         let small = [1.0, 2.0, 3.0, 4.0, 5.0];
@@ -291,10 +304,9 @@ async fn a_call_that_succeeded_after_two_retries() {
 
 #[tokio::test]
 async fn a_call_that_failed_fast() {
-    let server = ScriptedServer::start(
-        Script::new().say(Action::fail(Code::PermissionDenied, "not you")),
-    )
-    .await;
+    let server =
+        ScriptedServer::start(Script::new().say(Action::fail(Code::PermissionDenied, "not you")))
+            .await;
     let recorder = Recorder::new();
     // No target label, and the generated client's requests carry no authority.
     let layer = RetryLayer::builder()
@@ -440,7 +452,13 @@ async fn a_request_without_a_generated_method_is_other() {
         )))
         .unwrap();
     let response = service.oneshot(request).await.unwrap();
-    let trailers = response.into_body().collect().await.unwrap().trailers().cloned();
+    let trailers = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .trailers()
+        .cloned();
 
     assert_eq!(
         trailers.as_ref().and_then(|t| t.get("grpc-status")),
