@@ -249,8 +249,9 @@ where
                             Classified::Pass(mut response) => {
                                 let (on_ok, telemetry) = this.call.passed(&mut response);
                                 this.state.set(State::Done);
-                                return Poll::Ready(Ok(response
-                                    .map(|body| ResponseBody::new(body, on_ok, telemetry))));
+                                return Poll::Ready(Ok(
+                                    response.map(|body| ResponseBody::new(body, on_ok, telemetry))
+                                ));
                             }
                             Classified::Failed(failure) => Timeout::None(failure),
                         },
@@ -643,7 +644,9 @@ impl<S> Call<S> {
         response: &mut Response<B>,
     ) -> (Option<crate::RetryThrottle>, CallTelemetry) {
         self.body.commit();
-        let attempt_started = self.cold().map_or(self.started, |cold| cold.attempt_started);
+        let attempt_started = self
+            .cold()
+            .map_or(self.started, |cold| cold.attempt_started);
         let telemetry = self
             .telemetry
             .committed(attempt_started, response.headers());
