@@ -7,15 +7,21 @@
 //! a refused connection reads nothing) loses nothing.
 //!
 //! The state lives behind one `Arc<Mutex<_>>` shared by the call's future and each attempt's body,
-//! in the manner of linkerd2-proxy's `ReplayBody`. Attempts run one after another, so the lock is
+//! in the manner of linkerd2-proxy's `ReplayBody`. Retries run one after another, so the lock is
 //! never contended; a superseded attempt that its transport still polls gets an error instead of
 //! racing the current one for the caller's body.
+//!
+//! Hedged attempts run at the same time, each with a reader of its own over the same chunks
+//! (`tower::hedge` cannot do this: it needs a request it can clone). Whichever reader is ahead
+//! reads the caller's body; the others follow from the held chunks. Until the call commits every
+//! chunk is held, within the same limits as for retries; a request that outgrows them keeps the
+//! reader that read furthest and cuts the others, which cannot be given what is no longer held.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -66,6 +72,14 @@ pub(crate) enum CallBody {
     /// The request streams (or was not ready): replayed through shared state.
     Streamed(ReplayHandle),
 }
+
+/// Which reader of the request a hedged attempt's body is (the generation of its
+/// [`ReplayBody`]; 0 for a whole request, which every attempt reads from a copy of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReaderId(u32);
+
+/// The first attempt's reader: the body's first generation.
+pub(crate) const FIRST_READER: ReaderId = ReaderId(1);
 
 /// A request read whole at the start of the call.
 #[derive(Debug)]
@@ -158,6 +172,51 @@ impl CallBody {
         }
     }
 
+    /// Readies a hedged call's body, before its first attempt: see [`ReplayHandle::enable_hedging`].
+    pub(crate) fn enable_hedging(&mut self) {
+        if let CallBody::Streamed(handle) = self {
+            handle.enable_hedging();
+        }
+    }
+
+    /// A hedged attempt's body and its reader (to close or commit to), read side by side with
+    /// the attempts in flight; `None` when the request can no longer be replayed. The first
+    /// attempt's reader is [`FIRST_READER`].
+    pub(crate) fn hedge_attempt(&mut self) -> Option<(Body, ReaderId)> {
+        match self {
+            CallBody::Whole(_) => self.next_attempt().map(|body| (body, ReaderId(0))),
+            CallBody::Streamed(handle) => {
+                let body = handle.hedge_attempt()?;
+                let reader = ReaderId(body.generation());
+                Some((Body::new(body), reader))
+            }
+        }
+    }
+
+    /// The hedged attempt that read through `reader` ended: another can take its place.
+    pub(crate) fn close_reader(&mut self, reader: ReaderId) {
+        if let CallBody::Streamed(handle) = self {
+            handle.close_reader(reader.0);
+        }
+    }
+
+    /// Whether the hedged attempt that reads through `reader` can still send the whole request:
+    /// not once the request outgrew the buffer while it lagged behind another.
+    pub(crate) fn reader_live(&self, reader: ReaderId) -> bool {
+        match self {
+            CallBody::Whole(_) => true,
+            CallBody::Streamed(handle) => handle.is_live(reader.0),
+        }
+    }
+
+    /// A hedged call committed to the attempt that reads through `reader`.
+    pub(crate) fn commit_to(&mut self, reader: ReaderId) {
+        match self {
+            CallBody::Whole(_) => self.commit(),
+            CallBody::Streamed(handle) => handle.commit_to(reader.0),
+        }
+    }
+
     /// Whether another attempt could send the whole request again.
     pub(crate) fn replayable(&self) -> bool {
         match self {
@@ -240,13 +299,66 @@ struct BodyState {
     limit: usize,
     budget: Arc<BufferBudget>,
     mode: Mode,
-    /// The attempt allowed to read: earlier attempts' bodies are superseded.
+    /// The attempts allowed to read: a retry uses the first only, and supersedes the attempt
+    /// before it; hedged attempts read side by side.
+    readers: [Reader; MAX_READERS],
+    /// The last reader's identity handed out: an attempt's body is live while its reader's
+    /// generation is still its own.
     generation: u32,
-    /// Recorded chunks the live attempt has been given, counted from the body's start.
-    position: usize,
-    /// Whether the live attempt has been given the trailers.
-    trailers_sent: bool,
+    /// Wakes every hedged reader waiting for the caller's body, whichever of them polled it
+    /// last; made for a hedged call before its first attempt reads.
+    source_wakers: Option<Arc<SourceWakers>>,
     size_hint: SizeHint,
+}
+
+/// Attempts of one call that may read the request at once: gRFC A6 caps hedged attempts at 5.
+pub(crate) const MAX_READERS: usize = 5;
+
+/// One live attempt's place in the request.
+#[derive(Debug, Clone, Copy, Default)]
+struct Reader {
+    /// Whose body this reader is; 0 for none.
+    generation: u32,
+    /// Recorded chunks this reader has been given, counted from the body's start.
+    position: usize,
+    /// Whether this reader has been given the trailers.
+    trailers_sent: bool,
+}
+
+/// The wakers of the readers waiting for the caller's body. The body remembers only the waker of
+/// its last poll; polling it with this one instead wakes every reader that waits, so that one
+/// whose transport stopped polling it (its stream out of flow-control window, say) cannot stall
+/// the others.
+#[derive(Debug, Default)]
+struct SourceWakers {
+    waiting: Mutex<Vec<Waker>>,
+}
+
+impl SourceWakers {
+    fn register(&self, waker: &Waker) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if !waiting.iter().any(|known| known.will_wake(waker)) {
+            waiting.push(waker.clone());
+        }
+    }
+
+    fn wake_all(&self) {
+        let waiting =
+            std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner));
+        for waker in waiting {
+            waker.wake();
+        }
+    }
+}
+
+impl Wake for SourceWakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_all();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wake_all();
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,12 +394,62 @@ impl BodyState {
         self.released + self.chunks.len()
     }
 
-    /// The recorded chunk the live attempt sends next, if it is held.
-    fn next_recorded(&self) -> Option<&Bytes> {
-        self.chunks.get(self.position.checked_sub(self.released)?)
+    /// The recorded chunk `reader` sends next, if it is held.
+    fn next_recorded(&self, reader: usize) -> Option<&Bytes> {
+        let position = self.readers[reader].position;
+        self.chunks.get(position.checked_sub(self.released)?)
     }
 
-    fn record(&mut self, chunk: &Bytes) -> bool {
+    /// The reader of the body whose identity is `generation`, if it is still live.
+    fn live_reader(&self, generation: u32) -> Option<usize> {
+        if generation == 0 {
+            return None;
+        }
+        self.readers
+            .iter()
+            .position(|reader| reader.generation == generation)
+    }
+
+    /// How far the live reader furthest behind has got: chunks before it are no one's to send.
+    fn slowest_position(&self) -> usize {
+        self.readers
+            .iter()
+            .filter(|reader| reader.generation != 0)
+            .map(|reader| reader.position)
+            .min()
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Makes `reader` a new attempt's, from the body's start.
+    fn open_reader(&mut self, reader: usize) -> u32 {
+        self.generation = self.generation.wrapping_add(1).max(1);
+        self.readers[reader] = Reader {
+            generation: self.generation,
+            position: 0,
+            trailers_sent: false,
+        };
+        self.generation
+    }
+
+    /// Cuts every reader but `keep`: their attempts get an error on their next read.
+    fn keep_only(&mut self, keep: usize) {
+        for (index, reader) in self.readers.iter_mut().enumerate() {
+            if index != keep {
+                *reader = Reader::default();
+            }
+        }
+        self.wake_readers();
+    }
+
+    /// Wakes the hedged readers waiting for the caller's body: one of them got something.
+    fn wake_readers(&self) {
+        if let Some(wakers) = &self.source_wakers {
+            wakers.wake_all();
+        }
+    }
+
+    /// Records a chunk that `reader` read from the source, if the request is still kept.
+    fn record(&mut self, chunk: &Bytes, reader: usize) -> bool {
         if self.mode != Mode::Buffering {
             return false;
         }
@@ -297,9 +459,10 @@ impl BodyState {
             .checked_add(len)
             .is_some_and(|total| total <= self.limit);
         if !fits || !self.budget.try_reserve(len) {
-            // Only the live attempt reads the source, and only once it has been given every
-            // held chunk: dropping them loses nothing it still needs.
+            // Only a reader that has been given every held chunk reads the source: dropping
+            // them loses nothing it still needs. Hedged readers behind it would need them: cut.
             self.mode = Mode::Unreplayable;
+            self.keep_only(reader);
             self.release_given();
             return false;
         }
@@ -308,10 +471,11 @@ impl BodyState {
         true
     }
 
-    /// Frees the chunks the live attempt has been given: once the request cannot be replayed
-    /// (or need not be), only those ahead of it are still needed.
+    /// Frees the chunks every live reader has been given: once the request cannot be replayed
+    /// (or need not be), only those ahead of them are still needed.
     fn release_given(&mut self) {
-        while self.released < self.position {
+        let given = self.slowest_position();
+        while self.released < given {
             let Some(chunk) = self.chunks.pop_front() else {
                 break;
             };
@@ -362,9 +526,9 @@ impl ReplayHandle {
                 limit,
                 budget,
                 mode: Mode::Buffering,
+                readers: [Reader::default(); MAX_READERS],
                 generation: 0,
-                position: 0,
-                trailers_sent: false,
+                source_wakers: None,
                 size_hint,
             })),
         }
@@ -381,13 +545,54 @@ impl ReplayHandle {
         (state.mode == Mode::Buffering).then(|| self.attempt_body(&mut state))
     }
 
+    /// A retry's body: it takes the first reader, and supersedes the attempt that had it.
     fn attempt_body(&self, state: &mut BodyState) -> ReplayBody {
-        state.generation = state.generation.wrapping_add(1);
-        state.position = 0;
-        state.trailers_sent = false;
         ReplayBody {
             shared: Arc::clone(&self.shared),
-            generation: state.generation,
+            generation: state.open_reader(0),
+        }
+    }
+
+    /// Readies the body for hedged attempts, before the first attempt reads it: from now on the
+    /// caller's body wakes every reader that waits for it.
+    pub(crate) fn enable_hedging(&self) {
+        lock(&self.shared)
+            .source_wakers
+            .get_or_insert_with(|| Arc::new(SourceWakers::default()));
+    }
+
+    /// A hedged attempt's body, read side by side with the bodies of the attempts in flight, or
+    /// `None` when the request can no longer be replayed (or `MAX_READERS` attempts read it).
+    pub(crate) fn hedge_attempt(&self) -> Option<ReplayBody> {
+        let mut state = lock(&self.shared);
+        if state.mode != Mode::Buffering {
+            return None;
+        }
+        let free = state
+            .readers
+            .iter()
+            .position(|reader| reader.generation == 0)?;
+        Some(ReplayBody {
+            shared: Arc::clone(&self.shared),
+            generation: state.open_reader(free),
+        })
+    }
+
+    /// Whether the body whose identity is `generation` is still read.
+    pub(crate) fn is_live(&self, generation: u32) -> bool {
+        lock(&self.shared).live_reader(generation).is_some()
+    }
+
+    /// The hedged attempt whose body is `generation` ended: its reader is free for another.
+    pub(crate) fn close_reader(&self, generation: u32) {
+        let mut state = lock(&self.shared);
+        if let Some(reader) = state.live_reader(generation) {
+            state.readers[reader] = Reader::default();
+            // The caller's body may have been going to wake that one only.
+            state.wake_readers();
+            if state.mode != Mode::Buffering {
+                state.release_given();
+            }
         }
     }
 
@@ -406,6 +611,18 @@ impl ReplayHandle {
         }
         state.release_given();
     }
+
+    /// A hedged call committed to the attempt whose body is `generation`: the others' readers
+    /// are cut, and what the winner has sent is freed.
+    pub(crate) fn commit_to(&self, generation: u32) {
+        let mut state = lock(&self.shared);
+        let winner = state.live_reader(generation).unwrap_or(MAX_READERS);
+        state.keep_only(winner);
+        if state.mode == Mode::Buffering {
+            state.mode = Mode::Committed;
+        }
+        state.release_given();
+    }
 }
 
 /// One attempt's request body.
@@ -413,6 +630,13 @@ impl ReplayHandle {
 pub(crate) struct ReplayBody {
     shared: Arc<Mutex<BodyState>>,
     generation: u32,
+}
+
+impl ReplayBody {
+    /// This body's identity, to close its reader or commit to it.
+    pub(crate) fn generation(&self) -> u32 {
+        self.generation
+    }
 }
 
 impl HttpBody for ReplayBody {
@@ -425,32 +649,43 @@ impl HttpBody for ReplayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.get_mut();
         let mut state = lock(&this.shared);
-        if state.generation != this.generation {
+        let Some(reader) = state.live_reader(this.generation) else {
             return Poll::Ready(Some(Err(Status::cancelled(
-                "request body superseded by a retry",
+                "request body superseded by another attempt",
             ))));
-        }
-        if let Some(chunk) = state.next_recorded() {
+        };
+        if let Some(chunk) = state.next_recorded(reader) {
             let chunk = chunk.clone();
-            state.position += 1;
+            state.readers[reader].position += 1;
             if state.mode != Mode::Buffering {
                 state.release_given();
             }
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if state.source_ended() {
-            if !state.trailers_sent
+            if !state.readers[reader].trailers_sent
                 && let Some(trailers) = state.trailers.clone()
             {
-                state.trailers_sent = true;
+                state.readers[reader].trailers_sent = true;
                 return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
             }
             return Poll::Ready(None);
         }
-        let frame = match state.poll_source(cx) {
+        let polled = match state.source_wakers.clone() {
+            // Hedged readers: the caller's body wakes them all.
+            Some(wakers) => {
+                wakers.register(cx.waker());
+                let waker = Waker::from(wakers);
+                state.poll_source(&mut Context::from_waker(&waker))
+            }
+            None => state.poll_source(cx),
+        };
+        let frame = match polled {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(frame) => frame,
         };
+        // Whatever it was, the hedged readers waiting for it can go on now.
+        state.wake_readers();
         match frame {
             None => {
                 state.source = None;
@@ -460,18 +695,19 @@ impl HttpBody for ReplayBody {
                 if let Some(chunk) = frame.data_ref() {
                     // A chunk counts as given to this attempt only if it is now recorded: the
                     // position counts recorded chunks.
-                    if state.record(chunk) {
-                        state.position += 1;
+                    if state.record(chunk, reader) {
+                        state.readers[reader].position += 1;
                     }
                 } else if let Some(trailers) = frame.trailers_ref() {
                     state.trailers = Some(trailers.clone());
-                    state.trailers_sent = true;
+                    state.readers[reader].trailers_sent = true;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(status)) => {
                 // What the caller's body failed to produce cannot be replayed.
                 state.mode = Mode::Unreplayable;
+                state.keep_only(reader);
                 state.release_given();
                 Poll::Ready(Some(Err(status)))
             }
@@ -480,10 +716,13 @@ impl HttpBody for ReplayBody {
 
     fn is_end_stream(&self) -> bool {
         let state = lock(&self.shared);
-        state.generation == self.generation
-            && state.source_ended()
-            && state.position >= state.recorded()
-            && (state.trailers_sent || state.trailers.is_none())
+        let Some(reader) = state.live_reader(self.generation) else {
+            return false;
+        };
+        let reader = &state.readers[reader];
+        state.source_ended()
+            && reader.position >= state.recorded()
+            && (reader.trailers_sent || state.trailers.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -732,6 +971,175 @@ mod tests {
                 })?;
             }
         }
+
+        /// What the property below does to one hedged reader.
+        #[derive(Debug, Clone)]
+        enum HedgeStep {
+            /// Read one frame through reader `n` (modulo those live).
+            Read(usize),
+            /// Open another hedged reader.
+            Hedge,
+            /// Close reader `n`: its attempt failed.
+            Close(usize),
+        }
+
+        fn hedge_steps() -> impl Strategy<Value = Vec<HedgeStep>> {
+            let step = prop_oneof![
+                4 => (0usize..5).prop_map(HedgeStep::Read),
+                1 => Just(HedgeStep::Hedge),
+                1 => (0usize..5).prop_map(HedgeStep::Close),
+            ];
+            proptest::collection::vec(step, 0..40)
+        }
+
+        proptest! {
+            /// Hedged readers read one body side by side, in any interleaving, opened and closed
+            /// at any time, within any limit: each sends a prefix of the request in order (or is
+            /// cut with an error once the request outgrew the buffer), the one the call commits
+            /// to sends exactly the request, and every byte held is released.
+            #[test]
+            fn hedged_readers_each_send_the_request_in_order(
+                chunks in chunks_strategy(),
+                steps in hedge_steps(),
+                winner in 0usize..5,
+                limit in 0usize..80,
+            ) {
+                let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                runtime.block_on(async {
+                    let original: Vec<u8> = chunks.concat();
+                    let frames: Vec<Result<Frame<Bytes>, Status>> = chunks
+                        .iter()
+                        .map(|chunk| Ok(Frame::data(Bytes::from(chunk.clone()))))
+                        .collect();
+                    let budget = Arc::new(BufferBudget::new(1 << 20));
+                    let handle = ReplayHandle::new(
+                        Body::new(StreamBody::new(futures::stream::iter(frames))),
+                        limit,
+                        Arc::clone(&budget),
+                    );
+                    handle.enable_hedging();
+                    // Live readers and what each has sent.
+                    let mut readers = vec![(handle.first_attempt(), Vec::<u8>::new())];
+                    for step in steps {
+                        match step {
+                            HedgeStep::Read(n) if !readers.is_empty() => {
+                                let n = n % readers.len();
+                                let (body, sent) = &mut readers[n];
+                                match body.frame().await {
+                                    Some(Ok(frame)) => {
+                                        sent.extend_from_slice(&frame.into_data().unwrap());
+                                        prop_assert!(original.starts_with(sent), "in order");
+                                    }
+                                    // Cut: the request outgrew the buffer while it lagged.
+                                    Some(Err(_)) => {
+                                        prop_assert!(!handle.replayable());
+                                        readers.remove(n);
+                                    }
+                                    None => prop_assert_eq!(&sent[..], &original[..]),
+                                }
+                            }
+                            HedgeStep::Hedge if readers.len() < MAX_READERS => {
+                                if let Some(body) = handle.hedge_attempt() {
+                                    readers.push((body, Vec::new()));
+                                }
+                            }
+                            HedgeStep::Close(n) if !readers.is_empty() => {
+                                let (body, _) = readers.remove(n % readers.len());
+                                handle.close_reader(body.generation());
+                            }
+                            _ => {}
+                        }
+                    }
+                    // Readers cut while they lagged cannot win: the hedged call drops them.
+                    let (live, cut): (Vec<_>, Vec<_>) = readers
+                        .into_iter()
+                        .partition(|(body, _)| handle.is_live(body.generation()));
+                    for (mut body, _) in cut {
+                        prop_assert!(matches!(body.frame().await, Some(Err(_))), "cut");
+                    }
+                    let mut readers = live;
+                    if !readers.is_empty() {
+                        let (mut body, mut sent) = readers.swap_remove(winner % readers.len());
+                        handle.commit_to(body.generation());
+                        for (loser, _) in &mut readers {
+                            prop_assert!(matches!(loser.frame().await, Some(Err(_))), "cut");
+                        }
+                        while let Some(frame) = body.frame().await {
+                            sent.extend_from_slice(&frame.unwrap().into_data().unwrap());
+                        }
+                        prop_assert_eq!(sent, original);
+                        prop_assert_eq!(budget.used(), 0, "committed and read: nothing held");
+                    }
+                    drop(readers);
+                    drop(handle);
+                    prop_assert_eq!(budget.used(), 0);
+                    Ok(())
+                })?;
+            }
+        }
+    }
+
+    /// Wakes count how often they were woken.
+    #[derive(Default)]
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The caller's body remembers only the waker of its last poll; every hedged reader waiting
+    /// for it must still be woken, or one whose transport stopped polling (a stream out of
+    /// window) would stall the one that could go on.
+    #[tokio::test]
+    async fn every_hedged_reader_waiting_for_the_body_is_woken() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Status>>(4);
+        let source = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|frame| (frame, rx))
+        });
+        let handle = ReplayHandle::new(Body::new(StreamBody::new(source)), 1024, budget());
+        handle.enable_hedging();
+        let mut first = handle.first_attempt();
+        let mut hedge = handle.hedge_attempt().unwrap();
+        let first_woken = Arc::new(CountingWaker::default());
+        let hedge_woken = Arc::new(CountingWaker::default());
+        let first_waker = Waker::from(Arc::clone(&first_woken));
+        let hedge_waker = Waker::from(Arc::clone(&hedge_woken));
+        let poll = |body: &mut ReplayBody, waker: &Waker| {
+            Pin::new(body).poll_frame(&mut Context::from_waker(waker))
+        };
+        assert!(poll(&mut first, &first_waker).is_pending());
+        assert!(poll(&mut hedge, &hedge_waker).is_pending());
+
+        tx.send(Ok(Frame::data(Bytes::from_static(b"x"))))
+            .await
+            .unwrap();
+        assert_eq!(
+            first_woken.0.load(Ordering::SeqCst),
+            1,
+            "not only the last poller"
+        );
+        assert_eq!(hedge_woken.0.load(Ordering::SeqCst), 1);
+
+        // The hedge reads the chunk from the body; the first reader, behind, from the buffer.
+        assert!(matches!(
+            poll(&mut hedge, &hedge_waker),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert!(matches!(
+            poll(&mut first, &first_waker),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert!(poll(&mut first, &first_waker).is_pending());
+        // A reader that ends wakes the others: it may have been the one the body would wake.
+        handle.close_reader(first.generation());
+        assert!(matches!(
+            poll(&mut first, &first_waker),
+            Poll::Ready(Some(Err(_)))
+        ));
+        drop(tx);
+        assert!(matches!(poll(&mut hedge, &hedge_waker), Poll::Ready(None)));
     }
 
     #[tokio::test]

@@ -110,18 +110,19 @@ pub use crate::layer::{RetryLayer, RetryLayerBuilder};
 pub use crate::metrics::Counters;
 pub use crate::response_body::ResponseBody;
 pub use crate::resumable::{ResumableStream, ResumePolicy};
-pub use crate::retry_policy::{RetryPolicy, RetryPolicyBuilder};
+pub use crate::retry_policy::{HedgingPolicy, RetryPolicy, RetryPolicyBuilder};
 pub use crate::service::Retry;
 pub use crate::throttle::RetryThrottle;
 
 pub mod policy {
     //! The defaults and limits of a [`RetryPolicy`](crate::RetryPolicy) and of the layer's
-    //! request buffer.
+    //! request buffer, and the builder of a [`HedgingPolicy`](crate::HedgingPolicy).
 
     pub use crate::layer::DEFAULT_CHANNEL_BUFFER_LIMIT;
     pub use crate::retry_policy::{
         DEFAULT_BUFFER_LIMIT, DEFAULT_FAIL_FAST_CODES, DEFAULT_MAX_ATTEMPTS,
-        DEFAULT_RETRYABLE_CODES, MAX_ATTEMPTS_LIMIT, MAX_SERVER_DELAY,
+        DEFAULT_RETRYABLE_CODES, HedgingPolicyBuilder, MAX_ATTEMPTS_LIMIT, MAX_HEDGED_ATTEMPTS,
+        MAX_SERVER_DELAY,
     };
 }
 

@@ -46,6 +46,7 @@ pub struct Counters {
     pub(crate) attempts: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) transparent_retries: AtomicU64,
+    pub(crate) hedges: AtomicU64,
     pub(crate) throttled: AtomicU64,
     pub(crate) fail_fast: AtomicU64,
     pub(crate) exhausted: AtomicU64,
@@ -71,6 +72,11 @@ impl Counters {
     /// Transparent retries sent (`grpc.client.call.transparent_retries`).
     pub fn transparent_retries(&self) -> u64 {
         self.transparent_retries.load(Ordering::Relaxed)
+    }
+
+    /// Hedged attempts sent (`grpc.client.call.hedges`), the first attempt of each call excluded.
+    pub fn hedges(&self) -> u64 {
+        self.hedges.load(Ordering::Relaxed)
     }
 
     /// Calls that stopped because the throttle had no room for a retry.

@@ -1,6 +1,7 @@
 //! The retry policy of one service or method, and its builder.
 
 mod decide;
+mod hedging;
 mod table;
 
 use std::fmt;
@@ -15,6 +16,7 @@ use crate::error::ConfigError;
 
 pub use self::decide::MAX_SERVER_DELAY;
 pub(crate) use self::decide::{Decision, Progress, debits_throttle, decide};
+pub use self::hedging::{HedgingPolicy, HedgingPolicyBuilder, MAX_HEDGED_ATTEMPTS};
 pub(crate) use self::table::{PolicyTable, PolicyTableBuilder, split_path};
 pub(crate) use self::table::{validate_method, validate_service};
 
@@ -129,6 +131,8 @@ pub struct RetryPolicy {
     attempt_timeout: Option<Duration>,
     call_timeout: Option<Duration>,
     buffer_limit: usize,
+    /// Hedge the call instead of retrying it.
+    hedging: Option<HedgingPolicy>,
 }
 
 impl RetryPolicy {
@@ -180,6 +184,34 @@ impl RetryPolicy {
         }
     }
 
+    /// A policy that hedges calls (gRFC A6 `hedgingPolicy`) instead of retrying them: see
+    /// [`HedgingPolicy`]. A method is hedged or retried, never both. To give hedged calls a
+    /// deadline or another replay buffer, start a builder from it:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tonic_retry::{HedgingPolicy, RetryPolicy, RetryPolicyBuilder};
+    ///
+    /// let hedging = HedgingPolicy::builder().delay(Duration::from_millis(10)).build()?;
+    /// let policy = RetryPolicyBuilder::from(RetryPolicy::hedged(hedging))
+    ///     .call_timeout(Duration::from_secs(1))
+    ///     .build()?;
+    /// assert!(policy.hedging().is_some());
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
+    pub fn hedged(hedging: HedgingPolicy) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 1,
+            hedging: Some(hedging),
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// The hedging policy, if calls are hedged rather than retried.
+    pub fn hedging(&self) -> Option<&HedgingPolicy> {
+        self.hedging.as_ref()
+    }
+
     /// Attempts per call, the first included.
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts
@@ -228,6 +260,7 @@ impl Default for RetryPolicy {
             attempt_timeout: None,
             call_timeout: None,
             buffer_limit: DEFAULT_BUFFER_LIMIT,
+            hedging: None,
         }
     }
 }
@@ -242,6 +275,7 @@ impl fmt::Debug for RetryPolicy {
             .field("attempt_timeout", &self.attempt_timeout)
             .field("call_timeout", &self.call_timeout)
             .field("buffer_limit", &self.buffer_limit)
+            .field("hedging", &self.hedging)
             .finish()
     }
 }
@@ -270,6 +304,9 @@ pub struct RetryPolicyBuilder {
     /// caller's contradiction rather than a default fail-fast code winning as documented.
     retryable_set: bool,
     fail_fast_set: bool,
+    /// Whether [`max_attempts`](Self::max_attempts) was given: a hedged policy takes its attempts
+    /// from its hedging policy, and says so rather than ignore it.
+    max_attempts_set: bool,
 }
 
 impl From<RetryPolicy> for RetryPolicyBuilder {
@@ -279,6 +316,7 @@ impl From<RetryPolicy> for RetryPolicyBuilder {
             policy,
             retryable_set: false,
             fail_fast_set: false,
+            max_attempts_set: false,
         }
     }
 }
@@ -288,6 +326,15 @@ impl RetryPolicyBuilder {
     /// [`MAX_ATTEMPTS_LIMIT`] (100); [`build`](Self::build) rejects anything else.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.policy.max_attempts = attempts;
+        self.max_attempts_set = true;
+        self
+    }
+
+    /// Hedge calls instead of retrying them (see [`RetryPolicy::hedged`]). The retry settings
+    /// (attempts, backoff, retryable codes, attempt timeout) do not apply to a hedged call; the
+    /// call timeout and the replay buffer do.
+    pub fn hedging(mut self, hedging: HedgingPolicy) -> Self {
+        self.policy.hedging = Some(hedging);
         self
     }
 
@@ -362,6 +409,26 @@ impl RetryPolicyBuilder {
     /// Validates and returns the policy.
     pub fn build(self) -> Result<RetryPolicy, ConfigError> {
         let mut policy = self.policy;
+        if policy.hedging.is_some() {
+            let retry_setting = if self.max_attempts_set && policy.max_attempts != 1 {
+                Some(("max_attempts", policy.max_attempts.to_string()))
+            } else if self.retryable_set {
+                Some(("retryable_codes", policy.retryable.to_string()))
+            } else {
+                policy
+                    .attempt_timeout
+                    .map(|timeout| ("attempt_timeout", format!("{timeout:?}")))
+            };
+            if let Some((field, value)) = retry_setting {
+                return Err(ConfigError::new(
+                    field,
+                    value,
+                    "a hedged policy does not retry: set attempts and codes on its HedgingPolicy",
+                ));
+            }
+            // A hedged call is never retried after it commits.
+            policy.max_attempts = 1;
+        }
         if policy.max_attempts == 0 {
             return Err(ConfigError::new("max_attempts", "0", "must be >= 1"));
         }

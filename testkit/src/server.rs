@@ -375,6 +375,9 @@ pub struct Attempt {
     /// opened its response stream), `Some(code)` when it failed with `code`, `None` while it
     /// runs, or when it never ended (hung, or its connection was cut first).
     pub outcome: Option<Code>,
+    /// Whether the handler was dropped before it ended: the client cancelled the attempt (a
+    /// hedge that lost, say), or its connection died. `Say` and `Collect` only.
+    pub cancelled: bool,
 }
 
 impl Attempt {
@@ -407,6 +410,7 @@ struct AttemptRec {
     key: Option<String>,
     handled: bool,
     outcome: Option<Code>,
+    cancelled: bool,
 }
 
 impl AttemptRec {
@@ -424,6 +428,7 @@ impl AttemptRec {
             key: self.key.clone(),
             handled: self.handled,
             outcome: self.outcome,
+            cancelled: self.cancelled,
         }
     }
 }
@@ -491,6 +496,7 @@ impl Shared {
                 key,
                 handled: false,
                 outcome: None,
+                cancelled: false,
             });
             (
                 AttemptTag { index, number },
@@ -599,10 +605,36 @@ fn tag_of<T>(req: &Request<T>) -> Option<AttemptTag> {
     req.extensions().get::<AttemptTag>().copied()
 }
 
+/// Marks its attempt [`Attempt::cancelled`] if the handler is dropped before it ended.
+struct CancelGuard {
+    shared: Arc<Shared>,
+    tag: Option<AttemptTag>,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        let mut cancelled = false;
+        self.shared.update(self.tag, |rec, _| {
+            if rec.outcome.is_none() {
+                rec.cancelled = true;
+                cancelled = true;
+            }
+        });
+        if cancelled {
+            // Wakes `wait_cancelled`.
+            self.shared.arrivals.send_modify(|_| {});
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Echo for EchoSvc {
     async fn say(&self, request: Request<SayRequest>) -> Result<Response<SayReply>, Status> {
         let tag = tag_of(&request);
+        let _guard = CancelGuard {
+            shared: self.shared.clone(),
+            tag,
+        };
         let mut action = self.shared.next_action(Method::Say, tag);
         if let Action::FailSometimes {
             percent,
@@ -706,6 +738,10 @@ impl Echo for EchoSvc {
         request: Request<Streaming<Chunk>>,
     ) -> Result<Response<CollectReply>, Status> {
         let tag = tag_of(&request);
+        let _guard = CancelGuard {
+            shared: self.shared.clone(),
+            tag,
+        };
         let reply = self.collect_inner(tag, request).await;
         self.shared
             .end(tag, reply.as_ref().map_or_else(Status::code, |_| Code::Ok));
@@ -1192,6 +1228,18 @@ impl ScriptedServer {
                     .filter(|a| a.handled)
                     .count()
                     >= n
+            })
+            .await;
+    }
+
+    /// Waits until at least `n` attempts have been cancelled by the client
+    /// ([`Attempt::cancelled`]).
+    pub async fn wait_cancelled(&self, n: usize) {
+        let mut rx = self.shared.arrivals.subscribe();
+        let _ = rx
+            .wait_for(|_| {
+                let inner = self.shared.lock();
+                inner.attempts.iter().filter(|a| a.cancelled).count() >= n
             })
             .await;
     }

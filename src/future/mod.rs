@@ -14,6 +14,8 @@
 //! timer and as the backoff timer, the time limits, the history, the retry service) lives in
 //! one box, allocated when the call has a time limit or at its first failure.
 
+mod hedge;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, PoisonError};
@@ -42,6 +44,8 @@ use crate::retry_policy::{Decision, Progress, RetryPolicy, debits_throttle, deci
 use crate::shared::{Shared, Spare};
 use crate::telemetry::{AttemptKind, CallTelemetry};
 
+use self::hedge::Hedges;
+
 /// The header that tells the server how many attempts came before this one (gRFC A6).
 const GRPC_PREVIOUS_RPC_ATTEMPTS: HeaderName =
     HeaderName::from_static("grpc-previous-rpc-attempts");
@@ -65,6 +69,8 @@ enum State<F> {
         #[pin]
         future: F,
     },
+    /// A hedged call's attempts are in flight.
+    Hedging { hedges: Pin<Box<Hedges<F>>> },
     /// Waiting for the backoff delay.
     Backoff,
     /// Waiting for the inner service to accept the next attempt.
@@ -191,6 +197,12 @@ where
         // The request is changed in place (its head is large: moving it costs more than the rest).
         let body = std::mem::replace(request.body_mut(), Body::empty());
         let mut body = CallBody::new(body, resolved.buffer_limit(), &shared.buffer_budget);
+        let hedging = resolved.hedging().cloned();
+        if let Some(hedging) = &hedging {
+            hedging.on_call();
+            // Before the first attempt reads the body: its readers must all be woken.
+            body.enable_hedging();
+        }
         *request.body_mut() = body.first_attempt();
         let slow = (timeout.is_some() || attempt_timeout.is_some()).then(|| {
             let mut slow = Slow::new(started);
@@ -208,9 +220,15 @@ where
             slow
         });
         let future = ready.call(request);
+        let state = match hedging {
+            None => State::Attempt { future },
+            Some(hedging) => State::Hedging {
+                hedges: Hedges::start(hedging, future, started),
+            },
+        };
         // Built in place: the future is large, and each move of it is a copy.
         ResponseFuture {
-            state: State::Attempt { future },
+            state,
             call: Call {
                 spare,
                 policy,
@@ -285,6 +303,11 @@ where
                             this.call.timed_out(now, failure)
                         }
                     }
+                }
+                StateProj::Hedging { hedges } => {
+                    let result = ready!(hedge::poll(hedges.as_mut(), this.call, cx));
+                    this.state.set(State::Done);
+                    return Poll::Ready(result);
                 }
                 StateProj::Backoff => {
                     if let Some(timer) = this.call.timer().as_pin_mut() {
