@@ -14,7 +14,7 @@ use prost::Message;
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_retry::backoff::ExponentialBackoff;
-use tonic_retry::{CallHistory, Retry, RetryLayer, RetryPolicy};
+use tonic_retry::{CallHistory, HedgingPolicy, Retry, RetryLayer, RetryPolicy};
 use tonic_retry_testkit::pb::echo_client::EchoClient;
 use tonic_retry_testkit::pb::{CountRequest, SayRequest};
 use tonic_retry_testkit::{Action, Method, RefusingServer, Script, ScriptedServer, lazy_channel};
@@ -498,6 +498,41 @@ async fn a_call_dropped_in_flight_is_cancelled() {
         retries: 0,
         transparent_retries: 0,
         hedges: 0,
+    }
+    .check(&recorder.snapshot());
+}
+
+/// A first attempt overtaken by a hedge: two attempts started, the loser recorded CANCELLED
+/// when the winner commits the call, one hedge and no retry.
+#[tokio::test]
+async fn a_hedged_call() {
+    let server = ScriptedServer::start(Script::new().say(Action::Hang).say(Action::Ok)).await;
+    let recorder = Recorder::new();
+    let hedging = HedgingPolicy::builder()
+        .max_attempts(3)
+        .delay(Duration::from_millis(20))
+        .non_fatal_codes([Code::Unavailable])
+        .build()
+        .unwrap();
+    let layer = layer(&recorder, RetryPolicy::hedged(hedging));
+    let mut client = client(lazy_channel(server.addr()), &layer);
+
+    let call = client.say(SayRequest::default());
+    let response = tokio::time::timeout(Duration::from_secs(10), call).await;
+
+    assert_eq!(
+        response.unwrap().unwrap().get_ref().attempt,
+        2,
+        "the hedge answered"
+    );
+    ExpectedCall {
+        method: SAY,
+        target: TARGET,
+        attempts: &["CANCELLED", "OK"],
+        status: "OK",
+        retries: 0,
+        transparent_retries: 0,
+        hedges: 1,
     }
     .check(&recorder.snapshot());
 }

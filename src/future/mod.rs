@@ -265,7 +265,8 @@ where
                     match this.spans.in_attempt(|| future.poll(cx)) {
                         Poll::Ready(Ok(response)) => match classify_response(response) {
                             Classified::Pass(mut response) => {
-                                let (on_ok, telemetry) = this.call.passed(&mut response);
+                                let started = this.call.attempt_started();
+                                let (on_ok, telemetry) = this.call.passed(&mut response, started);
                                 this.state.set(State::Done);
                                 return Poll::Ready(Ok(
                                     response.map(|body| ResponseBody::new(body, on_ok, telemetry))
@@ -566,6 +567,12 @@ impl<S> Call<S> {
         self.slow.as_ref().map(|slow| &slow.cold)
     }
 
+    /// When the attempt in flight started (the call's one, when it is not hedged).
+    fn attempt_started(&self) -> Instant {
+        self.cold()
+            .map_or(self.started, |cold| cold.attempt_started)
+    }
+
     fn deadline(&self) -> Option<Instant> {
         self.cold().and_then(|cold| cold.deadline)
     }
@@ -665,11 +672,9 @@ impl<S> Call<S> {
     fn passed<B>(
         &mut self,
         response: &mut Response<B>,
+        attempt_started: Instant,
     ) -> (Option<crate::RetryThrottle>, CallTelemetry) {
         self.body.commit();
-        let attempt_started = self
-            .cold()
-            .map_or(self.started, |cold| cold.attempt_started);
         let telemetry = self
             .telemetry
             .committed(attempt_started, response.headers());
