@@ -104,6 +104,8 @@ impl RetryLayer {
             gate_conflict: None,
             target: None,
             on_retry: None,
+            #[cfg(feature = "opentelemetry")]
+            telemetry: None,
         }
     }
 
@@ -216,6 +218,8 @@ pub struct RetryLayerBuilder {
     gate_conflict: Option<ConfigError>,
     target: Option<Arc<str>>,
     on_retry: Option<OnRetry>,
+    #[cfg(feature = "opentelemetry")]
+    telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 /// The settings that give a layer its one retry gate.
@@ -539,8 +543,64 @@ impl RetryLayerBuilder {
                 counters: Counters::default(),
                 gate,
                 on_retry: self.on_retry,
+                #[cfg(feature = "opentelemetry")]
+                telemetry: self.telemetry,
             }),
             target: self.target,
         })
+    }
+
+    /// Records gRPC's OpenTelemetry client metrics (gRFC A66 and A96) with `meter`, under the
+    /// names, units and bucket boundaries gRPC's own clients use, so that the dashboards of
+    /// grpc-go and grpc-java clients show tonic calls too. A layer without a meter records
+    /// nothing and pays one check per call.
+    ///
+    /// | instrument | kind, unit | attributes | recorded |
+    /// |---|---|---|---|
+    /// | `grpc.client.attempt.started` | counter, `{attempt}` | method, target | per attempt, as it starts |
+    /// | `grpc.client.attempt.duration` | histogram, `s` | method, target, status | per attempt, as it ends |
+    /// | `grpc.client.call.duration` | histogram, `s` | method, target, status | per call, as it ends |
+    /// | `grpc.client.call.retries` | histogram, `{retry}` | method, target | per call with retries |
+    /// | `grpc.client.call.transparent_retries` | histogram, `{transparent_retry}` | method, target | per call with transparent retries |
+    /// | `grpc.client.call.hedges` | histogram, `{hedge}` | method, target | per call with hedges |
+    /// | `grpc.client.call.retry_delay` | histogram, `s` | method, target | per call: the time no attempt was in flight |
+    ///
+    /// - `grpc.method` is `package.Service/Method` as a generated client names it (tonic's
+    ///   `GrpcMethod` request extension); a request without one (a hand-built path, a generic
+    ///   proxy) is recorded as `"other"`, as gRFC A66 records unregistered methods, so that
+    ///   arbitrary paths cannot grow the metrics' cardinality.
+    /// - `grpc.target` is the target of the call's [history](crate::CallHistory::target): the
+    ///   request's authority, else the layer's [`target`](Self::target) (or
+    ///   [`RetryLayer::with_target`]) label, else `"unknown"`.
+    /// - `grpc.status` is the code's name as gRPC writes it (`"OK"`, `"UNAVAILABLE"`, ...). A
+    ///   call ends when the caller gets its error, or when its response's trailers arrive: a
+    ///   streaming call is recorded when its stream ends. A response body that fails in the
+    ///   middle is recorded UNAVAILABLE (the transport broke under it), one that ends without a
+    ///   `grpc-status` UNKNOWN (as tonic reports it), and a call the caller drops before it ends
+    ///   (the response future, or the body before its trailers) CANCELLED, with its attempt.
+    ///
+    /// The histograms carry gRPC's bucket boundaries as advice: a view set in the SDK wins.
+    /// Requires the `opentelemetry` feature (the `opentelemetry` crate's metrics API, 0.33);
+    /// the [`Counters`](crate::Counters) stay as the dependency-free way to count.
+    ///
+    /// ```
+    /// use opentelemetry::metrics::MeterProvider;
+    /// use opentelemetry_sdk::metrics::SdkMeterProvider;
+    /// use tonic_retry::RetryLayer;
+    ///
+    /// // Your provider, with its exporter (OTLP, Prometheus...).
+    /// let provider = SdkMeterProvider::builder().build();
+    /// let layer = RetryLayer::builder()
+    ///     .target("orders.internal:443")
+    ///     .opentelemetry(provider.meter("tonic-retry"))
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
+    #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+    pub fn opentelemetry(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.telemetry = Some(crate::telemetry::Telemetry::new(&meter));
+        self
     }
 }

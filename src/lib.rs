@@ -36,6 +36,7 @@
 //! | log that a call succeeded after retries | the [`CallHistory`] in the response's extensions |
 //! | be told of every retry | [`RetryLayerBuilder::on_retry`] and [`RetryEvent`] |
 //! | count what the layer did | [`RetryLayer::metrics`] and [`Counters`] |
+//! | export gRPC's OpenTelemetry metrics (feature `opentelemetry`) | `RetryLayerBuilder::opentelemetry` |
 //! | find and replace dead connections | [`Keepalive`], [`endpoint::keepalive`], [`EvictingChannel`] |
 //! | resume a server stream that broke | [`ResumableStream`], [`ResumePolicy`] |
 //! | place the layer among interceptors, timeouts, limits, balancers | the [`guide`] |
@@ -58,6 +59,14 @@
 //! - [`FailureKind`] names what went wrong in an attempt, with a hint of what to check next. The
 //!   `tonic-retry-diagnose` crate walks a target's layers (name resolution, TCP, the HTTP/2 and
 //!   gRPC handshake, health and reflection) and names what fails with the same kinds.
+//!
+//! # Features
+//!
+//! - `backoff`: [`backoff::BackoffCrateSchedule`](crate::backoff), an adapter for the `backoff`
+//!   crate's `ExponentialBackoff` (unmaintained, RUSTSEC-2025-0012: kept off the core path).
+//! - `opentelemetry`: `RetryLayerBuilder::opentelemetry` records gRPC's OpenTelemetry client
+//!   metrics (gRFC A66 per attempt and per call, A96 for retries and hedges) with the
+//!   `opentelemetry` crate's metrics API. Off, a call carries nothing for it.
 //!
 //! [tonic]: https://docs.rs/tonic
 
@@ -85,6 +94,7 @@ mod resumable;
 mod retry_policy;
 mod service;
 mod shared;
+mod telemetry;
 mod throttle;
 
 pub use crate::config::ServiceConfig;
