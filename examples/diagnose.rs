@@ -14,7 +14,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tonic_retry_diagnose::{DiagnoseOptions, Diagnosis, Step};
+use tonic_retry_diagnose::verdict::Step;
+use tonic_retry_diagnose::{DiagnoseOptions, Diagnosis};
 
 const USAGE: &str =
     "usage: diagnose <uri> [package.Service[/Method]] [--timeout SECONDS]  (default 2 s a step)";

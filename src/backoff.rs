@@ -11,9 +11,14 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 
+// The adapter is a part of this module (not a sibling that this module re-exports), so the two
+// do not import each other.
+#[cfg(feature = "backoff")]
+mod backoff_crate;
+
 #[cfg(feature = "backoff")]
 #[cfg_attr(docsrs, doc(cfg(feature = "backoff")))]
-pub use crate::backoff_crate::BackoffCrateSchedule;
+pub use self::backoff_crate::BackoffCrateSchedule;
 
 /// A backoff schedule: the delay before each retry.
 ///

@@ -1,6 +1,12 @@
-//! Configuration errors: each names the field, the bad value, and what was expected.
+//! Configuration errors: each names the field, the bad value, and what was expected; and the
+//! error type of the retrying service.
 
 use std::fmt;
+
+/// The error type of the retrying service: tonic turns it back into a [`tonic::Status`].
+// Defined here, not at the crate root, so that the service and its future, which use it, do not
+// import the root that declares them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// An invalid retry configuration, rejected when the configuration is built.
 ///

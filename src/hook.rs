@@ -13,6 +13,8 @@ use crate::kind::FailureKind;
 ///
 /// The hook is called when the layer has decided to retry and chosen the delay, before it
 /// waits: not for the first attempt, not for a call that passes at once, not when it gives up.
+/// A hedge is not a retry: it is not reported here (count hedges with
+/// [`Counters::hedges`](crate::Counters::hedges)).
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};

@@ -6,6 +6,7 @@ use tower::Layer;
 
 use crate::backoff::Jitter;
 use crate::body::BufferBudget;
+use crate::config::{ServiceConfig, name_place};
 use crate::error::ConfigError;
 use crate::hook::OnRetry;
 use crate::metrics::Counters;
@@ -103,6 +104,8 @@ impl RetryLayer {
             gate_conflict: None,
             target: None,
             on_retry: None,
+            #[cfg(feature = "opentelemetry")]
+            telemetry: None,
         }
     }
 
@@ -215,11 +218,13 @@ pub struct RetryLayerBuilder {
     gate_conflict: Option<ConfigError>,
     target: Option<Arc<str>>,
     on_retry: Option<OnRetry>,
+    #[cfg(feature = "opentelemetry")]
+    telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 /// The settings that give a layer its one retry gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum GateSetting {
+enum GateSetting {
     Throttle,
     Budget,
     ServiceConfigThrottling,
@@ -304,22 +309,10 @@ impl RetryLayerBuilder {
         self
     }
 
-    /// A service config's default name (`{}`) at `place`.
-    pub(crate) fn service_config_default(mut self, policy: RetryPolicy, place: &str) -> Self {
-        self.policies.set_service_config_default(policy, place);
-        self
-    }
-
-    /// A service config was applied (see [`default_policy`](Self::default_policy)).
-    pub(crate) fn service_config_applied(mut self) -> Self {
-        self.policies.service_config_applied();
-        self
-    }
-
     /// Sets the retry gate, unless another setting already did: two settings for one gate are
     /// a conflict (the same setting twice replaces, as any setter does; a service config's is
     /// never replaced, since two configs that both throttle contradict each other).
-    pub(crate) fn set_gate(mut self, gate: RetryGate, setting: GateSetting) -> Self {
+    fn set_gate(mut self, gate: RetryGate, setting: GateSetting) -> Self {
         match &self.gate {
             Some((_, previous))
                 if *previous != setting || setting == GateSetting::ServiceConfigThrottling =>
@@ -366,25 +359,66 @@ impl RetryLayerBuilder {
         self
     }
 
-    /// Adds the policies and retry throttling of a gRPC service config (see
-    /// [`ServiceConfig::apply`](crate::ServiceConfig::apply)); validation happened when the config
-    /// was parsed. As in gRPC, calls the config does not name are then not retried, unless it
-    /// has a default name or [`default_policy`](Self::default_policy) is given (in any order).
+    /// Adds the policies and retry throttling of a gRPC service config; validation happened
+    /// when the config was parsed.
+    ///
+    /// The config's default name becomes the [`default_policy`](Self::default_policy), a service
+    /// name a [`service`](Self::service) policy, a method name a [`method`](Self::method)
+    /// policy. Each `retryPolicy` becomes a [`RetryPolicy`] (see
+    /// [`ConfigRetryPolicy::to_policy`](crate::service_config::ConfigRetryPolicy::to_policy));
+    /// an entry without one becomes [`RetryPolicy::no_retries`], as in gRPC. `retryThrottling`
+    /// becomes the layer's [`RetryThrottle`].
+    ///
+    /// Calls the config does not name are not retried, as in gRPC (they get
+    /// [`RetryPolicy::no_retries`], which keeps gRFC A6's transparent retry), unless the config
+    /// has a default name or the builder is given a [`default_policy`](Self::default_policy),
+    /// before or after: an explicit default wins over this fallback. Two settings for one thing
+    /// are errors from [`build`](Self::build), never silent overrides: a name also given to the
+    /// builder directly, the config's default name together with `default_policy`, or
+    /// `retryThrottling` together with [`throttle`](Self::throttle) or
+    /// [`budget`](Self::budget).
     ///
     /// ```
-    /// use tonic_retry::{RetryLayer, ServiceConfig};
+    /// use tonic_retry::{RetryLayer, RetryPolicy, ServiceConfig};
     ///
     /// let config: ServiceConfig = r#"{"methodConfig": [{
     ///     "name": [{"service": "helloworld.Greeter"}],
     ///     "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
     ///                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#
     ///     .parse()?;
-    /// let layer = RetryLayer::builder().service_config(&config).build()?;
+    /// // Calls to other services keep the crate's default policy rather than no retries.
+    /// let layer = RetryLayer::builder()
+    ///     .service_config(&config)
+    ///     .default_policy(RetryPolicy::default())
+    ///     .build()?;
     /// # let _ = layer;
     /// # Ok::<(), tonic_retry::ConfigError>(())
     /// ```
-    pub fn service_config(self, config: &crate::ServiceConfig) -> Self {
-        config.apply(self)
+    pub fn service_config(mut self, config: &ServiceConfig) -> Self {
+        // The builder reads the config, never the other way round: the config stays a plain
+        // description that knows nothing of layers.
+        for (entry, method_config) in config.method_configs().iter().enumerate() {
+            let policy = method_config.to_policy();
+            for (position, name) in method_config.names().iter().enumerate() {
+                match (name.service_name(), name.method_name()) {
+                    (None, _) => self
+                        .policies
+                        .set_service_config_default(policy.clone(), &name_place(entry, position)),
+                    (Some(service), None) => self.policies.insert_service(service, policy.clone()),
+                    (Some(service), Some(method)) => self
+                        .policies
+                        .insert_method(&format!("{service}/{method}"), policy.clone()),
+                }
+            }
+        }
+        if let Some(throttling) = config.retry_throttling() {
+            self = self.set_gate(
+                RetryGate::Throttle(throttling.to_throttle()),
+                GateSetting::ServiceConfigThrottling,
+            );
+        }
+        self.policies.service_config_applied();
+        self
     }
 
     /// Names where the calls go (such as `"orders.internal:443"` or the endpoint's URI), so that
@@ -509,8 +543,64 @@ impl RetryLayerBuilder {
                 counters: Counters::default(),
                 gate,
                 on_retry: self.on_retry,
+                #[cfg(feature = "opentelemetry")]
+                telemetry: self.telemetry,
             }),
             target: self.target,
         })
+    }
+
+    /// Records gRPC's OpenTelemetry client metrics (gRFC A66 and A96) with `meter`, under the
+    /// names, units and bucket boundaries gRPC's own clients use, so that the dashboards of
+    /// grpc-go and grpc-java clients show tonic calls too. A layer without a meter records
+    /// nothing and pays one check per call.
+    ///
+    /// | instrument | kind, unit | attributes | recorded |
+    /// |---|---|---|---|
+    /// | `grpc.client.attempt.started` | counter, `{attempt}` | method, target | per attempt, as it starts |
+    /// | `grpc.client.attempt.duration` | histogram, `s` | method, target, status | per attempt, as it ends |
+    /// | `grpc.client.call.duration` | histogram, `s` | method, target, status | per call, as it ends |
+    /// | `grpc.client.call.retries` | histogram, `{retry}` | method, target | per call with retries |
+    /// | `grpc.client.call.transparent_retries` | histogram, `{transparent_retry}` | method, target | per call with transparent retries |
+    /// | `grpc.client.call.hedges` | histogram, `{hedge}` | method, target | per call with hedges |
+    /// | `grpc.client.call.retry_delay` | histogram, `s` | method, target | per call: the time no attempt was in flight |
+    ///
+    /// - `grpc.method` is `package.Service/Method` as a generated client names it (tonic's
+    ///   `GrpcMethod` request extension); a request without one (a hand-built path, a generic
+    ///   proxy) is recorded as `"other"`, as gRFC A66 records unregistered methods, so that
+    ///   arbitrary paths cannot grow the metrics' cardinality.
+    /// - `grpc.target` is the target of the call's [history](crate::CallHistory::target): the
+    ///   request's authority, else the layer's [`target`](Self::target) (or
+    ///   [`RetryLayer::with_target`]) label, else `"unknown"`.
+    /// - `grpc.status` is the code's name as gRPC writes it (`"OK"`, `"UNAVAILABLE"`, ...). A
+    ///   call ends when the caller gets its error, or when its response's trailers arrive: a
+    ///   streaming call is recorded when its stream ends. A response body that fails in the
+    ///   middle is recorded UNAVAILABLE (the transport broke under it), one that ends without a
+    ///   `grpc-status` UNKNOWN (as tonic reports it), and a call the caller drops before it ends
+    ///   (the response future, or the body before its trailers) CANCELLED, with its attempt.
+    ///
+    /// The histograms carry gRPC's bucket boundaries as advice: a view set in the SDK wins.
+    /// Requires the `opentelemetry` feature (the `opentelemetry` crate's metrics API, 0.33);
+    /// the [`Counters`](crate::Counters) stay as the dependency-free way to count.
+    ///
+    /// ```
+    /// use opentelemetry::metrics::MeterProvider;
+    /// use opentelemetry_sdk::metrics::SdkMeterProvider;
+    /// use tonic_retry::RetryLayer;
+    ///
+    /// // Your provider, with its exporter (OTLP, Prometheus...).
+    /// let provider = SdkMeterProvider::builder().build();
+    /// let layer = RetryLayer::builder()
+    ///     .target("orders.internal:443")
+    ///     .opentelemetry(provider.meter("tonic-retry"))
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tonic_retry::ConfigError>(())
+    /// ```
+    #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+    pub fn opentelemetry(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.telemetry = Some(crate::telemetry::Telemetry::new(&meter));
+        self
     }
 }

@@ -36,6 +36,7 @@
 //! | log that a call succeeded after retries | the [`CallHistory`] in the response's extensions |
 //! | be told of every retry | [`RetryLayerBuilder::on_retry`] and [`RetryEvent`] |
 //! | count what the layer did | [`RetryLayer::metrics`] and [`Counters`] |
+//! | export gRPC's OpenTelemetry metrics (feature `opentelemetry`) | `RetryLayerBuilder::opentelemetry` |
 //! | find and replace dead connections | [`Keepalive`], [`endpoint::keepalive`], [`EvictingChannel`] |
 //! | resume a server stream that broke | [`ResumableStream`], [`ResumePolicy`] |
 //! | place the layer among interceptors, timeouts, limits, balancers | the [`guide`] |
@@ -59,14 +60,20 @@
 //!   `tonic-retry-diagnose` crate walks a target's layers (name resolution, TCP, the HTTP/2 and
 //!   gRPC handshake, health and reflection) and names what fails with the same kinds.
 //!
+//! # Features
+//!
+//! - `backoff`: [`backoff::BackoffCrateSchedule`](crate::backoff), an adapter for the `backoff`
+//!   crate's `ExponentialBackoff` (unmaintained, RUSTSEC-2025-0012: kept off the core path).
+//! - `opentelemetry`: `RetryLayerBuilder::opentelemetry` records gRPC's OpenTelemetry client
+//!   metrics (gRFC A66 per attempt and per call, A96 for retries and hedges) with the
+//!   `opentelemetry` crate's metrics API. Off, a call carries nothing for it.
+//!
 //! [tonic]: https://docs.rs/tonic
 
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backoff;
-#[cfg(feature = "backoff")]
-mod backoff_crate;
 mod body;
 mod classify;
 pub mod code;
@@ -87,11 +94,12 @@ mod resumable;
 mod retry_policy;
 mod service;
 mod shared;
+mod telemetry;
 mod throttle;
 
 pub use crate::config::ServiceConfig;
 pub use crate::connection::{EvictingChannel, Keepalive};
-pub use crate::error::ConfigError;
+pub use crate::error::{BoxError, ConfigError};
 pub use crate::future::ResponseFuture;
 pub use crate::history::{AttemptRecord, CallHistory, StopReason};
 pub use crate::hook::RetryEvent;
@@ -148,6 +156,3 @@ pub mod endpoint {
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
-
-/// The error type of the retrying service: tonic turns it back into a [`tonic::Status`].
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -10,6 +10,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use pin_project::pin_project;
 
 use crate::classify::GRPC_STATUS;
+use crate::telemetry::CallTelemetry;
 use crate::throttle::RetryThrottle;
 
 /// The body of a response that passed through [`Retry`](crate::Retry): the inner service's body,
@@ -24,11 +25,22 @@ pub struct ResponseBody<B> {
     inner: B,
     /// Credited once if the call ends with `grpc-status: 0`.
     on_ok: Option<RetryThrottle>,
+    /// The call's OpenTelemetry metrics, recorded when the trailers come (zero-sized without
+    /// the `opentelemetry` feature).
+    telemetry: CallTelemetry,
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn new(inner: B, on_ok: Option<RetryThrottle>) -> ResponseBody<B> {
-        ResponseBody { inner, on_ok }
+    pub(crate) fn new(
+        inner: B,
+        on_ok: Option<RetryThrottle>,
+        telemetry: CallTelemetry,
+    ) -> ResponseBody<B> {
+        ResponseBody {
+            inner,
+            on_ok,
+            telemetry,
+        }
     }
 
     /// The inner service's body.
@@ -54,12 +66,22 @@ impl<B: HttpBody> HttpBody for ResponseBody<B> {
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
-        if let Some(Ok(frame)) = &frame
-            && let Some(trailers) = frame.trailers_ref()
-            && ends_ok(trailers)
-            && let Some(throttle) = this.on_ok.take()
-        {
-            throttle.record_success();
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    if ends_ok(trailers)
+                        && let Some(throttle) = this.on_ok.take()
+                    {
+                        throttle.record_success();
+                    }
+                    this.telemetry.trailers(trailers);
+                }
+            }
+            // The body's error type is the inner service's: its code is out of sight. A stream
+            // that fails in the middle lost its transport, which gRPC reports as UNAVAILABLE.
+            Some(Err(_)) => this.telemetry.call_ended(tonic::Code::Unavailable),
+            // Ended without trailers (a no-op if they came): tonic reports UNKNOWN.
+            None => this.telemetry.call_ended(tonic::Code::Unknown),
         }
         Poll::Ready(frame)
     }

@@ -19,6 +19,9 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) gate: RetryGate,
     pub(crate) on_retry: Option<OnRetry>,
+    /// gRPC's OpenTelemetry instruments, if the layer was given a meter.
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 /// The per-service state every call of a [`Retry`](crate::Retry) holds a handle on.

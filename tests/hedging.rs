@@ -13,7 +13,9 @@ use tonic_retry::{
 };
 use tonic_retry_testkit::pb::echo_client::EchoClient;
 use tonic_retry_testkit::pb::{Chunk, SayRequest};
-use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, fnv1a64, lazy_channel};
+use tonic_retry_testkit::{
+    Action, Method, SCRIPT_KEY, Script, ScriptedServer, fnv1a64, lazy_channel,
+};
 use tower::ServiceBuilder;
 
 /// Every call of these tests ends well within this; a hung call fails the test instead.
@@ -187,7 +189,12 @@ async fn a_zero_delay_sends_every_attempt_at_once_and_keeps_the_first_answer() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(response.get_ref().attempt, 3);
+    assert_eq!(response.get_ref().text, "hedge me");
+    assert_eq!(
+        server.attempt_count_for(Method::Say),
+        3,
+        "all three went out at once"
+    );
     tokio::time::timeout(BOUND, server.wait_cancelled(2))
         .await
         .expect("both losers are cancelled");
@@ -406,15 +413,28 @@ async fn an_adaptive_delay_hedges_at_the_methods_own_tail() {
     for _ in 0..40 {
         client.say(say()).await.unwrap();
     }
-    assert_eq!(layer.metrics().hedges(), 0, "fast calls need no hedge");
+    // At the p90 of fast calls, about one fast call in ten is hedged too: that is the policy.
+    let hedges_before = layer.metrics().hedges();
 
-    server.push(Method::Say, Action::Hang);
-    let response = tokio::time::timeout(BOUND, client.say(say()))
+    // The call's first attempt hangs (its hedge, with the same key, finds no keyed action left;
+    // a cancelled hedge of an earlier call, with none, cannot take it).
+    server.push_keyed("tail", Method::Say, Action::Hang);
+    let mut request = Request::new(say());
+    request
+        .metadata_mut()
+        .insert(SCRIPT_KEY, "tail".parse().unwrap());
+    let response = tokio::time::timeout(BOUND, client.say(request))
         .await
         .expect("hedged after the learned delay, not the fixed one")
         .unwrap();
-    assert_eq!(response.get_ref().attempt, 42);
-    assert_eq!(layer.metrics().hedges(), 1);
+    let attempts = server.attempts_keyed("tail");
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(
+        response.get_ref().attempt,
+        attempts[1].number,
+        "the hedge answered"
+    );
+    assert_eq!(layer.metrics().hedges(), hedges_before + 1);
 }
 
 #[tokio::test]
@@ -435,4 +455,58 @@ async fn the_extra_load_cap_holds_hedges_to_a_fraction_of_calls() {
     // One hedge to start with, then one per ten calls.
     assert!((1..=6).contains(&hedges), "{hedges} hedges for 50 calls");
     assert_eq!(layer.metrics().attempts(), 50 + hedges);
+}
+
+#[tokio::test]
+async fn a_request_that_outgrows_the_buffer_while_hedged_is_sent_whole_by_one_attempt() {
+    let server = ScriptedServer::start(Script::new().record_payloads(true)).await;
+    // Both attempts at once; the request is 16 times the replay buffer.
+    let policy = RetryPolicyBuilder::from(RetryPolicy::hedged(hedging(2, Duration::ZERO)))
+        .buffer_limit(4 * 1024)
+        .build()
+        .unwrap();
+    let layer = layer(policy);
+    let mut client = client(&server, &layer);
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(1);
+    let chunks: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 1024]).collect();
+    let expected: Vec<u8> = chunks.concat();
+    let sender = tokio::spawn(async move {
+        for data in chunks {
+            tx.send(Chunk { data: data.into() }).await.unwrap();
+        }
+    });
+    let reply = tokio::time::timeout(BOUND, client.collect(Request::new(tokio_stream_from(rx))))
+        .await
+        .expect("the attempt that read furthest goes on alone")
+        .unwrap()
+        .into_inner();
+    sender.await.unwrap();
+    assert_eq!(reply.chunks, 64);
+    assert_eq!(reply.checksum, fnv1a64(&expected));
+    assert_eq!(server.attempt_count_for(Method::Collect), 2);
+}
+
+#[tokio::test]
+async fn a_service_config_hedging_policy_hedges_its_method() {
+    let server = ScriptedServer::start(Script::new().say(Action::Hang).say(Action::Ok)).await;
+    let config = tonic_retry::ServiceConfig::from_json(
+        r#"{"methodConfig": [{
+            "name": [{"service": "tonic_retry.test.Echo", "method": "Say"}],
+            "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.02s"}
+        }]}"#,
+    )
+    .unwrap();
+    let layer = RetryLayer::builder()
+        .service_config(&config)
+        .build()
+        .unwrap();
+    let mut client = client(&server, &layer);
+
+    let response = tokio::time::timeout(BOUND, client.say(say()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.get_ref().attempt, 2);
+    assert_eq!(layer.metrics().hedges(), 1);
 }

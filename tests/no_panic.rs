@@ -15,7 +15,8 @@ use tonic_retry::code::{CodeSet, code_from_name, code_name};
 use tonic_retry::policy::MAX_ATTEMPTS_LIMIT;
 use tonic_retry::service_config::{ConfigRetryPolicy, ConfigThrottling, MethodConfig, MethodName};
 use tonic_retry::{
-    ConfigError, ResumePolicy, RetryLayer, RetryPolicy, RetryThrottle, ServiceConfig,
+    ConfigError, HedgingPolicy, ResumePolicy, RetryLayer, RetryPolicy, RetryPolicyBuilder,
+    RetryThrottle, ServiceConfig,
 };
 
 fn duration() -> impl Strategy<Value = Duration> {
@@ -146,7 +147,7 @@ fn config_json() -> impl Strategy<Value = Value> {
         duration_text.clone(),
         duration_text.clone(),
         number.clone(),
-        prop::collection::vec(code, 1..3),
+        prop::collection::vec(code.clone(), 1..3),
     )
         .prop_map(|(attempts, initial, max, multiplier, codes)| {
             json!({
@@ -156,6 +157,21 @@ fn config_json() -> impl Strategy<Value = Value> {
                 "backoffMultiplier": multiplier,
                 "retryableStatusCodes": codes,
             })
+        });
+    let hedging = (
+        number.clone(),
+        prop::option::of(duration_text.clone()),
+        prop::option::of(prop::collection::vec(code, 0..3)),
+    )
+        .prop_map(|(attempts, delay, codes)| {
+            let mut hedging = json!({ "maxAttempts": attempts });
+            if let Some(delay) = delay {
+                hedging["hedgingDelay"] = delay;
+            }
+            if let Some(codes) = codes {
+                hedging["nonFatalStatusCodes"] = Value::from(codes);
+            }
+            hedging
         });
     let name = prop_oneof![
         1 => Just(json!({})),
@@ -167,12 +183,16 @@ fn config_json() -> impl Strategy<Value = Value> {
     let entry = (
         prop::collection::vec(name, 1..3),
         prop::option::of(policy),
+        prop::option::of(hedging),
         prop::option::of(duration_text),
     )
-        .prop_map(|(names, policy, timeout)| {
+        .prop_map(|(names, policy, hedging, timeout)| {
             let mut entry = json!({ "name": names });
             if let Some(policy) = policy {
                 entry["retryPolicy"] = policy;
+            }
+            if let Some(hedging) = hedging {
+                entry["hedgingPolicy"] = hedging;
             }
             if let Some(timeout) = timeout {
                 entry["timeout"] = timeout;
@@ -275,6 +295,42 @@ proptest! {
                     .service("pkg.Svc", policy.clone())
                     .method("pkg.Svc/M", policy)
                     .build();
+                prop_assert!(layer.is_ok());
+            }
+            Err(err) => prop_assert!(well_formed(&err), "{err:?}"),
+        }
+    }
+
+    #[test]
+    fn hedging_policy_builder(
+        attempts in count(),
+        delay in duration(),
+        codes in codes(),
+        percentile in float(),
+        extra_load in float(),
+        adaptive: bool,
+        capped: bool,
+    ) {
+        let mut builder = HedgingPolicy::builder()
+            .max_attempts(attempts)
+            .delay(delay)
+            .non_fatal_codes(codes);
+        if adaptive {
+            builder = builder.adaptive_delay(percentile);
+        }
+        if capped {
+            builder = builder.max_extra_load(extra_load);
+        }
+        match builder.build() {
+            Ok(hedging) => {
+                prop_assert!((2..=5).contains(&hedging.max_attempts()));
+                prop_assert!(!hedging.non_fatal_codes().contains(Code::Ok));
+                let policy = RetryPolicy::hedged(hedging.clone());
+                let with_deadline = RetryPolicyBuilder::from(policy.clone())
+                    .call_timeout(delay.max(Duration::from_nanos(1)))
+                    .build();
+                prop_assert!(with_deadline.is_ok());
+                let layer = RetryLayer::builder().default_policy(policy).build();
                 prop_assert!(layer.is_ok());
             }
             Err(err) => prop_assert!(well_formed(&err), "{err:?}"),

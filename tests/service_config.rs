@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 use tonic_retry::code::CodeSet;
 use tonic_retry::service_config::{ConfigRetryPolicy, ConfigThrottling, MethodConfig, MethodName};
-use tonic_retry::{ConfigError, RetryLayer, ServiceConfig};
+use tonic_retry::{ConfigError, HedgingPolicy, RetryLayer, ServiceConfig};
 
 /// gRFC A6, "Integration with Service Config": the retry policy example.
 const A6_RETRY_POLICY: &str = r#"{
@@ -660,18 +660,123 @@ fn max_attempts_never_exceeds_the_limit() {
     assert_eq!(err.field(), "max_attempts");
 }
 
+/// gRFC A6, "Integration with Service Config": the hedging policy example.
+const A6_HEDGING_POLICY: &str = r#"{
+  "methodConfig": [
+    {
+      "name": [{ "service": "grpc.testing.TestService" }],
+      "hedgingPolicy": {
+        "maxAttempts": 4,
+        "hedgingDelay": "0.5s",
+        "nonFatalStatusCodes": ["UNAVAILABLE", "INTERNAL", "ABORTED"]
+      }
+    }
+  ]
+}"#;
+
 #[test]
-fn hedging_policy_is_ignored_with_a_warning() {
+fn a6_hedging_policy_example_parses() {
+    let config = ServiceConfig::from_json(A6_HEDGING_POLICY).unwrap();
+    let entry = &config.method_configs()[0];
+    assert_eq!(entry.retry_policy(), None);
+    let hedging = entry.hedging_policy().unwrap();
+    assert_eq!(hedging.max_attempts(), 4);
+    assert_eq!(hedging.delay(), Duration::from_millis(500));
+    assert_eq!(
+        hedging.non_fatal_codes(),
+        CodeSet::of(&[Code::Unavailable, Code::Internal, Code::Aborted])
+    );
+    let policy = entry.to_policy();
+    assert_eq!(policy.hedging(), Some(hedging));
+    assert_eq!(policy.max_attempts(), 1, "a hedged call is not retried");
+    assert_eq!(
+        ServiceConfig::from_json(&config.to_json()).unwrap(),
+        config,
+        "round trip"
+    );
+
+    // Only maxAttempts is required; the delay defaults to zero, as in A6.
     let json = json!({"methodConfig": [{
         "name": [{"service": "pkg.Svc"}],
-        "hedgingPolicy": {"maxAttempts": 3, "hedgingDelay": "0.5s"}
+        "timeout": "2s",
+        "hedgingPolicy": {"maxAttempts": 2}
+    }]})
+    .to_string();
+    let config = ServiceConfig::from_json(&json).unwrap();
+    let policy = config.method_configs()[0].to_policy();
+    assert_eq!(policy.hedging().unwrap().delay(), Duration::ZERO);
+    assert_eq!(policy.call_timeout(), Some(Duration::from_secs(2)));
+}
+
+#[test]
+fn bad_hedging_policies_name_the_exact_path() {
+    let cases = [
+        (json!({}), "methodConfig[0].hedgingPolicy.maxAttempts"),
+        (
+            json!({"maxAttempts": 1}),
+            "methodConfig[0].hedgingPolicy.maxAttempts",
+        ),
+        (
+            json!({"maxAttempts": "3"}),
+            "methodConfig[0].hedgingPolicy.maxAttempts",
+        ),
+        (
+            json!({"maxAttempts": 3, "hedgingDelay": "-1s"}),
+            "methodConfig[0].hedgingPolicy.hedgingDelay",
+        ),
+        (
+            json!({"maxAttempts": 3, "nonFatalStatusCodes": ["OK"]}),
+            "methodConfig[0].hedgingPolicy.nonFatalStatusCodes[0]",
+        ),
+        (
+            json!({"maxAttempts": 3, "nonFatalStatusCodes": ["NOPE"]}),
+            "methodConfig[0].hedgingPolicy.nonFatalStatusCodes[0]",
+        ),
+        (json!([]), "methodConfig[0].hedgingPolicy"),
+    ];
+    for (policy, path) in cases {
+        let json = json!({"methodConfig": [{
+            "name": [{"service": "pkg.Svc"}],
+            "hedgingPolicy": policy
+        }]})
+        .to_string();
+        assert_eq!(parse_err(&json).field(), path, "{json}");
+    }
+}
+
+#[test]
+fn a_method_with_both_a_retry_and_a_hedging_policy_is_rejected_by_name() {
+    let json = json!({"methodConfig": [{
+        "name": [{"service": "pkg.Svc", "method": "Get"}],
+        "retryPolicy": good_policy(),
+        "hedgingPolicy": {"maxAttempts": 3}
+    }]})
+    .to_string();
+    let err = parse_err(&json);
+    assert_eq!(err.field(), "methodConfig[0]");
+    assert!(err.to_string().contains("pkg.Svc/Get"), "{err}");
+    assert!(err.to_string().contains("not both"), "{err}");
+}
+
+#[test]
+fn hedged_max_attempts_above_five_are_capped_with_a_warning() {
+    let json = json!({"methodConfig": [{
+        "name": [{"service": "pkg.Svc"}],
+        "hedgingPolicy": {"maxAttempts": 9}
     }]})
     .to_string();
     let (config, logs) = with_logs(|| ServiceConfig::from_json(&json).unwrap());
-    assert_eq!(config.method_configs()[0].retry_policy(), None);
-    assert!(
-        logs.contains("methodConfig[0].hedgingPolicy is ignored"),
-        "{logs}"
+    let hedging = config.method_configs()[0].hedging_policy().unwrap();
+    assert_eq!(hedging.max_attempts(), 5);
+    assert!(logs.contains("capped"), "{logs}");
+    // Even when the caller raised the retry cap: five attempts at once is A6's limit.
+    let config = ServiceConfig::from_json_with_cap(&json, 50).unwrap();
+    assert_eq!(
+        config.method_configs()[0]
+            .hedging_policy()
+            .unwrap()
+            .max_attempts(),
+        5
     );
 }
 
@@ -1189,12 +1294,29 @@ fn arb_policy() -> impl Strategy<Value = ConfigRetryPolicy> {
         })
 }
 
+fn arb_hedging() -> impl Strategy<Value = HedgingPolicy> {
+    (
+        2..=5u32,
+        0..10_000_000_000u64,
+        prop::collection::vec(1..=16i32, 0..4),
+    )
+        .prop_map(|(attempts, delay, codes)| {
+            HedgingPolicy::builder()
+                .max_attempts(attempts)
+                .delay(Duration::from_nanos(delay))
+                .non_fatal_codes(codes.into_iter().map(Code::from))
+                .build()
+                .unwrap()
+        })
+}
+
 fn arb_config() -> impl Strategy<Value = ServiceConfig> {
     (
         prop::collection::vec(
             (
                 prop::collection::vec(arb_name(), 1..4),
                 prop::option::of(arb_policy()),
+                prop::option::of(arb_hedging()),
                 prop::option::of(1..100_000_000_000u64),
             ),
             0..4,
@@ -1203,7 +1325,7 @@ fn arb_config() -> impl Strategy<Value = ServiceConfig> {
     )
         .prop_map(|(entries, throttling)| {
             let mut config = ServiceConfig::new();
-            for (names, policy, timeout) in entries {
+            for (names, policy, hedging, timeout) in entries {
                 let mut unique: Vec<MethodName> = Vec::new();
                 for name in names {
                     if !unique.contains(&name) && is_free(&config, &name) {
@@ -1215,6 +1337,9 @@ fn arb_config() -> impl Strategy<Value = ServiceConfig> {
                 };
                 if let Some(policy) = policy {
                     entry = entry.with_retry_policy(policy);
+                }
+                if let Some(hedging) = hedging {
+                    entry = entry.with_hedging_policy(hedging);
                 }
                 if let Some(nanos) = timeout {
                     entry = entry.with_timeout(Duration::from_nanos(nanos)).unwrap();

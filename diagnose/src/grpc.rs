@@ -16,11 +16,13 @@ use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::report::{
-    HandshakeVerdict, HealthVerdict, ReflectionVerdict, ReflectionVersion, TargetVerdict, clean,
-};
+use crate::input::{Endpoint, Target};
 use crate::sniff::{Sniffed, sniff};
-use crate::{Endpoint, Target};
+use crate::text::clean;
+use crate::verdict::{
+    GrpcChecks, HandshakeVerdict, HealthVerdict, ReflectionVerdict, ReflectionVersion,
+    TargetVerdict,
+};
 use tonic_retry::FailureKind;
 
 /// The service the handshake probe calls when no target is named: no server has it.
@@ -29,16 +31,6 @@ const PROBE_SERVICE: &str = "tonic_retry.diagnose.NoSuchService";
 const PROBE_METHOD: &str = "TonicRetryDiagnoseNoSuchMethod";
 /// At most this many file descriptors are read from one reflection answer.
 const MAX_DESCRIPTORS: usize = 64;
-
-/// What the gRPC layers found.
-#[derive(Debug)]
-pub(super) struct GrpcChecks {
-    pub(super) handshake: HandshakeVerdict,
-    pub(super) health: HealthVerdict,
-    pub(super) service_health: Option<HealthVerdict>,
-    pub(super) reflection: ReflectionVerdict,
-    pub(super) target: Option<TargetVerdict>,
-}
 
 impl GrpcChecks {
     fn skipped(reason: &str, target: Option<&Target>) -> GrpcChecks {
@@ -52,7 +44,7 @@ impl GrpcChecks {
     }
 }
 
-pub(super) async fn run(
+pub(crate) async fn run(
     endpoint: &Endpoint,
     connected: Option<SocketAddr>,
     target: Option<&Target>,

@@ -7,14 +7,16 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use crate::Endpoint;
-use crate::report::ResolveVerdict;
+use crate::input::Endpoint;
+use crate::text::clean;
+use crate::verdict::ResolveVerdict;
 
 /// The future a [`Resolve`] returns: every address of the name, or the resolver's error.
 pub type ResolveFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>>;
 
 /// Resolves a host name to socket addresses. The diagnosis uses [`SystemResolver`] unless told
-/// otherwise ([`DiagnoseOptions::resolver`](crate::DiagnoseOptions::resolver)).
+/// otherwise ([`DiagnoseOptions::resolver`](crate::DiagnoseOptions::resolver)); the resolvers
+/// that come with this crate are in [`resolver`](crate::resolver).
 pub trait Resolve: fmt::Debug + Send + Sync {
     /// Every address of `host` (a name, never an IP literal), with `port`.
     fn resolve<'a>(&'a self, host: &'a str, port: u16) -> ResolveFuture<'a>;
@@ -67,7 +69,7 @@ impl Resolve for StaticResolver {
     }
 }
 
-pub(super) async fn run(
+pub(crate) async fn run(
     endpoint: &Endpoint,
     resolver: &dyn Resolve,
     step: Duration,
@@ -82,7 +84,7 @@ pub(super) async fn run(
     let started = Instant::now();
     match tokio::time::timeout(step, resolver.resolve(&endpoint.host, endpoint.port)).await {
         Err(_) => ResolveVerdict::TimedOut(step),
-        Ok(Err(error)) => ResolveVerdict::Failed(crate::report::clean(&error.to_string(), 300)),
+        Ok(Err(error)) => ResolveVerdict::Failed(clean(&error.to_string(), 300)),
         Ok(Ok(found)) => {
             let mut addrs: Vec<SocketAddr> = Vec::new();
             for addr in found {

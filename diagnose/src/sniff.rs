@@ -12,7 +12,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::report::{OtherProtocol, clean};
+use crate::text::clean;
+use crate::verdict::OtherProtocol;
 
 /// The client connection preface (RFC 9113 §3.4), followed by an empty SETTINGS frame.
 const CLIENT_PREFACE: &[u8] =

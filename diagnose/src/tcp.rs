@@ -5,13 +5,14 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use crate::MAX_ADDRESSES;
-use crate::report::{TcpCheck, TcpVerdict, clean};
+use crate::text::clean;
+use crate::verdict::{TcpCheck, TcpVerdict};
 use tonic_retry::FailureKind;
 
-pub(super) async fn run(addrs: &[SocketAddr], step: Duration) -> Vec<TcpCheck> {
+/// Connects to each of `addrs` at once (the caller bounds how many), each within `step`.
+pub(crate) async fn run(addrs: &[SocketAddr], step: Duration) -> Vec<TcpCheck> {
     let mut tasks = tokio::task::JoinSet::new();
-    for (index, &addr) in addrs.iter().take(MAX_ADDRESSES).enumerate() {
+    for (index, &addr) in addrs.iter().enumerate() {
         tasks.spawn(async move { (index, addr, connect(addr, step).await) });
     }
     let mut checks: Vec<(usize, TcpCheck)> = Vec::with_capacity(tasks.len());

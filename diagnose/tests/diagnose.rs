@@ -12,10 +12,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use tonic_retry::FailureKind;
-use tonic_retry_diagnose::{
-    DiagnoseOptions, Diagnosis, HandshakeVerdict, HealthVerdict, ReflectionVerdict,
-    ReflectionVersion, Report, ResolveVerdict, StaticResolver, Step, TargetVerdict, TcpVerdict,
+use tonic_retry_diagnose::resolver::StaticResolver;
+use tonic_retry_diagnose::verdict::{
+    HandshakeVerdict, HealthVerdict, ReflectionVerdict, ReflectionVersion, ResolveVerdict, Step,
+    TargetVerdict, TcpVerdict,
 };
+use tonic_retry_diagnose::{DiagnoseOptions, Diagnosis, Report};
 use tonic_retry_testkit::{Script, ScriptedServer, unused_addr};
 
 /// Short steps: everything here is on loopback.
@@ -346,7 +348,7 @@ async fn raw_peer(peer: Peer) -> std::net::SocketAddr {
 
 #[tokio::test(start_paused = true)]
 async fn a_peer_that_does_not_speak_http2() {
-    use tonic_retry_diagnose::OtherProtocol;
+    use tonic_retry_diagnose::verdict::OtherProtocol;
     let cases: [(&[u8], OtherProtocol); 4] = [
         (
             b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",

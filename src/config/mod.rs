@@ -2,7 +2,10 @@
 //! `timeout`, and the top-level `retryThrottling` of gRFC A6.
 //!
 //! Parsing lives in `parse`, writing in `write`, protobuf JSON durations in `duration`; this file
-//! holds the typed configuration and its conversion into a [`RetryLayerBuilder`].
+//! holds the typed configuration. It knows nothing of the layer: the layer's builder reads a
+//! config through its accessors
+//! ([`RetryLayerBuilder::service_config`](crate::RetryLayerBuilder::service_config)), so the
+//! dependency goes one way, layer to config.
 
 mod duration;
 mod parse;
@@ -18,12 +21,11 @@ use tonic::Code;
 use crate::backoff::ExponentialBackoff;
 use crate::code::CodeSet;
 use crate::error::ConfigError;
-use crate::layer::{GateSetting, RetryLayerBuilder};
 use crate::retry_policy::{
-    DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, RetryPolicy, RetryPolicyBuilder, validate_method,
+    DEFAULT_MAX_ATTEMPTS, HedgingPolicy, MAX_ATTEMPTS_LIMIT, RetryPolicy, validate_method,
     validate_service,
 };
-use crate::throttle::{RetryGate, RetryThrottle, bucket_settings};
+use crate::throttle::{RetryThrottle, bucket_settings};
 
 use self::duration::{MAX_DURATION, format_duration};
 
@@ -31,7 +33,7 @@ use self::duration::{MAX_DURATION, format_duration};
 /// `WithDefaultServiceConfig` or from their name resolver, typed and validated.
 ///
 /// Paste the config your other clients use and give it to
-/// [`RetryLayerBuilder::service_config`]:
+/// [`RetryLayerBuilder::service_config`](crate::RetryLayerBuilder::service_config):
 ///
 /// ```
 /// use tonic_retry::{RetryLayer, ServiceConfig};
@@ -82,16 +84,20 @@ use self::duration::{MAX_DURATION, format_duration};
 ///   decimal places (gRFC A6), each at least 0.001: the validation of [`RetryThrottle::new`],
 ///   so that a config that parses always builds.
 /// - A call no name matches (and no default name `{}`) is not retried, as in gRPC, unless the
-///   builder is given a [`default_policy`](RetryLayerBuilder::default_policy): see
-///   [`apply`](Self::apply).
+///   builder is given a [`default_policy`](crate::RetryLayerBuilder::default_policy): see
+///   [`RetryLayerBuilder::service_config`](crate::RetryLayerBuilder::service_config).
 /// - Durations are protobuf JSON strings: `"1s"`, `"0.1s"`, `".01s"`, `"1.000000001s"`; at most
 ///   nine fractional digits, a final `s`, never negative. Codes are names in any case
 ///   (`"UNAVAILABLE"`, `"unavailable"`) or numbers 1..=16.
 /// - Unknown fields are ignored, at every level, as grpc-go ignores them: real configs carry
 ///   `loadBalancingConfig`, `waitForReady`, `maxRequestMessageBytes`, `perAttemptRecvTimeout`
 ///   and more. Fields are matched as grpc-go's JSON decoder matches them: by exact name, else
-///   ignoring ASCII case (`"MaxAttempts"` works); `null` is the same as absent. A
-///   `hedgingPolicy` is ignored with a warning: this crate does not hedge.
+///   ignoring ASCII case (`"MaxAttempts"` works); `null` is the same as absent.
+/// - `hedgingPolicy` (gRFC A6): `maxAttempts` >= 2, required, capped at 5 like a retry policy's
+///   (and never above [`MAX_HEDGED_ATTEMPTS`](crate::policy::MAX_HEDGED_ATTEMPTS)),
+///   `hedgingDelay` (default `"0s"`: every attempt at once) and `nonFatalStatusCodes` (default
+///   none), read into a [`HedgingPolicy`]. An entry with both a `retryPolicy` and a
+///   `hedgingPolicy` is an error naming the entry (gRFC A6 allows one or the other).
 ///
 /// Every error is a [`ConfigError`] whose [`field`](ConfigError::field) is the exact path, such as
 /// `methodConfig[2].retryPolicy.backoffMultiplier`.
@@ -241,69 +247,10 @@ impl ServiceConfig {
         self.lookup(path).and_then(MethodConfig::timeout)
     }
 
-    /// Adds every named policy to `builder`: the default name becomes
-    /// [`default_policy`](RetryLayerBuilder::default_policy), a service name
-    /// [`service`](RetryLayerBuilder::service), a method name
-    /// [`method`](RetryLayerBuilder::method). Each `retryPolicy` becomes a [`RetryPolicy`] (see
-    /// [`ConfigRetryPolicy::to_policy`]); an entry without one becomes
-    /// [`RetryPolicy::no_retries`], as in gRPC. `retryThrottling` becomes the builder's
-    /// [`RetryThrottle`].
-    ///
-    /// Calls the config does not name are not retried, as in gRPC (they get
-    /// [`RetryPolicy::no_retries`], which keeps gRFC A6's transparent retry), unless the config
-    /// has a default name or the builder is given a
-    /// [`default_policy`](RetryLayerBuilder::default_policy), before or after: an explicit
-    /// default wins over this fallback. Two settings for one thing are errors from
-    /// [`build`](RetryLayerBuilder::build), never silent overrides: a name also given to the
-    /// builder directly, the config's default name together with `default_policy`, or
-    /// `retryThrottling` together with [`throttle`](RetryLayerBuilder::throttle) or
-    /// [`budget`](RetryLayerBuilder::budget).
-    ///
-    /// ```
-    /// use tonic_retry::{RetryLayer, RetryPolicy, ServiceConfig};
-    ///
-    /// let config: ServiceConfig = r#"{"methodConfig": [{
-    ///     "name": [{"service": "helloworld.Greeter"}],
-    ///     "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
-    ///                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#
-    ///     .parse()?;
-    /// // Calls to other services keep the crate's default policy rather than no retries.
-    /// let layer = RetryLayer::builder()
-    ///     .service_config(&config) // the same as config.apply(builder)
-    ///     .default_policy(RetryPolicy::default())
-    ///     .build()?;
-    /// # let _ = layer;
-    /// # Ok::<(), tonic_retry::ConfigError>(())
-    /// ```
-    pub fn apply(&self, mut builder: RetryLayerBuilder) -> RetryLayerBuilder {
-        for (i, config) in self.method_configs.iter().enumerate() {
-            let policy = config.to_policy();
-            for (j, name) in config.names.iter().enumerate() {
-                builder = match (&name.service, &name.method) {
-                    (None, _) => builder.service_config_default(
-                        policy.clone(),
-                        &format!("methodConfig[{i}].name[{j}]"),
-                    ),
-                    (Some(service), None) => builder.service(service, policy.clone()),
-                    (Some(service), Some(method)) => {
-                        builder.method(&format!("{service}/{method}"), policy.clone())
-                    }
-                };
-            }
-        }
-        if let Some(throttling) = self.retry_throttling {
-            builder = builder.set_gate(
-                RetryGate::Throttle(throttling.to_throttle()),
-                GateSetting::ServiceConfigThrottling,
-            );
-        }
-        builder.service_config_applied()
-    }
-
     /// Where `name` is used, as a path.
     fn place_of(&self, name: &MethodName) -> Option<String> {
-        let (i, j) = self.places.get(name)?;
-        Some(format!("methodConfig[{i}].name[{j}]"))
+        let &(entry, position) = self.places.get(name)?;
+        Some(name_place(entry, position))
     }
 
     /// Adds an entry whose names are known to be new to the config.
@@ -323,6 +270,11 @@ impl FromStr for ServiceConfig {
     fn from_str(json: &str) -> Result<ServiceConfig, ConfigError> {
         ServiceConfig::from_json(json)
     }
+}
+
+/// The path of a name in a config, `methodConfig[entry].name[position]`, as errors give it.
+pub(crate) fn name_place(entry: usize, position: usize) -> String {
+    format!("methodConfig[{entry}].name[{position}]")
 }
 
 fn duplicate(name: &MethodName, first: &str) -> ConfigError {
@@ -361,6 +313,7 @@ fn duplicate(name: &MethodName, first: &str) -> ConfigError {
 pub struct MethodConfig {
     names: Vec<MethodName>,
     retry_policy: Option<ConfigRetryPolicy>,
+    hedging_policy: Option<HedgingPolicy>,
     timeout: Option<Duration>,
 }
 
@@ -385,13 +338,24 @@ impl MethodConfig {
         Ok(MethodConfig {
             names,
             retry_policy: None,
+            hedging_policy: None,
             timeout: None,
         })
     }
 
-    /// Sets the retry policy.
+    /// Sets the retry policy (and drops any hedging policy: gRFC A6 gives a method one or the
+    /// other).
     pub fn with_retry_policy(mut self, policy: ConfigRetryPolicy) -> MethodConfig {
         self.retry_policy = Some(policy);
+        self.hedging_policy = None;
+        self
+    }
+
+    /// Sets the hedging policy (`hedgingPolicy`), and drops any retry policy: gRFC A6 gives a
+    /// method one or the other.
+    pub fn with_hedging_policy(mut self, policy: HedgingPolicy) -> MethodConfig {
+        self.hedging_policy = Some(policy);
+        self.retry_policy = None;
         self
     }
 
@@ -413,25 +377,27 @@ impl MethodConfig {
         self.retry_policy.as_ref()
     }
 
+    /// The hedging policy, if the calls are hedged.
+    pub fn hedging_policy(&self) -> Option<&HedgingPolicy> {
+        self.hedging_policy.as_ref()
+    }
+
     /// The per-call default timeout (`timeout`), if set.
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
     }
 
-    /// The [`RetryPolicy`] for these calls: the retry policy's, or
-    /// [`RetryPolicy::no_retries`] when there is none, with the `timeout` as its call timeout.
+    /// The [`RetryPolicy`] for these calls: the retry policy's, [`RetryPolicy::hedged`] with the
+    /// hedging policy, or [`RetryPolicy::no_retries`] when there is neither, with the `timeout`
+    /// as its call timeout.
     pub fn to_policy(&self) -> RetryPolicy {
-        let policy = self
-            .retry_policy
-            .as_ref()
-            .map_or_else(RetryPolicy::no_retries, ConfigRetryPolicy::to_policy);
-        match self.timeout {
-            Some(timeout) => RetryPolicyBuilder::from(policy)
-                .call_timeout(timeout)
-                .build()
-                .unwrap_or_else(|err| unreachable!("validated by MethodConfig: {err}")),
-            None => policy,
-        }
+        let policy = match (&self.retry_policy, &self.hedging_policy) {
+            (_, Some(hedging)) => RetryPolicy::hedged(hedging.clone()),
+            (Some(retry), None) => retry.to_policy(),
+            (None, None) => RetryPolicy::no_retries(),
+        };
+        // `with_timeout` and the parser checked the timeout as the policy builder would.
+        policy.with_call_timeout(self.timeout)
     }
 }
 
@@ -630,7 +596,7 @@ impl ConfigRetryPolicy {
     /// The [`RetryPolicy`]: these attempts, an [`ExponentialBackoff`] with A6 jitter, these
     /// retryable codes. The fail-fast codes (UNIMPLEMENTED, PERMISSION_DENIED, UNAUTHENTICATED)
     /// still fail fast even when listed as retryable, exactly as with
-    /// [`RetryPolicyBuilder::retryable_codes`]: retrying cannot fix a missing method or a caller
+    /// [`RetryPolicyBuilder::retryable_codes`](crate::RetryPolicyBuilder::retryable_codes): retrying cannot fix a missing method or a caller
     /// who is not allowed. Such a listing is left out of the policy's retryable codes with a
     /// `tracing` warning, never dropped silently.
     pub fn to_policy(&self) -> RetryPolicy {
@@ -701,7 +667,7 @@ impl ConfigThrottling {
     }
 
     /// A fresh [`RetryThrottle`] with these settings, for
-    /// [`RetryLayerBuilder::throttle`].
+    /// [`RetryLayerBuilder::throttle`](crate::RetryLayerBuilder::throttle).
     pub fn to_throttle(&self) -> RetryThrottle {
         RetryThrottle::new(self.max_tokens, self.token_ratio)
             .unwrap_or_else(|err| unreachable!("validated by the same bucket_settings: {err}"))

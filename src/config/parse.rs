@@ -12,6 +12,7 @@ use super::{
 };
 use crate::code::{code_from_name, code_from_number};
 use crate::error::ConfigError;
+use crate::retry_policy::{HedgingPolicy, MAX_HEDGED_ATTEMPTS};
 
 type Object = Map<String, Value>;
 
@@ -98,15 +99,32 @@ fn method_config(
             max_attempts_cap,
         )?),
     };
-    if get(entry, "hedgingPolicy").is_some() {
-        tracing::warn!(
-            path = %path,
-            "{path}.hedgingPolicy is ignored: tonic-retry does not hedge"
-        );
+    let hedging_policy = match get(entry, "hedgingPolicy") {
+        None => None,
+        Some(value) => Some(hedging_policy(
+            value,
+            &format!("{path}.hedgingPolicy"),
+            max_attempts_cap.min(MAX_HEDGED_ATTEMPTS),
+        )?),
+    };
+    if retry_policy.is_some() && hedging_policy.is_some() {
+        return Err(ConfigError::new(
+            path.to_owned(),
+            "retryPolicy and hedgingPolicy",
+            format!(
+                "must have one of retryPolicy and hedgingPolicy, not both (gRFC A6), for {}",
+                names
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
     }
     Ok(MethodConfig {
         names,
         retry_policy,
+        hedging_policy,
         timeout,
     })
 }
@@ -181,6 +199,43 @@ fn retry_policy(
             relocate(err, &at, value)
         }
         None => err.within(path),
+    })
+}
+
+/// `{"maxAttempts": 3, "hedgingDelay": "0.5s", "nonFatalStatusCodes": ["UNAVAILABLE"]}`: only
+/// `maxAttempts` is required.
+fn hedging_policy(value: &Value, path: &str, cap: u32) -> Result<HedgingPolicy, ConfigError> {
+    let policy = object(value, path)?;
+    let at = |key: &str| format!("{path}.{key}");
+    let Some(value) = get(policy, "maxAttempts") else {
+        return Err(ConfigError::new(
+            at("maxAttempts"),
+            "nothing",
+            "is required in a hedgingPolicy (gRFC A6)",
+        ));
+    };
+    let mut builder =
+        HedgingPolicy::builder().max_attempts(max_attempts(value, &at("maxAttempts"), cap)?);
+    if let Some(value) = get(policy, "hedgingDelay") {
+        builder = builder.delay(duration(value, &at("hedgingDelay"))?);
+    }
+    if let Some(value) = get(policy, "nonFatalStatusCodes") {
+        let codes_at = at("nonFatalStatusCodes");
+        let mut codes = Vec::new();
+        for (k, code) in array(value, &codes_at)?.iter().enumerate() {
+            codes.push(status_code(code, &format!("{codes_at}[{k}]"))?);
+        }
+        builder = builder.non_fatal_codes(codes);
+    }
+    builder.build().map_err(|err| {
+        let key = match err.field() {
+            "non_fatal_codes" => "nonFatalStatusCodes",
+            _ => "maxAttempts",
+        };
+        match get(policy, key) {
+            Some(value) => relocate(err, &at(key), value),
+            None => err.within(path),
+        }
     })
 }
 

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use super::duration::format_duration;
 use super::{ConfigRetryPolicy, MethodConfig, ServiceConfig};
 use crate::code::code_name;
+use crate::retry_policy::HedgingPolicy;
 
 /// A JSON string literal, escaped.
 pub(super) fn string(text: &str) -> String {
@@ -74,6 +75,9 @@ fn method_config(config: &MethodConfig) -> String {
     if let Some(policy) = &config.retry_policy {
         members.push(retry_policy(policy));
     }
+    if let Some(policy) = &config.hedging_policy {
+        members.push(hedging_policy(policy));
+    }
     format!("    {{\n      {}\n    }}", members.join(",\n      "))
 }
 
@@ -101,6 +105,28 @@ fn retry_policy(policy: &ConfigRetryPolicy) -> String {
     ];
     format!(
         "\"retryPolicy\": {{\n        {}\n      }}",
+        fields.join(",\n        ")
+    )
+}
+
+/// What gRFC A6 says of a hedging policy; the adaptive delay and the extra-load cap, which a
+/// service config cannot say, are left out.
+fn hedging_policy(policy: &HedgingPolicy) -> String {
+    let codes: Vec<String> = policy
+        .non_fatal_codes()
+        .iter()
+        .map(|code| string(code_name(code)))
+        .collect();
+    let fields = [
+        format!("\"maxAttempts\": {}", policy.max_attempts()),
+        format!(
+            "\"hedgingDelay\": {}",
+            string(&format_duration(policy.delay()))
+        ),
+        format!("\"nonFatalStatusCodes\": [{}]", codes.join(", ")),
+    ];
+    format!(
+        "\"hedgingPolicy\": {{\n        {}\n      }}",
         fields.join(",\n        ")
     )
 }

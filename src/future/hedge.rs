@@ -33,6 +33,7 @@ use crate::kind::FailureKind;
 use crate::metrics::Counters;
 use crate::response_body::ResponseBody;
 use crate::retry_policy::{HedgingPolicy, MAX_SERVER_DELAY};
+use crate::telemetry::AttemptKind;
 
 /// The attempts of a hedged call and when the next may go out.
 #[pin_project(project = HedgesProj)]
@@ -59,6 +60,7 @@ struct InFlight<F> {
 
 impl<F> Hedges<F> {
     /// The hedges of a call whose first attempt, `first`, went out at `started`.
+    #[cold]
     pub(super) fn start(policy: HedgingPolicy, first: F, started: Instant) -> Pin<Box<Hedges<F>>> {
         let next_at = started
             .checked_add(policy.current_delay())
@@ -84,7 +86,9 @@ impl<F> Hedges<F> {
     }
 }
 
-/// Drives a hedged call until one attempt commits it or none is left.
+/// Drives a hedged call until one attempt commits it or none is left. Never inlined: the
+/// retrying call's state machine stays as small as it was without hedging.
+#[inline(never)]
 pub(super) fn poll<S, B>(
     hedges: Pin<&mut Hedges<S::Future>>,
     call: &mut Call<S>,
@@ -101,7 +105,7 @@ where
             && let Some(timer) = call.timer().as_pin_mut()
             && timer.poll(cx).is_ready()
         {
-            this.in_flight.clear();
+            cancel_all(this.in_flight, call);
             let timeout = call.cold().and_then(|cold| cold.timeout);
             let cut = Failure::local(
                 Code::DeadlineExceeded,
@@ -144,10 +148,14 @@ where
                     for loser in this.in_flight.drain(..) {
                         this.policy
                             .record_latency(now.saturating_duration_since(loser.started));
+                        call.telemetry
+                            .attempt_ended(Code::Cancelled, loser.started, now);
                     }
                     call.body.commit_to(attempt.reader);
-                    let on_ok = call.passed(&mut response);
-                    return Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, on_ok))));
+                    let (on_ok, telemetry) = call.passed(&mut response, attempt.started);
+                    return Poll::Ready(Ok(
+                        response.map(|body| ResponseBody::new(body, on_ok, telemetry))
+                    ));
                 }
                 Classified::Failed(failure) => {
                     if let Some(error) = failed(&mut this, call, attempt, failure) {
@@ -212,6 +220,7 @@ where
         let future = call.retry_service().call(request);
         call.attempts += 1;
         call.sent += 1;
+        call.telemetry.attempt_started(AttemptKind::Hedge, now);
         let counters = &call.shared.counters;
         Counters::bump(&counters.hedges);
         Counters::bump(&counters.attempts);
@@ -251,6 +260,8 @@ fn failed<S, F>(
         duration: now.saturating_duration_since(attempt.started),
         delay_before: Duration::ZERO,
     });
+    call.telemetry
+        .attempt_ended(failure.code(), attempt.started, now);
     // A request that outgrew the replay buffer keeps only the attempt that read furthest: the
     // others were cut, and say nothing about the call.
     if failure.kind == FailureKind::RequestBodyFailed
@@ -262,9 +273,10 @@ fn failed<S, F>(
     let non_fatal = !failure.retry_cannot_help()
         && (failure.never_sent || this.policy.non_fatal_codes().contains(failure.code()));
     if !non_fatal {
-        // A fatal status commits the call to it: the others are cancelled.
-        this.in_flight.clear();
-        call.body.commit();
+        // A fatal status commits the call to it: the others are cancelled, and their readers
+        // cut, so that nothing of the request stays held for them.
+        cancel_all(this.in_flight, call);
+        call.body.commit_to(attempt.reader);
         let reason = if call.policy().fail_fast_codes().contains(failure.code()) {
             StopReason::FailFast
         } else {
@@ -285,4 +297,13 @@ fn failed<S, F>(
     }
     call.slow().last_failure = Some(failure);
     None
+}
+
+/// Drops the attempts in flight, which cancels them.
+fn cancel_all<S, F>(in_flight: &mut Vec<InFlight<F>>, call: &mut Call<S>) {
+    let now = Instant::now();
+    for attempt in in_flight.drain(..) {
+        call.telemetry
+            .attempt_ended(Code::Cancelled, attempt.started, now);
+    }
 }

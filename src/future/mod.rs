@@ -42,6 +42,7 @@ use crate::metrics::Counters;
 use crate::response_body::{ResponseBody, ends_ok};
 use crate::retry_policy::{Decision, Progress, RetryPolicy, debits_throttle, decide};
 use crate::shared::{Shared, Spare};
+use crate::telemetry::{AttemptKind, CallTelemetry};
 
 use self::hedge::Hedges;
 
@@ -96,6 +97,8 @@ struct Call<S> {
     /// What a call with a time limit, or one that failed once, needs: boxed, so that a call
     /// that passes at once without a time limit neither carries it nor allocates it.
     slow: Option<Pin<Box<Slow<S>>>>,
+    /// The call's OpenTelemetry metrics (zero-sized without the `opentelemetry` feature).
+    telemetry: CallTelemetry,
 }
 
 /// The call's state off the happy path.
@@ -134,7 +137,8 @@ struct Cold<S> {
 /// request (a `RetryPolicy` in its extensions).
 enum CallPolicy {
     Table(usize),
-    Own(Box<RetryPolicy>),
+    /// Shared rather than boxed: a smaller drop, which the happy path then inlines.
+    Own(Arc<RetryPolicy>),
 }
 
 enum Next {
@@ -170,6 +174,7 @@ where
         shared.gate.on_call();
         let path = request.uri().path();
         let started = Instant::now();
+        let telemetry = CallTelemetry::start(&shared, &request, spare.target.as_ref(), started);
         let (mut head, caller_timeout) = RequestHead::save(&request);
         // A generated client's request carries only its `GrpcMethod`: no lookup for a policy.
         let own_policy = if head.has_other_extensions() {
@@ -178,7 +183,7 @@ where
             None
         };
         let policy = match own_policy {
-            Some(own) => CallPolicy::Own(Box::new(own.clone())),
+            Some(own) => CallPolicy::Own(Arc::new(own.clone())),
             // A table with only a default policy needs no method name.
             None if shared.policies.has_only_default() => CallPolicy::Table(0),
             None => CallPolicy::Table(shared.policies.lookup(grpc_path(path))),
@@ -193,12 +198,15 @@ where
         // The request is changed in place (its head is large: moving it costs more than the rest).
         let body = std::mem::replace(request.body_mut(), Body::empty());
         let mut body = CallBody::new(body, resolved.buffer_limit(), &shared.buffer_budget);
-        let hedging = resolved.hedging().cloned();
-        if let Some(hedging) = &hedging {
-            hedging.on_call();
-            // Before the first attempt reads the body: its readers must all be woken.
-            body.enable_hedging();
-        }
+        let hedging = match resolved.hedging() {
+            None => None,
+            Some(hedging) => {
+                hedging.on_call();
+                // Before the first attempt reads the body: its readers must all be woken.
+                body.enable_hedging();
+                Some(hedging.clone())
+            }
+        };
         *request.body_mut() = body.first_attempt();
         let slow = (timeout.is_some() || attempt_timeout.is_some()).then(|| {
             let mut slow = Slow::new(started);
@@ -215,28 +223,34 @@ where
                 .arm_attempt(attempt_timeout, request.headers_mut(), rewrite, started);
             slow
         });
-        let future = ready.call(request);
-        let state = match hedging {
-            None => State::Attempt { future },
-            Some(hedging) => State::Hedging {
-                hedges: Hedges::start(hedging, future, started),
-            },
-        };
-        // Built in place: the future is large, and each move of it is a copy.
-        ResponseFuture {
-            state,
-            call: Call {
-                spare,
-                policy,
-                head,
-                body,
-                started,
-                attempts: 1,
-                sent: 1,
-                slow,
-                shared,
-            },
-            spans,
+        // Built in place, in both arms: the future is large, and each move of it is a copy.
+        macro_rules! response_future {
+            ($state:expr) => {
+                ResponseFuture {
+                    state: $state,
+                    call: Call {
+                        spare,
+                        policy,
+                        head,
+                        body,
+                        started,
+                        attempts: 1,
+                        sent: 1,
+                        slow,
+                        shared,
+                        telemetry,
+                    },
+                    spans,
+                }
+            };
+        }
+        match hedging {
+            None => response_future!(State::Attempt {
+                future: ready.call(request)
+            }),
+            Some(hedging) => response_future!(State::Hedging {
+                hedges: Hedges::start(hedging, ready.call(request), started),
+            }),
         }
     }
 }
@@ -260,10 +274,11 @@ where
                     match this.spans.in_attempt(|| future.poll(cx)) {
                         Poll::Ready(Ok(response)) => match classify_response(response) {
                             Classified::Pass(mut response) => {
-                                let on_ok = this.call.passed(&mut response);
+                                let started = this.call.attempt_started();
+                                let (on_ok, telemetry) = this.call.passed(&mut response, started);
                                 this.state.set(State::Done);
                                 return Poll::Ready(Ok(
-                                    response.map(|body| ResponseBody::new(body, on_ok))
+                                    response.map(|body| ResponseBody::new(body, on_ok, telemetry))
                                 ));
                             }
                             Classified::Failed(failure) => Timeout::None(failure),
@@ -561,6 +576,12 @@ impl<S> Call<S> {
         self.slow.as_ref().map(|slow| &slow.cold)
     }
 
+    /// When the attempt in flight started (the call's one, when it is not hedged).
+    fn attempt_started(&self) -> Instant {
+        self.cold()
+            .map_or(self.started, |cold| cold.attempt_started)
+    }
+
     fn deadline(&self) -> Option<Instant> {
         self.cold().and_then(|cold| cold.deadline)
     }
@@ -600,6 +621,8 @@ impl<S> Call<S> {
         }
         self.arm_attempt(headers, true, now);
         self.sent += 1;
+        self.telemetry
+            .attempt_started(AttemptKind::retry(transparent), now);
         let counters = &self.shared.counters;
         if transparent {
             Counters::bump(&counters.transparent_retries);
@@ -649,13 +672,23 @@ impl<S> Call<S> {
         Failure::local(Code::DeadlineExceeded, FailureKind::AttemptTimeout, message)
     }
 
-    /// The call committed. Returns the throttle to credit when the call ends OK: gRFC A6
-    /// credits calls that end OK, which a Trailers-Only head says at once and trailers say later.
+    /// The call committed. Returns the throttle to credit when the call ends OK (gRFC A6
+    /// credits calls that end OK, which a Trailers-Only head says at once and trailers say
+    /// later), and the call's metrics, which end with it.
     ///
     /// A call that needed more than one attempt carries its history in the response's
     /// extensions; one that passed at once carries nothing, and costs nothing.
-    fn passed<B>(&mut self, response: &mut Response<B>) -> Option<crate::RetryThrottle> {
+    // Inlined into the happy path, which runs it once per call; the hedged path has its own copy.
+    #[inline(always)]
+    fn passed<B>(
+        &mut self,
+        response: &mut Response<B>,
+        attempt_started: Instant,
+    ) -> (Option<crate::RetryThrottle>, CallTelemetry) {
         self.body.commit();
+        let telemetry = self
+            .telemetry
+            .committed(attempt_started, response.headers());
         if self.sent > 1 {
             let history = self.history(StopReason::Succeeded, None);
             response.extensions_mut().insert(history);
@@ -673,7 +706,7 @@ impl<S> Call<S> {
         } else {
             tracing::trace!(attempt = 1, "attempt passed");
         }
-        on_ok
+        (on_ok, telemetry)
     }
 
     fn after_failure(&mut self, failure: Failure) -> Next {
@@ -760,6 +793,7 @@ impl<S> Call<S> {
         let now = Instant::now();
         let (number, started) = (self.sent, self.started);
         let cold = self.slow();
+        let attempt_started = cold.attempt_started;
         cold.history.push(AttemptRecord {
             number,
             code: failure.code(),
@@ -767,10 +801,12 @@ impl<S> Call<S> {
             kind: failure.kind,
             never_sent: failure.never_sent,
             transparent: cold.transparent,
-            started_at: cold.attempt_started.saturating_duration_since(started),
-            duration: now.saturating_duration_since(cold.attempt_started),
+            started_at: attempt_started.saturating_duration_since(started),
+            duration: now.saturating_duration_since(attempt_started),
             delay_before: cold.delay_before,
         });
+        self.telemetry
+            .attempt_ended(failure.code(), attempt_started, now);
     }
 
     fn give_up_on_last(&mut self, reason: StopReason) -> BoxError {
@@ -782,6 +818,7 @@ impl<S> Call<S> {
 
     /// The caller's error: the last attempt's status, unchanged, with the history as its source.
     fn give_up(&mut self, failure: Failure, reason: StopReason) -> BoxError {
+        self.telemetry.call_ended(failure.code());
         let counters = &self.shared.counters;
         match reason {
             StopReason::FailFast => Counters::bump(&counters.fail_fast),

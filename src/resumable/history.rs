@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 use crate::code::code_name;
 use crate::history::StopReason;
 use crate::kind::FailureKind;
-use crate::resumable::policy::ReopenBudget;
+use crate::resumable::budget::ReopenBudget;
 
 /// One failure of a resumable stream, and the reopen it led to (if any).
 #[derive(Debug, Clone)]

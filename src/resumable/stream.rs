@@ -35,9 +35,10 @@ use crate::code::code_name;
 use crate::deadline::arm_timer;
 use crate::history::{StopReason, with_history};
 use crate::kind::FailureKind;
+use crate::resumable::budget::ReopenBudget;
 use crate::resumable::classify::{Verdict, classify_status};
 use crate::resumable::history::{ReopenRecord, ResumeHistory};
-use crate::resumable::policy::{ReopenBudget, ResumePolicy};
+use crate::resumable::policy::ResumePolicy;
 
 /// What the future of a [`ResumableStream`]'s factory yields on success: the opened call's
 /// stream of messages.

@@ -207,6 +207,15 @@ impl RetryPolicy {
         }
     }
 
+    /// This policy with `timeout` as its call timeout (one already checked as
+    /// [`RetryPolicyBuilder::call_timeout`] checks it), or unchanged without one.
+    pub(crate) fn with_call_timeout(mut self, timeout: Option<Duration>) -> RetryPolicy {
+        if let Some(timeout) = timeout.filter(|timeout| !timeout.is_zero()) {
+            self.call_timeout = Some(timeout);
+        }
+        self
+    }
+
     /// The hedging policy, if calls are hedged rather than retried.
     pub fn hedging(&self) -> Option<&HedgingPolicy> {
         self.hedging.as_ref()

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::backoff::BackoffSchedule;
+use super::BackoffSchedule;
 
 /// A [`BackoffSchedule`] that follows a `backoff::ExponentialBackoff`'s settings.
 ///
