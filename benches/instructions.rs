@@ -15,6 +15,11 @@
 //! # instructions per call = (refs(11000) - refs(1000)) / 10000, for each mode
 //! ```
 //!
+//! With `--features opentelemetry`, the mode `layered-otel` makes the same calls through a layer
+//! that records gRPC's OpenTelemetry metrics into an SDK meter provider (compare it with
+//! `layered` in the same build; `layered` in a build without the feature is the feature's cost
+//! when off).
+//!
 //! The stream modes count what a `ResumableStream` adds per message in the same way: a real
 //! `tonic::Streaming<Numbered>` decodes `n` messages from an in-memory body (16 KiB chunks, as
 //! HTTP/2 data frames bring them, then `grpc-status: 0` trailers), read raw or through the
@@ -200,6 +205,22 @@ fn heartbeat_policy() -> ResumePolicy {
         .expect("resume policy")
 }
 
+/// A layer recording gRPC's OpenTelemetry metrics into an SDK meter provider.
+#[cfg(feature = "opentelemetry")]
+fn layer_with_metrics() -> RetryLayer {
+    use opentelemetry::metrics::MeterProvider;
+    let exporter = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
+    let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(exporter).build();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(reader)
+        .build();
+    RetryLayer::builder()
+        .target("127.0.0.1:50051")
+        .opentelemetry(provider.meter("tonic-retry-bench"))
+        .build()
+        .expect("layer")
+}
+
 fn main() {
     let framed = Bytes::from(vec![0x5a; 100]);
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -214,6 +235,8 @@ fn main() {
     match mode {
         Some("bare") => calls(&mut ReadAllOk, &framed, n),
         Some("layered") => calls(&mut RetryLayer::new().layer(ReadAllOk), &framed, n),
+        #[cfg(feature = "opentelemetry")]
+        Some("layered-otel") => calls(&mut layer_with_metrics().layer(ReadAllOk), &framed, n),
         Some("stream-raw") => assert_eq!(drain(numbered_stream(n)), n),
         Some("stream-resumable") => assert_eq!(resumable(ResumePolicy::default(), n), n),
         Some("stream-heartbeat") => assert_eq!(resumable(heartbeat_policy(), n), n),

@@ -335,6 +335,99 @@ fn layer_alone(c: &mut Criterion, mode: Mode, rows: &mut Vec<Row>) {
         target: "≤ +2".into(),
         met: Some(added_allocs <= 2.0),
     });
+    metrics_on(c, mode, rows, &framed, &mut layered);
+}
+
+/// A `RetryLayer` that records gRPC's OpenTelemetry metrics into an SDK meter provider (values
+/// are aggregated at record time; the periodic reader's in-memory exporter runs every 60 s,
+/// not during the measurement).
+#[cfg(feature = "opentelemetry")]
+fn layer_with_metrics() -> RetryLayer {
+    use opentelemetry::metrics::MeterProvider;
+    let exporter = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
+    let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(exporter).build();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(reader)
+        .build();
+    RetryLayer::builder()
+        .target("127.0.0.1:50051")
+        .opentelemetry(provider.meter("tonic-retry-bench"))
+        .build()
+        .expect("layer")
+}
+
+/// Row 1 with the `opentelemetry` feature: the layer with its metrics on against the layer alone.
+#[cfg(feature = "opentelemetry")]
+fn metrics_on<S, B>(
+    c: &mut Criterion,
+    mode: Mode,
+    rows: &mut Vec<Row>,
+    framed: &Bytes,
+    layered: &mut S,
+) where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut metered = ServiceBuilder::new()
+        .layer(layer_with_metrics())
+        .service(ReadAllOk);
+    let n = mode.scale(40_000);
+    let layered_allocs = allocations_per_call(layered, framed, n);
+    let metered_allocs = allocations_per_call(&mut metered, framed, n);
+    let calls = |service: &mut dyn FnMut(Request<Body>), iters: u64| {
+        let start = Instant::now();
+        for _ in 0..iters {
+            service(grpc_request(framed));
+        }
+        start.elapsed()
+    };
+    let t = measure(
+        c,
+        mode,
+        "layer_metrics",
+        false,
+        &mut [
+            ("layered", &mut |iters| {
+                calls(&mut |r| call_now(layered, r), iters)
+            }),
+            ("layered_metrics", &mut |iters| {
+                calls(&mut |r| call_now(&mut metered, r), iters)
+            }),
+        ],
+    );
+    let (layered_ns, metered_ns) = (median(t[0].iter().copied()), median(t[1].iter().copied()));
+    let added_ns = median(t[1].iter().zip(&t[0]).map(|(m, l)| m - l));
+    rows.push(Row {
+        name: "1. layer alone with OpenTelemetry metrics on (SDK): time per call".into(),
+        baseline: format!("{} (layer, no metrics)", fmt_ns(layered_ns)),
+        candidate: format!("{} (+{added_ns:.0} ns)", fmt_ns(metered_ns)),
+        ratio: format!("{:.3}", paired_ratio(&t[1], &t[0])),
+        target: "(measured)".into(),
+        met: None,
+    });
+    rows.push(Row {
+        name: "1. layer alone with OpenTelemetry metrics on: allocations per call".into(),
+        baseline: format!("{layered_allocs:.2} (layer, no metrics)"),
+        candidate: format!(
+            "{metered_allocs:.2} ({:+.2})",
+            metered_allocs - layered_allocs
+        ),
+        ratio: ratio(metered_allocs, layered_allocs),
+        target: "(measured)".into(),
+        met: None,
+    });
+}
+
+#[cfg(not(feature = "opentelemetry"))]
+fn metrics_on<S>(_: &mut Criterion, _: Mode, rows: &mut Vec<Row>, _: &Bytes, _: &mut S) {
+    rows.push(Row {
+        name: "1. layer alone with OpenTelemetry metrics on".into(),
+        baseline: "—".into(),
+        candidate: "not built: run with `--features opentelemetry`".into(),
+        ratio: "—".into(),
+        target: "(measured)".into(),
+        met: None,
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
