@@ -898,7 +898,7 @@ fn streams(c: &mut Criterion, mode: Mode, rows: &mut Vec<Row>) {
     );
     let r = paired_ratio(&t[0], &t[1]);
     rows.push(Row {
-        name: format!("4. server stream, {messages} messages: throughput, idle timeout 30 s"),
+        name: format!("4. server stream, {messages} messages: throughput, heartbeat timeout 30 s"),
         baseline: format!("{raw_rate:.0} msg/s (raw Streaming)"),
         candidate: format!("{resumable_rate:.0} msg/s"),
         ratio: format!("{r:.3}"),
@@ -908,7 +908,7 @@ fn streams(c: &mut Criterion, mode: Mode, rows: &mut Vec<Row>) {
     let no_idle_rate = messages as f64 * 1e9 / median(t[2].iter().copied());
     let r = paired_ratio(&t[0], &t[2]);
     rows.push(Row {
-        name: "4. server stream: throughput, no idle timeout (default policy)".into(),
+        name: "4. server stream: throughput, no timeout (default policy)".into(),
         baseline: format!("{raw_rate:.0} msg/s (raw Streaming)"),
         candidate: format!("{no_idle_rate:.0} msg/s"),
         ratio: format!("{r:.3}"),
