@@ -491,14 +491,20 @@ pub(crate) fn hedging(mode: Mode, rows: &mut Vec<Row>) {
             target: "p99 ≤ 0.20 (5× lower), ≤ 0.10 extra".into(),
             met: Some(vs_none <= 0.20 && extra <= 0.10),
         });
-        let (p99_ratio, extra_ratio) = (ratio(p99, tower_p99), extra / tower_extra);
+        let p99_ratio = ratio(p99, tower_p99);
+        // `tower::hedge` sends none before its histogram holds a period (the smoke run).
+        let extra_ratio = if tower_extra > 0.0 {
+            format!("{:.3}", extra / tower_extra)
+        } else {
+            "— (tower::hedge sent none)".into()
+        };
         rows.push(Row {
             name: format!("8. hedging: tonic-retry {label} vs tower::hedge"),
             baseline: format!("p99 {}, {tower_extra:.3} extra", fmt_ms(tower_p99)),
             candidate: format!("p99 {}, {extra:.3} extra", fmt_ms(p99)),
-            ratio: format!("p99 {p99_ratio:.3}, extra {extra_ratio:.3}"),
+            ratio: format!("p99 {p99_ratio:.3}, extra {extra_ratio}"),
             target: "both ≤ 1.00".into(),
-            met: Some(p99_ratio <= 1.0 && extra_ratio <= 1.0),
+            met: Some(p99_ratio <= 1.0 && extra <= tower_extra),
         });
     }
     drop(clients);
