@@ -536,7 +536,7 @@ async fn concurrent_hedged_calls_under_faults_each_get_their_own_whole_answer() 
             .build()
             .unwrap();
     let layer = layer(policy);
-    let mut rng = Rng(0x4ED6_E5);
+    let mut rng = Rng(0x004E_D6E5);
     let mut calls = Vec::new();
     for id in 0..120u64 {
         let key = format!("call-{id}");
