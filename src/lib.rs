@@ -30,6 +30,7 @@
 //! |---|---|
 //! | retry calls, per service and per method | [`RetryLayer::builder`], [`RetryPolicy::builder`] |
 //! | reuse the gRPC service config of your other clients | [`ServiceConfig`], [`RetryLayerBuilder::service_config`] |
+//! | hedge a slow idempotent method (send it again before the first attempt answers) | [`HedgingPolicy`], [`RetryPolicy::hedged`] |
 //! | keep retries from becoming a storm | [`RetryThrottle`] ([`RetryLayerBuilder::throttle`]), or a tower budget ([`RetryLayerBuilder::budget`]) |
 //! | never retry one call, or retry it harder | a [`RetryPolicy`] in the request's extensions ([for one call](RetryPolicy#for-one-call)) |
 //! | learn why a call failed | [`CallHistory::of`] on the status; [`FailureKind`] and its hint |
@@ -48,8 +49,11 @@
 //!
 //! Beyond the layer:
 //!
+//! - [`HedgingPolicy`] hedges a method as gRFC A6 specifies (the first answer wins, the other
+//!   attempts are cancelled), client-streaming and bidirectional calls included, with an optional
+//!   adaptive delay (a rolling latency percentile) and a cap on the extra load.
 //! - [`ServiceConfig`] reads the standard gRPC service-config JSON (`methodConfig`,
-//!   `retryPolicy`, `timeout`, `retryThrottling`) with strict validation.
+//!   `retryPolicy`, `hedgingPolicy`, `timeout`, `retryThrottling`) with strict validation.
 //! - [`RetryThrottle`] (gRFC A6's token bucket) or any tower retry budget bounds the retries.
 //! - [`Keepalive`] turns on HTTP/2 keepalive for an `Endpoint`, so that a connection that went
 //!   silent is found and replaced; [`EvictingChannel`] opens a new connection for the retry of
@@ -126,7 +130,8 @@ pub mod policy {
 
 pub mod service_config {
     //! The parts of a gRPC service config: its `methodConfig` entries with their names,
-    //! `retryPolicy` and `timeout`, and its `retryThrottling`. The whole config is
+    //! `retryPolicy` or `hedgingPolicy` (a [`HedgingPolicy`](crate::HedgingPolicy)) and
+    //! `timeout`, and its `retryThrottling`. The whole config is
     //! [`ServiceConfig`](crate::ServiceConfig).
 
     pub use crate::config::{ConfigRetryPolicy, ConfigThrottling, MethodConfig, MethodName};

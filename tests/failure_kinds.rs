@@ -152,7 +152,9 @@ async fn cut_before_headers_heals(mode: CutMode) {
     let proxy = FaultProxy::start(server.addr()).await;
     let mut client = echo_retrying(lazy_channel(proxy.addr()), 2);
     let call = tokio::spawn(async move { client.say(say()).await });
-    server.wait_attempts(1).await;
+    // Once the handler took its action: a cut before that would leave the hang queued for the
+    // retry.
+    server.wait_handled(1).await;
     match mode {
         CutMode::Reset => proxy.reset_all(),
         CutMode::Fin => proxy.close_all(),

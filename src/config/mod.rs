@@ -1,5 +1,5 @@
-//! The standard gRPC service config (JSON): `methodConfig[]` with `name[]`, `retryPolicy` and
-//! `timeout`, and the top-level `retryThrottling` of gRFC A6.
+//! The standard gRPC service config (JSON): `methodConfig[]` with `name[]`, `retryPolicy` or
+//! `hedgingPolicy`, and `timeout`, and the top-level `retryThrottling` of gRFC A6.
 //!
 //! Parsing lives in `parse`, writing in `write`, protobuf JSON durations in `duration`; this file
 //! holds the typed configuration. It knows nothing of the layer: the layer's builder reads a

@@ -41,8 +41,15 @@ const MAX_TOKENS: u64 = 10 * TOKEN;
 /// wins; the others are cancelled. A non-fatal status lets the next hedge go out at once.
 ///
 /// Hedging sends one request several times, so use it for idempotent methods only; a method
-/// gets it only where you configure it. Client-streaming and bidirectional calls are hedged
-/// too: every attempt reads the same replay buffer, within the same limits as retries.
+/// gets it only where you configure it, and one call can opt out with its own policy in its
+/// extensions (`RetryPolicy::no_retries()`, say). Client-streaming and bidirectional calls are
+/// hedged too: every attempt reads the same replay buffer, within the same limits as retries.
+///
+/// Each hedge is counted ([`Counters::hedges`](crate::Counters::hedges)), debits the throttle
+/// when it fails, and carries `grpc-previous-rpc-attempts`; the call's history lists the
+/// attempts that failed. The retry hook is not called for hedges, and a hedged policy has no
+/// per-attempt timeout: the delay is what starts the next attempt, and the call's deadline
+/// bounds them all.
 ///
 /// ```
 /// use std::time::Duration;
