@@ -23,10 +23,11 @@
 //! The stream modes count what a `ResumableStream` adds per message in the same way: a real
 //! `tonic::Streaming<Numbered>` decodes `n` messages from an in-memory body (16 KiB chunks, as
 //! HTTP/2 data frames bring them, then `grpc-status: 0` trailers), read raw or through the
-//! wrapper (default policy; `stream-heartbeat` adds a 30 s heartbeat timeout):
+//! wrapper (default policy; `stream-heartbeat` adds a 30 s heartbeat timeout, `stream-ordered`
+//! declares the cursor ordered):
 //!
 //! ```sh
-//! for mode in stream-raw stream-resumable stream-heartbeat; do for n in 100000 1100000; do
+//! for mode in stream-raw stream-resumable stream-heartbeat stream-ordered; do for n in 100000 1100000; do
 //!   valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" $mode $n 2>&1 \
 //!     | grep -o 'refs: *[0-9,]*'
 //! done; done
@@ -182,10 +183,10 @@ fn drain<S: Stream<Item = Result<Numbered, Status>>>(stream: S) -> u64 {
     }
 }
 
-fn resumable(policy: ResumePolicy, n: u64) -> u64 {
+fn resumable(policy: ResumePolicy, n: u64, ordered: bool) -> u64 {
     // The frames are built before the stream, outside the wrapper: the factory is called once.
     let mut opened = Some(numbered_stream(n));
-    drain(ResumableStream::with_policy(
+    let stream = ResumableStream::with_policy(
         policy,
         move |_cursor: Option<u64>| {
             std::future::ready(
@@ -195,7 +196,12 @@ fn resumable(policy: ResumePolicy, n: u64) -> u64 {
             )
         },
         |message: &Numbered| message.seq,
-    ))
+    );
+    if ordered {
+        drain(stream.ordered_cursor())
+    } else {
+        drain(stream)
+    }
 }
 
 fn heartbeat_policy() -> ResumePolicy {
@@ -238,15 +244,20 @@ fn main() {
         #[cfg(feature = "opentelemetry")]
         Some("layered-otel") => calls(&mut layer_with_metrics().layer(ReadAllOk), &framed, n),
         Some("stream-raw") => assert_eq!(drain(numbered_stream(n)), n),
-        Some("stream-resumable") => assert_eq!(resumable(ResumePolicy::default(), n), n),
-        Some("stream-heartbeat") => assert_eq!(resumable(heartbeat_policy(), n), n),
+        Some("stream-resumable") => assert_eq!(resumable(ResumePolicy::default(), n, false), n),
+        Some("stream-heartbeat") => assert_eq!(resumable(heartbeat_policy(), n, false), n),
+        Some("stream-ordered") => assert_eq!(resumable(ResumePolicy::default(), n, true), n),
         _ => {
             calls(&mut ReadAllOk, &framed, n);
             calls(&mut RetryLayer::new().layer(ReadAllOk), &framed, n);
             let messages = n * 1_000;
             assert_eq!(drain(numbered_stream(messages)), messages);
-            assert_eq!(resumable(ResumePolicy::default(), messages), messages);
-            assert_eq!(resumable(heartbeat_policy(), messages), messages);
+            assert_eq!(
+                resumable(ResumePolicy::default(), messages, false),
+                messages
+            );
+            assert_eq!(resumable(heartbeat_policy(), messages, false), messages);
+            assert_eq!(resumable(ResumePolicy::default(), messages, true), messages);
             println!(
                 "made {n} calls bare and layered, read {messages} messages raw and resumable; \
                  count instructions with callgrind: see the header of benches/instructions.rs"

@@ -425,7 +425,8 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         // The per-message path, kept apart from the state machine and small enough to be
         // inlined into the caller's loop: a message that needs no check is handed on here,
-        // everything else goes to the machine. Inlined together, the whole machine's stack
+        // one that does (an ordered cursor, failures to clear) in `poll_checked`, everything
+        // else goes to the machine. Inlined together, the whole machine's stack
         // frame (kilobytes: it opens calls) was set up for every message, 12% of a raw
         // `Streaming`'s time; a bigger fast path (the checked delivery, the drop of a replay)
         // kept `StreamExt::next` from inlining it, +20 instructions per message.
@@ -439,6 +440,9 @@ where
                     this.ctl.deliver_unchecked((this.cursor_fn)(message));
                     // Handed on as polled: not moved out of its `Poll` and back in.
                     return polled;
+                }
+                if this.ctl.check_messages {
+                    return self.poll_checked(cx, polled);
                 }
                 Some(polled)
             }
@@ -456,6 +460,27 @@ where
     K: FnMut(&R::Message) -> C,
     C: Clone,
 {
+    /// What the open stream gave while messages are checked (an ordered cursor, or failures to
+    /// clear): a message is handed on here unless it is a replay; the rest goes to the machine.
+    /// Out of line, as the per-message path's size decides whether the caller's loop inlines it.
+    #[inline(never)]
+    fn poll_checked(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        polled: Polled<R::Message>,
+    ) -> Polled<R::Message> {
+        let this = self.as_mut().project();
+        let Poll::Ready(Some(Ok(message))) = &polled else {
+            return self.poll_machine(cx, Some(polled));
+        };
+        if this.ctl.deliver_checked((this.cursor_fn)(message)) {
+            return polled;
+        }
+        // A replay, dropped: the machine polls again.
+        drop(polled);
+        self.poll_machine(cx, None)
+    }
+
     /// The state machine; `polled` is what the open stream just gave, if `poll_next` polled it.
     #[inline(never)]
     fn poll_machine(
@@ -640,6 +665,7 @@ impl<C> Control<C> {
     }
 
     /// `deliver` with an ordered cursor or after failures.
+    #[inline(always)]
     fn deliver_checked(&mut self, cursor: C) -> bool {
         if let (Some(is_after), Some(last)) = (self.is_after, &self.cursor)
             && !is_after(&cursor, last)
