@@ -27,7 +27,8 @@
 //! declares the cursor ordered):
 //!
 //! ```sh
-//! for mode in stream-raw stream-resumable stream-heartbeat stream-ordered; do for n in 100000 1100000; do
+//! for mode in stream-raw stream-resumable stream-heartbeat stream-ordered; do
+//! for n in 100000 1100000; do
 //!   valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" $mode $n 2>&1 \
 //!     | grep -o 'refs: *[0-9,]*'
 //! done; done

@@ -13,8 +13,9 @@
 //! promised one; a quiet stream with no heartbeat promise has no timer at all. Neither the timer
 //! nor the clock is touched per message: a message only bumps a counter (from which the reopen
 //! budget's refills are counted at the next failure), and when the timer fires it re-arms
-//! itself for another period if the counter moved since it was armed. So a broken heartbeat is detected between one and two
-//! periods after the last message, and nothing is allocated or read from the clock per message.
+//! itself for another period if the counter moved since it was armed. So a broken heartbeat is
+//! detected between one and two periods after the last message, and nothing is allocated or
+//! read from the clock per message.
 //!
 //! Every instant is computed with checked arithmetic: a timeout or a backoff too long for the
 //! clock (`Duration::MAX`) waits for ever instead of overflowing.
