@@ -74,10 +74,19 @@ fn has_grpc_status(headers: &http::HeaderMap) -> bool {
 pub(crate) fn classify_response<B>(
     mut response: http::Response<B>,
 ) -> Classified<http::Response<B>> {
+    match classify_head(&mut response) {
+        None => Classified::Pass(response),
+        Some(failure) => Classified::Failed(failure),
+    }
+}
+
+/// Classifies the response head of an attempt in place: `None` when it passes. The response is
+/// not moved: it is large, and the happy path then copies it once less.
+pub(crate) fn classify_head<B>(response: &mut http::Response<B>) -> Option<Failure> {
     let headers = response.headers();
     if has_grpc_status(headers) {
         if headers.get_all(&GRPC_STATUS).iter().nth(1).is_some() {
-            return Classified::Failed(malformed(headers));
+            return Some(malformed(headers));
         }
         return match trailers_only_status(headers) {
             None => {
@@ -86,12 +95,12 @@ pub(crate) fn classify_response<B>(
                 if !details_decode(response.headers()) {
                     response.headers_mut().remove(&GRPC_STATUS_DETAILS);
                 }
-                Classified::Pass(response)
+                None
             }
             Some(status) => {
                 let kind = kind_of_status(status.code(), status.message());
                 let pushback = pushback(headers, &status);
-                Classified::Failed(Failure {
+                Some(Failure {
                     status,
                     kind,
                     never_sent: kind.never_sent(),
@@ -102,7 +111,7 @@ pub(crate) fn classify_response<B>(
     }
     let http_status = response.status();
     if http_status == http::StatusCode::OK {
-        return Classified::Pass(response);
+        return None;
     }
     let code = crate::code::code_from_http_status(http_status);
     // The same message tonic gives such a response, so the caller sees no difference.
@@ -117,7 +126,7 @@ pub(crate) fn classify_response<B>(
     } else {
         kind_of_status(code, "")
     };
-    Classified::Failed(Failure {
+    Some(Failure {
         status: Status::new(code, message),
         kind,
         never_sent: kind.never_sent(),

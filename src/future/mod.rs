@@ -32,7 +32,7 @@ use tracing::Span;
 
 use crate::BoxError;
 use crate::body::CallBody;
-use crate::classify::{Classified, Failure, classify_response, classify_service_error};
+use crate::classify::{Failure, classify_head, classify_service_error};
 use crate::connection::AfterAttemptTimeout;
 use crate::deadline::{GRPC_TIMEOUT, arm_timer, encode_grpc_timeout};
 use crate::head::{RequestHead, grpc_path};
@@ -272,8 +272,8 @@ where
             let timeout = match this.state.as_mut().project() {
                 StateProj::Attempt { future } => {
                     match this.spans.in_attempt(|| future.poll(cx)) {
-                        Poll::Ready(Ok(response)) => match classify_response(response) {
-                            Classified::Pass(mut response) => {
+                        Poll::Ready(Ok(mut response)) => match classify_head(&mut response) {
+                            None => {
                                 let started = this.call.attempt_started();
                                 let (on_ok, telemetry) = this.call.passed(&mut response, started);
                                 this.state.set(State::Done);
@@ -281,7 +281,7 @@ where
                                     response.map(|body| ResponseBody::new(body, on_ok, telemetry))
                                 ));
                             }
-                            Classified::Failed(failure) => Timeout::None(failure),
+                            Some(failure) => Timeout::None(failure),
                         },
                         Poll::Ready(Err(error)) => {
                             let failure = classify_service_error(error.into());
@@ -462,6 +462,22 @@ impl<S> Slow<S> {
 /// nothing traces carries a null pointer, not two disabled spans (80 bytes).
 struct Spans(Option<Box<SpanPair>>);
 
+impl Drop for Spans {
+    /// The spans' own drop is out of line: a call that nothing traces only checks the pointer.
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(pair) = self.0.take() {
+            drop_spans(pair);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn drop_spans(pair: Box<SpanPair>) {
+    drop(pair);
+}
+
 struct SpanPair {
     call: Span,
     /// The span of the attempt in flight.
@@ -469,11 +485,18 @@ struct SpanPair {
 }
 
 impl Spans {
+    /// Inlined: on the happy path with nothing tracing, this is one load of the level filter
+    /// (one check for both spans).
+    #[inline]
     fn new(path: &str) -> Spans {
-        // One check of the level for both spans.
         if !tracing::level_enabled!(tracing::Level::DEBUG) {
             return Spans(None);
         }
+        Spans::enabled(path)
+    }
+
+    #[cold]
+    fn enabled(path: &str) -> Spans {
         let call = call_span(path);
         let attempt = attempt_span(&call, 1);
         if call.is_disabled() && attempt.is_disabled() {
