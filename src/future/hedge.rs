@@ -144,10 +144,10 @@ where
                     let now = Instant::now();
                     this.policy
                         .record_latency(now.saturating_duration_since(attempt.started));
-                    // The losers were at least this slow; dropping them cancels them.
+                    // Dropping the losers cancels them. Their time so far is not a latency: a loser
+                    // cut at the delay plus the winner's time, taken as one, would pull the
+                    // percentile up by that much at every recompute, a ratchet.
                     for loser in this.in_flight.drain(..) {
-                        this.policy
-                            .record_latency(now.saturating_duration_since(loser.started));
                         call.telemetry
                             .attempt_ended(Code::Cancelled, loser.started, now);
                     }
