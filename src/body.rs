@@ -900,6 +900,25 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
+        /// The request `chunks` make, kept for replay within `limit`, and the layer budget it
+        /// reserves in.
+        fn replay_of(
+            chunks: &[Vec<u8>],
+            limit: usize,
+        ) -> (Vec<u8>, ReplayHandle, Arc<BufferBudget>) {
+            let frames: Vec<Result<Frame<Bytes>, Status>> = chunks
+                .iter()
+                .map(|chunk| Ok(Frame::data(Bytes::from(chunk.clone()))))
+                .collect();
+            let budget = Arc::new(BufferBudget::new(1 << 20));
+            let handle = ReplayHandle::new(
+                Body::new(StreamBody::new(futures::stream::iter(frames))),
+                limit,
+                Arc::clone(&budget),
+            );
+            (chunks.concat(), handle, budget)
+        }
+
         /// A request body: up to 12 chunks of up to 5 bytes (empty chunks included).
         fn chunks_strategy() -> impl Strategy<Value = Vec<Vec<u8>>> {
             proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..6), 0..12)
@@ -917,17 +936,7 @@ mod tests {
             ) {
                 let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
                 runtime.block_on(async {
-                    let original: Vec<u8> = chunks.concat();
-                    let frames: Vec<Result<Frame<Bytes>, Status>> = chunks
-                        .iter()
-                        .map(|chunk| Ok(Frame::data(Bytes::from(chunk.clone()))))
-                        .collect();
-                    let budget = Arc::new(BufferBudget::new(1 << 20));
-                    let handle = ReplayHandle::new(
-                        Body::new(StreamBody::new(futures::stream::iter(frames))),
-                        limit,
-                        Arc::clone(&budget),
-                    );
+                    let (original, handle, budget) = replay_of(&chunks, limit);
                     let mut attempt = handle.first_attempt();
                     let mut sent = Vec::new();
                     for reads in failed_reads {
@@ -1006,17 +1015,7 @@ mod tests {
             ) {
                 let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
                 runtime.block_on(async {
-                    let original: Vec<u8> = chunks.concat();
-                    let frames: Vec<Result<Frame<Bytes>, Status>> = chunks
-                        .iter()
-                        .map(|chunk| Ok(Frame::data(Bytes::from(chunk.clone()))))
-                        .collect();
-                    let budget = Arc::new(BufferBudget::new(1 << 20));
-                    let handle = ReplayHandle::new(
-                        Body::new(StreamBody::new(futures::stream::iter(frames))),
-                        limit,
-                        Arc::clone(&budget),
-                    );
+                    let (original, handle, budget) = replay_of(&chunks, limit);
                     handle.enable_hedging();
                     // Live readers and what each has sent.
                     let mut readers = vec![(handle.first_attempt(), Vec::<u8>::new())];
