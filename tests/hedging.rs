@@ -49,6 +49,15 @@ fn say() -> SayRequest {
     }
 }
 
+/// One `say` call, which must end within [`BOUND`].
+async fn say_within(
+    client: &mut EchoClient<Retry<Channel>>,
+) -> Result<tonic::Response<tonic_retry_testkit::pb::SayReply>, Status> {
+    tokio::time::timeout(BOUND, client.say(say()))
+        .await
+        .expect("the call ends within the test's bound")
+}
+
 fn history(status: &Status) -> &CallHistory {
     CallHistory::of(status).expect("the error carries the call's history")
 }
@@ -59,10 +68,7 @@ async fn a_slow_attempt_is_overtaken_by_a_hedge_and_cancelled() {
     let layer = layer(RetryPolicy::hedged(hedging(3, Duration::from_millis(20))));
     let mut client = client(&server, &layer);
 
-    let response = tokio::time::timeout(BOUND, client.say(say()))
-        .await
-        .unwrap()
-        .unwrap();
+    let response = say_within(&mut client).await.unwrap();
     assert_eq!(response.get_ref().attempt, 2, "the hedge answered");
     assert_eq!(response.get_ref().text, "hedge me");
     let history = response.extensions().get::<CallHistory>().unwrap();
@@ -94,10 +100,7 @@ async fn a_fatal_status_from_any_attempt_ends_the_call() {
     let layer = layer(RetryPolicy::hedged(hedging(3, Duration::from_millis(20))));
     let mut client = client(&server, &layer);
 
-    let status = tokio::time::timeout(BOUND, client.say(say()))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let status = say_within(&mut client).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert_eq!(history(&status).stop_reason(), StopReason::FailFast);
     tokio::time::timeout(BOUND, server.wait_cancelled(1))
@@ -118,10 +121,7 @@ async fn a_non_fatal_status_sends_the_next_hedge_at_once() {
     let layer = layer(RetryPolicy::hedged(hedging(2, Duration::from_secs(3600))));
     let mut client = client(&server, &layer);
 
-    let response = tokio::time::timeout(BOUND, client.say(say()))
-        .await
-        .expect("the hedge went out at once")
-        .unwrap();
+    let response = say_within(&mut client).await.unwrap();
     assert_eq!(response.get_ref().attempt, 2);
     let history = response.extensions().get::<CallHistory>().unwrap();
     assert_eq!(history.attempts()[0].code(), Code::Unavailable);
@@ -136,10 +136,7 @@ async fn hedges_that_all_fail_non_fatally_exhaust_the_attempts() {
     let layer = layer(RetryPolicy::hedged(hedging(3, Duration::from_millis(5))));
     let mut client = client(&server, &layer);
 
-    let status = tokio::time::timeout(BOUND, client.say(say()))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let status = say_within(&mut client).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     let history = history(&status);
     assert_eq!(history.stop_reason(), StopReason::AttemptsExhausted);
@@ -185,10 +182,7 @@ async fn a_zero_delay_sends_every_attempt_at_once_and_keeps_the_first_answer() {
     let layer = layer(RetryPolicy::hedged(hedging(3, Duration::ZERO)));
     let mut client = client(&server, &layer);
 
-    let response = tokio::time::timeout(BOUND, client.say(say()))
-        .await
-        .unwrap()
-        .unwrap();
+    let response = say_within(&mut client).await.unwrap();
     assert_eq!(response.get_ref().text, "hedge me");
     assert_eq!(
         server.attempt_count_for(Method::Say),
@@ -211,10 +205,7 @@ async fn negative_pushback_stops_hedging() {
     let layer = layer(RetryPolicy::hedged(hedging(3, Duration::from_secs(3600))));
     let mut client = client(&server, &layer);
 
-    let status = tokio::time::timeout(BOUND, client.say(say()))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let status = say_within(&mut client).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(history(&status).stop_reason(), StopReason::Pushback);
     assert_eq!(server.attempt_count_for(Method::Say), 1);
@@ -233,10 +224,7 @@ async fn pushback_delays_the_next_hedge() {
     let layer = layer(RetryPolicy::hedged(hedging(3, Duration::from_secs(3600))));
     let mut client = client(&server, &layer);
 
-    let response = tokio::time::timeout(BOUND, client.say(say()))
-        .await
-        .unwrap()
-        .unwrap();
+    let response = say_within(&mut client).await.unwrap();
     assert_eq!(response.get_ref().attempt, 2);
     let attempts = server.attempts_for(Method::Say);
     let gap = attempts[1].arrived - attempts[0].arrived;
@@ -260,10 +248,7 @@ async fn the_throttle_counts_hedges_like_retries() {
         .unwrap();
     let mut client = client(&server, &layer);
 
-    let status = tokio::time::timeout(BOUND, client.say(say()))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let status = say_within(&mut client).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(history(&status).stop_reason(), StopReason::Throttled);
     assert_eq!(server.attempt_count_for(Method::Say), 1);
@@ -281,10 +266,7 @@ async fn the_deadline_bounds_every_hedge() {
     let layer = layer(policy);
     let mut client = client(&server, &layer);
 
-    let status = tokio::time::timeout(BOUND, client.say(say()))
-        .await
-        .expect("the call ends by its deadline")
-        .unwrap_err();
+    let status = say_within(&mut client).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
     assert_eq!(history(&status).stop_reason(), StopReason::Deadline);
     tokio::time::timeout(BOUND, server.wait_cancelled(3))
@@ -503,10 +485,7 @@ async fn a_service_config_hedging_policy_hedges_its_method() {
         .unwrap();
     let mut client = client(&server, &layer);
 
-    let response = tokio::time::timeout(BOUND, client.say(say()))
-        .await
-        .unwrap()
-        .unwrap();
+    let response = say_within(&mut client).await.unwrap();
     assert_eq!(response.get_ref().attempt, 2);
     assert_eq!(layer.metrics().hedges(), 1);
 }
