@@ -269,6 +269,15 @@ where
 }
 
 /// Allocations per call over `n` calls.
+/// The time `iters` calls of `service` with a generated client's request take.
+fn time_calls(service: &mut dyn FnMut(Request<Body>), framed: &Bytes, iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        service(grpc_request(framed));
+    }
+    start.elapsed()
+}
+
 fn allocations_per_call<S, B>(service: &mut S, framed: &Bytes, n: u64) -> f64
 where
     S: Service<Request<Body>, Response = Response<B>>,
@@ -295,13 +304,8 @@ fn layer_alone(c: &mut Criterion, mode: Mode, rows: &mut Vec<Row>) {
     let bare_allocs = allocations_per_call(&mut bare, &framed, n);
     let layered_allocs = allocations_per_call(&mut layered, &framed, n);
 
-    let calls = |service: &mut dyn FnMut(Request<Body>), iters: u64| {
-        let start = Instant::now();
-        for _ in 0..iters {
-            service(grpc_request(&framed));
-        }
-        start.elapsed()
-    };
+    let calls =
+        |service: &mut dyn FnMut(Request<Body>), iters: u64| time_calls(service, &framed, iters);
     let t = measure(
         c,
         mode,
@@ -374,13 +378,8 @@ fn metrics_on<S, B>(
     let n = mode.scale(40_000);
     let layered_allocs = allocations_per_call(layered, framed, n);
     let metered_allocs = allocations_per_call(&mut metered, framed, n);
-    let calls = |service: &mut dyn FnMut(Request<Body>), iters: u64| {
-        let start = Instant::now();
-        for _ in 0..iters {
-            service(grpc_request(framed));
-        }
-        start.elapsed()
-    };
+    let calls =
+        |service: &mut dyn FnMut(Request<Body>), iters: u64| time_calls(service, framed, iters);
     let t = measure(
         c,
         mode,
@@ -746,6 +745,21 @@ fn one_retry(c: &mut Criterion, mode: Mode, rows: &mut Vec<Row>) {
 // 4. Streams.
 
 /// One whole `Count` stream of `messages` messages, read from a raw `tonic::Streaming`.
+/// The time `iters` runs of `run` take, one after another.
+fn time_runs<F, Fut>(rt: &tokio::runtime::Runtime, iters: u64, run: &F) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    rt.block_on(async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            run().await;
+        }
+        start.elapsed()
+    })
+}
+
 async fn raw_stream(mut client: EchoClient<Channel>, messages: u64) {
     let request = CountRequest {
         start_after: 0,
@@ -863,32 +877,12 @@ fn streams(c: &mut Criterion, mode: Mode, rows: &mut Vec<Row>) {
         "stream_100k",
         true,
         &mut [
-            ("raw_streaming", &mut |iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        raw().await;
-                    }
-                    start.elapsed()
-                })
-            }),
+            ("raw_streaming", &mut |iters| time_runs(&rt, iters, &raw)),
             ("resumable_idle_timeout", &mut |iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        resumable().await;
-                    }
-                    start.elapsed()
-                })
+                time_runs(&rt, iters, &resumable)
             }),
             ("resumable_no_idle_timeout", &mut |iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        resumable_no_idle().await;
-                    }
-                    start.elapsed()
-                })
+                time_runs(&rt, iters, &resumable_no_idle)
             }),
         ],
     );
@@ -941,23 +935,9 @@ fn streams(c: &mut Criterion, mode: Mode, rows: &mut Vec<Row>) {
             &format!("stream_{length}"),
             true,
             &mut [
-                ("raw_streaming", &mut |iters| {
-                    rt.block_on(async {
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            raw().await;
-                        }
-                        start.elapsed()
-                    })
-                }),
+                ("raw_streaming", &mut |iters| time_runs(&rt, iters, &raw)),
                 ("resumable_no_idle_timeout", &mut |iters| {
-                    rt.block_on(async {
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            resumable().await;
-                        }
-                        start.elapsed()
-                    })
+                    time_runs(&rt, iters, &resumable)
                 }),
             ],
         );
