@@ -106,14 +106,8 @@ where
             && timer.poll(cx).is_ready()
         {
             cancel_all(this.in_flight, call);
-            let timeout = call.cold().and_then(|cold| cold.timeout);
-            let cut = Failure::local(
-                Code::DeadlineExceeded,
-                FailureKind::DeadlineExceeded,
-                format!("deadline of {:?} exceeded", timeout.unwrap_or_default()),
-            );
-            let failure = call.slow().last_failure.take().unwrap_or(cut);
-            return Poll::Ready(Err(call.give_up(failure, StopReason::Deadline)));
+            let cut = call.deadline_failure();
+            return Poll::Ready(Err(call.give_up_at_deadline(cut)));
         }
 
         let mut index = 0;

@@ -666,25 +666,31 @@ impl<S> Call<S> {
             return Timeout::None(failure);
         };
         if cold.deadline.is_some_and(|deadline| now >= deadline) {
-            let message = format!(
-                "deadline of {:?} exceeded",
-                cold.timeout.unwrap_or_default()
-            );
-            let cut = Failure::local(
-                Code::DeadlineExceeded,
-                FailureKind::DeadlineExceeded,
-                message,
-            );
+            let cut = self.deadline_failure();
             self.record(&cut);
-            // The attempt that the deadline cut has no outcome of its own; an earlier attempt's
-            // says more about why the call failed than "deadline exceeded" does.
-            let failure = self.slow().last_failure.take().unwrap_or(cut);
-            return Timeout::CallDeadline(self.give_up(failure, StopReason::Deadline));
+            return Timeout::CallDeadline(self.give_up_at_deadline(cut));
         }
         if cold.attempt_deadline.is_some_and(|end| now >= end) {
             return Timeout::Attempt(self.attempt_timeout_failure());
         }
         Timeout::None(failure)
+    }
+
+    /// What the call's deadline did to the attempts it cut.
+    fn deadline_failure(&self) -> Failure {
+        let timeout = self.cold().and_then(|cold| cold.timeout);
+        Failure::local(
+            Code::DeadlineExceeded,
+            FailureKind::DeadlineExceeded,
+            format!("deadline of {:?} exceeded", timeout.unwrap_or_default()),
+        )
+    }
+
+    /// The caller's error once the deadline passed. An attempt the deadline cut has no outcome
+    /// of its own; an earlier attempt's says more about why the call failed than `cut` does.
+    fn give_up_at_deadline(&mut self, cut: Failure) -> BoxError {
+        let failure = self.slow().last_failure.take().unwrap_or(cut);
+        self.give_up(failure, StopReason::Deadline)
     }
 
     fn attempt_timeout_failure(&self) -> Failure {
