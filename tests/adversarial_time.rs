@@ -1,0 +1,278 @@
+//! Adversarial pass, time: extreme delays from the configuration and from peers, and waits the
+//! layer must bound by the call's deadline. Every test runs under tokio's paused clock against a
+//! real tonic server on 127.0.0.1, so a wait of years takes no wall time and is measured exactly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use tonic_retry::backoff::{BackoffSchedule, ExponentialBackoff};
+use tonic_retry::{CallHistory, HedgingPolicy, RetryLayer, RetryPolicy, StopReason};
+use tonic_retry_testkit::pb::SayRequest;
+use tonic_retry_testkit::pb::echo_client::EchoClient;
+use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};
+use tower::ServiceBuilder;
+use tower::limit::ConcurrencyLimitLayer;
+
+/// Far past every wait a test here expects, still finite: a call pending this long hung.
+const GUARD: Duration = Duration::from_secs(3600);
+
+fn layer(policy: RetryPolicy) -> RetryLayer {
+    RetryLayer::builder()
+        .default_policy(policy)
+        .jitter_seed(7)
+        .build()
+        .unwrap()
+}
+
+fn say(text: &str) -> SayRequest {
+    SayRequest {
+        payload: bytes::Bytes::copy_from_slice(text.as_bytes()),
+        text: text.into(),
+    }
+}
+
+fn with_deadline(message: SayRequest, deadline: Duration) -> Request<SayRequest> {
+    let mut request = Request::new(message);
+    request.set_timeout(deadline);
+    request
+}
+
+fn history(status: &Status) -> &CallHistory {
+    CallHistory::of(status).unwrap_or_else(|| panic!("no history on {status:?}"))
+}
+
+/// A schedule that asks for the longest wait there is before every retry: "not before the end of
+/// time", which a user writes to mean "do not retry" (or gets from an exponential schedule with
+/// no cap whose delays grew past what the clock can add).
+#[derive(Debug)]
+struct Forever;
+
+impl BackoffSchedule for Forever {
+    fn delay(&self, _retry: u32, _random: f64) -> Option<Duration> {
+        Some(Duration::MAX)
+    }
+}
+
+/// A backoff too long for the clock to add to "now" must be waited (for ever, in effect), as the
+/// resumable stream waits it and as `tokio::time::sleep(Duration::MAX)` does. It was skipped: the
+/// retry went out at once, so the longest configured backoff became no backoff at all, and a
+/// failing server got every attempt back to back.
+#[tokio::test(start_paused = true)]
+async fn a_backoff_too_long_for_the_clock_is_waited_not_skipped() {
+    for schedule in [
+        Arc::new(Forever) as Arc<dyn BackoffSchedule>,
+        Arc::new(ExponentialBackoff::new(Duration::MAX, Duration::MAX, 2.0).unwrap()),
+        // Documented as "no cap": the third delay (1e20 s) is past what the clock can add.
+        Arc::new(ExponentialBackoff::new(Duration::from_secs(1), Duration::MAX, 1e10).unwrap()),
+    ] {
+        let server = ScriptedServer::start(
+            Script::new().default_action(Method::Say, Action::fail(Code::Unavailable, "down")),
+        )
+        .await;
+        let policy = RetryPolicy::builder()
+            .max_attempts(4)
+            .backoff(SharedSchedule(Arc::clone(&schedule)))
+            .build()
+            .unwrap();
+        let mut client = EchoClient::new(
+            ServiceBuilder::new()
+                .layer(layer(policy))
+                .service(lazy_channel(server.addr())),
+        );
+
+        let outcome = tokio::time::timeout(GUARD, client.say(say("x"))).await;
+
+        let attempts = server.attempts();
+        let gaps: Vec<Duration> = attempts
+            .windows(2)
+            .map(|pair| pair[1].arrived - pair[0].arrived)
+            .collect();
+        // The exponential schedule with a cap of Duration::MAX waits its first two delays (1 s,
+        // 1e10 s) and only its third is too long for the clock: the guard ends the test long
+        // before. Every other schedule waits for ever after the first attempt.
+        assert!(
+            outcome.is_err(),
+            "{schedule:?}: the call ended ({:?}) after {} attempts {gaps:?}, it should still be \
+             waiting",
+            outcome.map(|result| result.map(|_| ()).map_err(|status| status.code())),
+            attempts.len()
+        );
+        assert!(
+            gaps.iter().all(|gap| *gap >= Duration::from_secs(1)),
+            "{schedule:?}: retries went out back to back: {gaps:?}"
+        );
+    }
+}
+
+/// A `BackoffSchedule` behind an `Arc`, so one schedule value can be tried in several policies.
+#[derive(Debug)]
+struct SharedSchedule(Arc<dyn BackoffSchedule>);
+
+impl BackoffSchedule for SharedSchedule {
+    fn delay(&self, retry: u32, random: f64) -> Option<Duration> {
+        self.0.delay(retry, random)
+    }
+}
+
+/// With a deadline, a backoff too long for the clock is a backoff longer than the time left:
+/// the call returns its last outcome at once.
+#[tokio::test(start_paused = true)]
+async fn a_backoff_too_long_for_the_clock_with_a_deadline_returns_at_once() {
+    let server = ScriptedServer::start(
+        Script::new().default_action(Method::Say, Action::fail(Code::Unavailable, "down")),
+    )
+    .await;
+    let policy = RetryPolicy::builder().backoff(Forever).build().unwrap();
+    let mut client = EchoClient::new(
+        ServiceBuilder::new()
+            .layer(layer(policy))
+            .service(lazy_channel(server.addr())),
+    );
+
+    let started = Instant::now();
+    let status = tokio::time::timeout(
+        GUARD,
+        client.say(with_deadline(say("x"), Duration::from_secs(5))),
+    )
+    .await
+    .expect("the call hung")
+    .unwrap_err();
+
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(history(&status).stop_reason(), StopReason::Deadline);
+    assert_eq!(server.attempt_count(), 1);
+    assert!(started.elapsed() < Duration::from_millis(100));
+}
+
+/// A caller's deadline of zero (`grpc-timeout: 0n`, what a deadline computed from a clock that
+/// already passed it gives) ends the call with DEADLINE_EXCEEDED at once, as tonic does, and
+/// never retries.
+#[tokio::test(start_paused = true)]
+async fn a_zero_deadline_ends_the_call_at_once() {
+    let server = ScriptedServer::start(Script::new().say(Action::Hang)).await;
+    let mut client = EchoClient::new(
+        ServiceBuilder::new()
+            .layer(layer(RetryPolicy::default()))
+            .service(lazy_channel(server.addr())),
+    );
+    let mut request = Request::new(say("x"));
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "0n".parse().unwrap());
+
+    let started = Instant::now();
+    let status = tokio::time::timeout(GUARD, client.say(request))
+        .await
+        .expect("the call hung")
+        .unwrap_err();
+
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert!(server.attempt_count() <= 1);
+}
+
+/// The largest `grpc-timeout` there is (`99999999H`, 11,000 years) is a deadline like any other:
+/// the call is retried, and every retry tells the server what is left in a header it can parse.
+#[tokio::test(start_paused = true)]
+async fn the_largest_grpc_timeout_is_a_deadline_retries_can_state() {
+    let server = ScriptedServer::start(
+        Script::new()
+            .say(Action::fail(Code::Unavailable, "down"))
+            .say(Action::fail(Code::Unavailable, "down")),
+    )
+    .await;
+    let mut client = EchoClient::new(
+        ServiceBuilder::new()
+            .layer(layer(RetryPolicy::default()))
+            .service(lazy_channel(server.addr())),
+    );
+    let mut request = Request::new(say("x"));
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "99999999H".parse().unwrap());
+
+    let reply = tokio::time::timeout(GUARD, client.say(request))
+        .await
+        .expect("the call hung")
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(reply.attempt, 3);
+    for attempt in server.attempts() {
+        let timeout = attempt.grpc_timeout().expect("every attempt states its deadline");
+        let (digits, unit) = timeout.split_at(timeout.len() - 1);
+        assert!(
+            digits.len() <= 8 && digits.bytes().all(|b| b.is_ascii_digit()),
+            "{timeout}"
+        );
+        assert!("HMSmun".contains(unit), "{timeout}");
+    }
+}
+
+/// The first attempt waits for the inner service too: a concurrency limit below the layer that
+/// a hanging call holds keeps the next call from being sent. The design says the deadline holds
+/// in every state, waiting for the inner service included; the retry of a call honours it (see
+/// `the_deadline_holds_while_the_inner_service_is_not_ready`), the first attempt does not: the
+/// layer's `poll_ready` is the inner service's, called before the layer sees the request and
+/// its deadline, so the call waits for the permit for ever.
+#[tokio::test(start_paused = true)]
+#[ignore = "defect: the first attempt's wait for the inner service's readiness is not bounded \
+            by the call's deadline (Retry::poll_ready delegates to the inner service)"]
+async fn the_first_attempt_waits_for_a_busy_inner_service_only_until_the_deadline() {
+    let server = ScriptedServer::start(Script::new().say(Action::Hang)).await;
+    let channel: Channel = lazy_channel(server.addr());
+    let stack = ServiceBuilder::new()
+        .layer(layer(RetryPolicy::default()))
+        .layer(ConcurrencyLimitLayer::new(1))
+        .service(channel);
+    // The first call takes the one permit and hangs on the server.
+    let mut holder = EchoClient::new(stack.clone());
+    let hanging = tokio::spawn(async move { holder.say(say("hang")).await });
+    server.wait_attempts(1).await;
+
+    let mut client = EchoClient::new(stack);
+    let deadline = Duration::from_secs(1);
+    let started = Instant::now();
+    let outcome =
+        tokio::time::timeout(GUARD, client.say(with_deadline(say("x"), deadline))).await;
+    let took = started.elapsed();
+    hanging.abort();
+
+    let status = outcome
+        .unwrap_or_else(|_| panic!("the call was still waiting for the service after {GUARD:?}"))
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(took <= deadline + Duration::from_millis(10), "{took:?}");
+}
+
+/// A hedging delay too long for the clock sends no hedge: the first attempt runs alone until
+/// the deadline, which ends the call at its time.
+#[tokio::test(start_paused = true)]
+async fn a_hedging_delay_too_long_for_the_clock_sends_no_hedge_and_the_deadline_holds() {
+    let server = ScriptedServer::start(Script::new().say(Action::Hang)).await;
+    let hedging = HedgingPolicy::builder()
+        .max_attempts(5)
+        .delay(Duration::MAX)
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(
+        ServiceBuilder::new()
+            .layer(layer(RetryPolicy::hedged(hedging)))
+            .service(lazy_channel(server.addr())),
+    );
+
+    let deadline = Duration::from_secs(2);
+    let started = Instant::now();
+    let status = tokio::time::timeout(GUARD, client.say(with_deadline(say("x"), deadline)))
+        .await
+        .expect("the call hung")
+        .unwrap_err();
+    let took = started.elapsed();
+
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(took >= deadline && took <= deadline + Duration::from_millis(10), "{took:?}");
+    assert_eq!(server.attempt_count(), 1);
+}
