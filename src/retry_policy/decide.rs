@@ -42,6 +42,12 @@ pub(crate) enum Decision {
 /// waits past it either way.
 pub const MAX_SERVER_DELAY: Duration = Duration::from_secs(60);
 
+/// The longest backoff the layer sleeps: tokio's own bound for "never" (what
+/// `tokio::time::sleep(Duration::MAX)` sleeps), about 30 years. A schedule may ask for more (up to
+/// `Duration::MAX`, which its caller cannot add to the clock), and means "wait for ever" by it, as
+/// a resumable stream reads it: a longer wait must never turn into no wait at all.
+const LONGEST_BACKOFF: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 /// Whether a failure is one that gRFC A6's throttle counts: every failure the policy would
 /// retry (a retryable code, an attempt timeout, a request that never reached the server), but a
 /// fail-fast code.
@@ -113,7 +119,8 @@ pub(crate) fn decide(policy: &RetryPolicy, failure: &Failure, progress: Progress
         return Decision::Stop(StopReason::Deadline);
     }
     Decision::Retry {
-        delay,
+        // Capped only once the deadline has seen the delay as asked.
+        delay: delay.min(LONGEST_BACKOFF),
         transparent: false,
         restart_backoff,
     }
@@ -247,6 +254,31 @@ mod tests {
         with_deadline.remaining = Some(Duration::from_secs(30));
         assert_eq!(
             decide(&policy(), &pushed, with_deadline),
+            Decision::Stop(StopReason::Deadline)
+        );
+    }
+
+    /// A delay the clock cannot add (`Duration::MAX`) was retried at once by the call future.
+    #[test]
+    fn a_backoff_too_long_for_the_clock_is_capped_at_the_far_future_not_dropped() {
+        let forever = RetryPolicy::builder()
+            .backoff(
+                crate::backoff::ExponentialBackoff::new(Duration::MAX, Duration::MAX, 2.0)
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let unavailable = failure(Code::Unavailable, FailureKind::Unavailable, false);
+        let Decision::Retry { delay, .. } = decide(&forever, &unavailable, progress(1)) else {
+            panic!("retried after the backoff");
+        };
+        assert_eq!(delay, LONGEST_BACKOFF);
+        assert!(tokio::time::Instant::now().checked_add(delay).is_some());
+        // A deadline sees the delay as asked: even 11,000 years left is not enough.
+        let mut with_deadline = progress(1);
+        with_deadline.remaining = Some(Duration::from_secs(99_999_999 * 3600));
+        assert_eq!(
+            decide(&forever, &unavailable, with_deadline),
             Decision::Stop(StopReason::Deadline)
         );
     }
