@@ -5,6 +5,8 @@
 //!   follows a FIFO script of [`Action`]s (one per attempt) and records each attempt it sees.
 //! * [`FaultProxy`] forwards TCP bytes to an upstream and can refuse, reset (RST), close (FIN),
 //!   cut after N bytes, stall, or blackhole connections on command.
+//! * [`ReplyServer`] answers with [`RawReply`]s written field by field (any HTTP status, header
+//!   bytes, data frames, trailers): peer data no tonic server sends.
 //! * [`ScriptedConnector`] plugs into `Endpoint::connect_with_connector` and fails connects with
 //!   a chosen `std::io::Error` (or a DNS-like error) before connecting to a loopback address.
 //!
@@ -36,11 +38,13 @@
 mod connector;
 mod proxy;
 mod raw_h2;
+mod reply_server;
 mod server;
 
 pub use connector::{ConnectAction, ConnectError, ScriptedConnector};
 pub use proxy::{CutMode, FaultProxy, ProxyStats};
 pub use raw_h2::{GarbledServer, GoAwayServer, HeadServer, RefusingServer};
+pub use reply_server::{RawReply, ReplyServer};
 pub use server::{Action, Attempt, Auth, Method, SCRIPT_KEY, Script, ScriptedServer};
 
 use std::net::{Ipv4Addr, SocketAddr};
