@@ -9,7 +9,7 @@ use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use pin_project::pin_project;
 
-use crate::classify::GRPC_STATUS;
+use crate::classify::{GRPC_STATUS, drop_undecodable_details};
 use crate::telemetry::CallTelemetry;
 use crate::throttle::RetryThrottle;
 
@@ -65,10 +65,13 @@ impl<B: HttpBody> HttpBody for ResponseBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        match &frame {
+        let mut frame = ready!(this.inner.poll_frame(cx));
+        match &mut frame {
             Some(Ok(frame)) => {
-                if let Some(trailers) = frame.trailers_ref() {
+                if let Some(trailers) = frame.trailers_mut() {
+                    // tonic's client reads the trailers as the call's status, and panics on
+                    // details that are not base64: a peer's bytes must not panic the caller.
+                    drop_undecodable_details(trailers);
                     if ends_ok(trailers)
                         && let Some(throttle) = this.on_ok.take()
                     {

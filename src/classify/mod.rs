@@ -13,8 +13,9 @@ use tonic::{Code, Status};
 
 use crate::kind::FailureKind;
 
-pub(crate) use self::status::{GRPC_STATUS, Pushback, pushback, trailers_only_status};
-use self::status::{GRPC_STATUS_DETAILS, details_decode};
+pub(crate) use self::status::{
+    GRPC_STATUS, Pushback, drop_undecodable_details, pushback, trailers_only_status,
+};
 pub(crate) use self::transport::classify_error;
 
 /// One attempt's outcome, as far as retrying is concerned.
@@ -90,11 +91,8 @@ pub(crate) fn classify_head<B>(response: &mut http::Response<B>) -> Option<Failu
         }
         return match trailers_only_status(headers) {
             None => {
-                // tonic's client panics on `grpc-status-details-bin` that is not base64 (it
-                // `expect`s the decoding): details mean nothing on OK, so drop them.
-                if !details_decode(response.headers()) {
-                    response.headers_mut().remove(&GRPC_STATUS_DETAILS);
-                }
+                // Details mean nothing on OK; tonic's client panics on ones that are not base64.
+                drop_undecodable_details(response.headers_mut());
                 None
             }
             Some(status) => {

@@ -84,6 +84,15 @@ pub(crate) fn details_decode(headers: &HeaderMap) -> bool {
         .all(|value| DETAILS_BASE64.decode(value.as_bytes()).is_ok())
 }
 
+/// Takes `grpc-status-details-bin` out of a block of headers or trailers that tonic's client
+/// reads as a status when any of its values is not base64: tonic `expect`s the decoding (a panic
+/// in the caller's task on a peer's bytes), and details it cannot read say nothing anyway.
+pub(crate) fn drop_undecodable_details(headers: &mut HeaderMap) {
+    if !details_decode(headers) {
+        headers.remove(&GRPC_STATUS_DETAILS);
+    }
+}
+
 /// The server's word on when to retry: `grpc-retry-pushback-ms` (a non-negative decimal number
 /// of milliseconds) first, else a `google.rpc.RetryInfo` in the status details. More than one
 /// pushback value means "do not retry", as in grpc-go. Details that do not decode are ignored.
