@@ -11,12 +11,13 @@ use futures_core::Stream;
 use hyper_util::rt::TokioIo;
 use prost::Message as _;
 use tokio::net::TcpStream;
-use tonic::transport::{Channel, Endpoint as TonicEndpoint};
+use tonic::transport::Endpoint as TonicEndpoint;
 use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::input::{Endpoint, Target};
+use crate::sanitize::Sanitized;
 use crate::sniff::{Sniffed, sniff};
 use crate::text::clean;
 use crate::verdict::{
@@ -94,12 +95,13 @@ pub(crate) async fn run(
 }
 
 /// A channel over a connection to `addr` only (no second name lookup), with the URI's
-/// authority kept for the `:authority` header.
+/// authority kept for the `:authority` header; sanitized, since the target's answers are not to
+/// be trusted.
 async fn connect(
     endpoint: &Endpoint,
     addr: SocketAddr,
     step: Duration,
-) -> Result<Channel, HandshakeVerdict> {
+) -> Result<Sanitized, HandshakeVerdict> {
     let connector = tower::service_fn(move |_: http::Uri| async move {
         let stream = TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);
@@ -115,7 +117,7 @@ async fn connect(
             kind: FailureKind::of_error(&error),
             message: chain(&error),
         }),
-        Ok(Ok(channel)) => Ok(channel),
+        Ok(Ok(channel)) => Ok(Sanitized(channel)),
     }
 }
 
@@ -153,7 +155,7 @@ async fn name_failure(
 /// Calls a method no server has: any gRPC server answers with a status (UNIMPLEMENTED, or the
 /// rejection of an auth gate in front of it), which proves HTTP/2 and gRPC work end to end.
 async fn probe(
-    channel: Channel,
+    channel: Sanitized,
     target: Option<&Target>,
     step: Duration,
 ) -> (HandshakeVerdict, Option<String>) {
@@ -217,7 +219,7 @@ fn transport_failure(status: &Status, step: Duration) -> Option<HandshakeVerdict
     })
 }
 
-async fn health(channel: Channel, service: &str, step: Duration) -> HealthVerdict {
+async fn health(channel: Sanitized, service: &str, step: Duration) -> HealthVerdict {
     let mut client = HealthClient::new(channel);
     let request = HealthCheckRequest {
         service: service.to_owned(),
@@ -316,7 +318,7 @@ macro_rules! reflect {
 }
 
 async fn reflection(
-    channel: Channel,
+    channel: Sanitized,
     target: Option<&Target>,
     step: Duration,
 ) -> (ReflectionVerdict, Described) {

@@ -58,6 +58,7 @@ mod grpc;
 mod input;
 mod report;
 mod resolve;
+mod sanitize;
 mod sniff;
 mod tcp;
 mod text;
