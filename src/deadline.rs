@@ -18,11 +18,17 @@ pub(crate) fn arm_timer(mut timer: Pin<&mut Option<Sleep>>, at: Instant) {
 /// The request header that carries the call's timeout.
 pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
-/// Parses a `grpc-timeout` value: at most eight ASCII digits and a unit (`H`, `M`, `S`, `m`, `u`,
-/// `n`). Anything else is `None`: the call then has no deadline, as in tonic.
+/// Parses a `grpc-timeout` value exactly as tonic does (its channel enforces what it reads, and
+/// the layer's deadline must be the same one): at most eight characters of a decimal number, a
+/// leading `+` included (tonic reads them with `u64::from_str`), and a unit (`H`, `M`, `S`, `m`,
+/// `u`, `n`). Anything else is `None`: the call then has no deadline, as in tonic.
 pub(crate) fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
-    let (unit, digits) = value.split_last()?;
-    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+    let (unit, number) = value.split_last()?;
+    if number.len() > 8 {
+        return None;
+    }
+    let digits = number.strip_prefix(b"+").unwrap_or(number);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
     let amount = digits
@@ -88,10 +94,14 @@ mod tests {
             &b""[..],
             b"m",
             b"123456789m",
+            b"+12345678m",
+            b"+m",
+            b"++1m",
             b"12x",
             b"-1S",
             b"1.5S",
             b" 1S",
+            b"1s",
         ] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
@@ -104,7 +114,49 @@ mod tests {
         assert_eq!(encode_grpc_timeout(Duration::from_secs(1000)), "1000000m");
     }
 
+    /// tonic 0.14's `try_parse_grpc_timeout` (private to tonic), step for step: what tonic's
+    /// channel and server enforce.
+    fn tonic_reading(value: &[u8]) -> Option<Duration> {
+        let text = std::str::from_utf8(value).ok()?;
+        if text.is_empty()
+            || !value
+                .iter()
+                .all(|b| (0x20..0x7f).contains(b) || *b == b'\t')
+        {
+            return None;
+        }
+        let (amount, unit) = text.split_at(text.len() - 1);
+        if amount.len() > 8 {
+            return None;
+        }
+        let amount: u64 = amount.parse().ok()?;
+        Some(match unit {
+            "H" => Duration::from_secs(amount * 3600),
+            "M" => Duration::from_secs(amount * 60),
+            "S" => Duration::from_secs(amount),
+            "m" => Duration::from_millis(amount),
+            "u" => Duration::from_micros(amount),
+            "n" => Duration::from_nanos(amount),
+            _ => return None,
+        })
+    }
+
+    #[test]
+    fn a_leading_plus_is_read_as_tonic_reads_it() {
+        assert_eq!(parse_grpc_timeout(b"+1S"), Some(Duration::from_secs(1)));
+        assert_eq!(
+            parse_grpc_timeout(b"+1234567m"),
+            Some(Duration::from_millis(1_234_567))
+        );
+        assert_eq!(tonic_reading(b"+1S"), Some(Duration::from_secs(1)));
+    }
+
     proptest! {
+        #[test]
+        fn reads_every_value_as_tonic_does(value in "[+ 0-9HMSmunx-]{0,11}") {
+            prop_assert_eq!(parse_grpc_timeout(value.as_bytes()), tonic_reading(value.as_bytes()));
+        }
+
         #[test]
         fn encode_then_parse_never_shortens(nanos in 0u64..u64::MAX / 4) {
             let timeout = Duration::from_nanos(nanos);
