@@ -15,7 +15,7 @@ use tonic_retry::backoff::ExponentialBackoff;
 use tonic_retry::{HedgingPolicy, Retry, RetryLayer, RetryPolicy};
 use tonic_retry_testkit::pb::Chunk;
 use tonic_retry_testkit::pb::echo_client::EchoClient;
-use tonic_retry_testkit::{Action, FaultProxy, Method, ScriptedServer, Script, lazy_channel};
+use tonic_retry_testkit::{Action, FaultProxy, Method, Script, ScriptedServer, lazy_channel};
 use tower::ServiceBuilder;
 
 /// Every test here ends well within this; past it, something hung.
@@ -77,10 +77,7 @@ fn open_call(
 /// after 1 ms by a policy of its own (the layer's own may back off for an hour, or hedge): the
 /// layer's budget is what is measured.
 async fn follow_up_is_replayed(client: &mut EchoClient<Retry<Channel>>) {
-    let chunks: Vec<Chunk> = FOLLOW_UP
-        .iter()
-        .map(|&len| chunk(len, b'f'))
-        .collect();
+    let chunks: Vec<Chunk> = FOLLOW_UP.iter().map(|&len| chunk(len, b'f')).collect();
     let total: usize = FOLLOW_UP.iter().sum();
     let mut request = tonic::Request::new(futures::stream::iter(chunks));
     request
@@ -117,9 +114,12 @@ async fn a_call_dropped_mid_attempt_gives_its_replay_budget_back() {
     let layer = layer(policy(Duration::from_millis(1)), Arc::new(Notify::new()));
     let (call, sender) = open_call(client(lazy_channel(proxy.addr()), &layer));
     // The chunk went upstream: the layer read it from the request, and holds it for replay.
-    tokio::time::timeout(GUARD, proxy.wait_until(|stats| stats.bytes_up >= HELD as u64))
-        .await
-        .expect("the chunk never went out");
+    tokio::time::timeout(
+        GUARD,
+        proxy.wait_until(|stats| stats.bytes_up >= HELD as u64),
+    )
+    .await
+    .expect("the chunk never went out");
 
     call.abort();
     let _ = call.await;
@@ -215,14 +215,14 @@ async fn the_follow_up_fails_while_another_call_holds_the_budget() {
     let proxy = FaultProxy::start(server.addr()).await;
     let layer = layer(policy(Duration::from_millis(1)), Arc::new(Notify::new()));
     let (call, sender) = open_call(client(lazy_channel(proxy.addr()), &layer));
-    tokio::time::timeout(GUARD, proxy.wait_until(|stats| stats.bytes_up >= HELD as u64))
-        .await
-        .expect("the chunk never went out");
+    tokio::time::timeout(
+        GUARD,
+        proxy.wait_until(|stats| stats.bytes_up >= HELD as u64),
+    )
+    .await
+    .expect("the chunk never went out");
 
-    let chunks: Vec<Chunk> = FOLLOW_UP
-        .iter()
-        .map(|&len| chunk(len, b'f'))
-        .collect();
+    let chunks: Vec<Chunk> = FOLLOW_UP.iter().map(|&len| chunk(len, b'f')).collect();
     let status = tokio::time::timeout(
         GUARD,
         client(lazy_channel(server.addr()), &layer).collect(futures::stream::iter(chunks)),

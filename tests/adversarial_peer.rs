@@ -115,12 +115,14 @@ async fn invalid_details_in_the_trailers_of_a_committed_call_do_not_panic_the_ca
         let outcome = layered_outcome(&server, quick_policy()).await;
         let expected = match status {
             b"0" => Outcome::Reply("hello".into()),
-            other => Outcome::Failed(
-                Code::from_bytes(other),
-                "with details".into(),
-            ),
+            other => Outcome::Failed(Code::from_bytes(other), "with details".into()),
         };
-        assert_eq!(outcome, expected, "grpc-status {:?}", String::from_utf8_lossy(status));
+        assert_eq!(
+            outcome,
+            expected,
+            "grpc-status {:?}",
+            String::from_utf8_lossy(status)
+        );
         // A call that committed is never retried.
         assert_eq!(server.streams(), 2, "one call each, plain and layered");
     }
@@ -130,11 +132,13 @@ async fn invalid_details_in_the_trailers_of_a_committed_call_do_not_panic_the_ca
 /// the caller, then the stream's end, without a panic.
 #[tokio::test]
 async fn invalid_details_in_the_trailers_of_a_server_stream_do_not_panic_the_caller() {
-    let numbered = |seq| Numbered {
-        seq,
-        padding: bytes::Bytes::new(),
-    }
-    .encode_to_vec();
+    let numbered = |seq| {
+        Numbered {
+            seq,
+            padding: bytes::Bytes::new(),
+        }
+        .encode_to_vec()
+    };
     let server = ReplyServer::start(vec![
         RawReply::ok()
             .message(&numbered(1))
@@ -209,14 +213,20 @@ fn odd_heads() -> Vec<(&'static str, RawReply)> {
             trailers_only(b"13").header("grpc-status-details-bin", b"***"),
         ),
         ("HTTP 204", RawReply::new(204)),
-        ("HTTP 301", RawReply::new(301).header("location", b"/elsewhere")),
+        (
+            "HTTP 301",
+            RawReply::new(301).header("location", b"/elsewhere"),
+        ),
         ("HTTP 400", RawReply::new(400)),
         ("HTTP 401", RawReply::new(401)),
         ("HTTP 403", RawReply::new(403)),
         ("HTTP 404", RawReply::new(404)),
         ("HTTP 500", RawReply::new(500)),
         ("HTTP 504", RawReply::new(504)),
-        ("HTTP 503 with a grpc-status", RawReply::new(503).header("grpc-status", b"5")),
+        (
+            "HTTP 503 with a grpc-status",
+            RawReply::new(503).header("grpc-status", b"5"),
+        ),
         (
             "grpc-status in the head and a body",
             RawReply::ok()
@@ -231,7 +241,10 @@ fn odd_heads() -> Vec<(&'static str, RawReply)> {
                 .message(&reply_bytes("ignored"))
                 .trailer("grpc-status", b"0"),
         ),
-        ("200, no status, no trailers", RawReply::ok().message(&reply_bytes("no end"))),
+        (
+            "200, no status, no trailers",
+            RawReply::ok().message(&reply_bytes("no end")),
+        ),
         ("200, empty", RawReply::ok().data(b"")),
         (
             "not gRPC",
@@ -242,7 +255,9 @@ fn odd_heads() -> Vec<(&'static str, RawReply)> {
         ),
         (
             "a message cut short",
-            RawReply::ok().data(&[0, 0, 0, 0, 9, 1]).trailer("grpc-status", b"0"),
+            RawReply::ok()
+                .data(&[0, 0, 0, 0, 9, 1])
+                .trailer("grpc-status", b"0"),
         ),
     ]
 }
@@ -277,7 +292,10 @@ async fn odd_heads_are_retried_only_when_a_plain_client_reads_them_as_unavailabl
         let attempts = server.streams() - 1;
         let retried = attempts > 1;
         let unavailable = matches!(plain, Outcome::Failed(Code::Unavailable, _));
-        assert_eq!(retried, unavailable, "{name}: {attempts} attempts for {plain:?}");
+        assert_eq!(
+            retried, unavailable,
+            "{name}: {attempts} attempts for {plain:?}"
+        );
         if unavailable {
             assert_eq!(attempts, 5, "{name}");
         }
@@ -335,7 +353,10 @@ async fn every_malformed_pushback_stops_and_every_valid_one_is_waited() {
     for (value, waited) in [
         (&b"0"[..], Duration::ZERO),
         (b"0010", Duration::from_millis(10)),
-        (b"18446744073709551615", tonic_retry::policy::MAX_SERVER_DELAY),
+        (
+            b"18446744073709551615",
+            tonic_retry::policy::MAX_SERVER_DELAY,
+        ),
     ] {
         let server = ReplyServer::start(vec![
             RawReply::ok()

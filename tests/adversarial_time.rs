@@ -202,7 +202,9 @@ async fn the_largest_grpc_timeout_is_a_deadline_retries_can_state() {
 
     assert_eq!(reply.attempt, 3);
     for attempt in server.attempts() {
-        let timeout = attempt.grpc_timeout().expect("every attempt states its deadline");
+        let timeout = attempt
+            .grpc_timeout()
+            .expect("every attempt states its deadline");
         let (digits, unit) = timeout.split_at(timeout.len() - 1);
         assert!(
             digits.len() <= 8 && digits.bytes().all(|b| b.is_ascii_digit()),
@@ -236,8 +238,7 @@ async fn the_first_attempt_waits_for_a_busy_inner_service_only_until_the_deadlin
     let mut client = EchoClient::new(stack);
     let deadline = Duration::from_secs(1);
     let started = Instant::now();
-    let outcome =
-        tokio::time::timeout(GUARD, client.say(with_deadline(say("x"), deadline))).await;
+    let outcome = tokio::time::timeout(GUARD, client.say(with_deadline(say("x"), deadline))).await;
     let took = started.elapsed();
     hanging.abort();
 
@@ -273,7 +274,10 @@ async fn a_hedging_delay_too_long_for_the_clock_sends_no_hedge_and_the_deadline_
     let took = started.elapsed();
 
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(took >= deadline && took <= deadline + Duration::from_millis(10), "{took:?}");
+    assert!(
+        took >= deadline && took <= deadline + Duration::from_millis(10),
+        "{took:?}"
+    );
     assert_eq!(server.attempt_count(), 1);
 }
 

@@ -263,8 +263,7 @@ mod tests {
     fn a_backoff_too_long_for_the_clock_is_capped_at_the_far_future_not_dropped() {
         let forever = RetryPolicy::builder()
             .backoff(
-                crate::backoff::ExponentialBackoff::new(Duration::MAX, Duration::MAX, 2.0)
-                    .unwrap(),
+                crate::backoff::ExponentialBackoff::new(Duration::MAX, Duration::MAX, 2.0).unwrap(),
             )
             .build()
             .unwrap();

@@ -114,7 +114,10 @@ impl ReplyServer {
     /// # Panics
     /// If `replies` is empty, or 127.0.0.1 cannot be bound.
     pub async fn start(replies: Vec<RawReply>) -> ReplyServer {
-        assert!(!replies.is_empty(), "a ReplyServer needs at least one reply");
+        assert!(
+            !replies.is_empty(),
+            "a ReplyServer needs at least one reply"
+        );
         let replies: Arc<[RawReply]> = replies.into();
         let listener = TcpListener::bind(LOOPBACK_ANY)
             .await
