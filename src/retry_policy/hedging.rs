@@ -287,9 +287,9 @@ impl HedgingPolicyBuilder {
         self
     }
 
-    /// At most this many hedges per call on average (`0.1`: one hedge per ten calls; above 0, at
-    /// most `max_attempts - 1`). A call whose hedge the cap refuses waits for its attempts in
-    /// flight.
+    /// At most this many hedges per call on average (`0.1`: one hedge per ten calls; at least
+    /// 0.001, since three decimal places are kept, and at most `max_attempts - 1`). A call whose
+    /// hedge the cap refuses waits for its attempts in flight.
     pub fn max_extra_load(mut self, hedges_per_call: f64) -> Self {
         self.max_extra_load = Some(hedges_per_call);
         self
@@ -314,17 +314,26 @@ impl HedgingPolicyBuilder {
                 "must be a percentile in (0, 1), such as 0.95",
             ));
         }
-        if let Some(load) = self.max_extra_load
-            && !(load > 0.0 && load <= f64::from(self.max_attempts - 1))
-        {
-            return Err(ConfigError::new(
-                "max_extra_load",
-                load.to_string(),
-                format!(
-                    "must be above 0 and at most max_attempts - 1 ({})",
-                    self.max_attempts - 1
-                ),
-            ));
+        if let Some(load) = self.max_extra_load {
+            if !(load > 0.0 && load <= f64::from(self.max_attempts - 1)) {
+                return Err(ConfigError::new(
+                    "max_extra_load",
+                    load.to_string(),
+                    format!(
+                        "must be above 0 and at most max_attempts - 1 ({})",
+                        self.max_attempts - 1
+                    ),
+                ));
+            }
+            // Calls earn the cap in thousandths of a hedge: a share that rounds to none would
+            // refuse every hedge, a policy that silently never hedges.
+            if (load * TOKEN as f64).round() < 1.0 {
+                return Err(ConfigError::new(
+                    "max_extra_load",
+                    load.to_string(),
+                    "must be at least 0.001 (three decimal places are kept)",
+                ));
+            }
         }
         Ok(HedgingPolicy(Arc::new(Hedging {
             max_attempts: self.max_attempts,
