@@ -248,3 +248,38 @@ async fn the_most_attempts_with_no_backoff_are_counted_exactly() {
     let expected: Vec<Option<u32>> = (0..limit).map(|n| (n > 0).then_some(n)).collect();
     assert_eq!(previous, expected);
 }
+
+/// Keepalive settings as wide as `Keepalive::new` takes them (`Duration::MAX`, read as "never"):
+/// hyper adds them to the clock unchecked (`Instant + Duration`), so its connection task panicked
+/// at the first ping it scheduled and every call on the channel failed. The calls must go on as
+/// with no keepalive at all.
+#[tokio::test(start_paused = true)]
+async fn the_widest_keepalive_settings_leave_the_connection_working() {
+    let server = ScriptedServer::start(Script::new()).await;
+    for (interval, timeout) in [
+        (Duration::MAX, Duration::from_secs(20)),
+        (Duration::from_millis(10), Duration::MAX),
+        (Duration::MAX, Duration::MAX),
+    ] {
+        let keepalive = tonic_retry::Keepalive::new(interval, timeout).unwrap();
+        let channel = keepalive
+            .apply(tonic_retry_testkit::endpoint(server.addr()))
+            .connect_lazy();
+        let layer = RetryLayer::builder()
+            .default_policy(RetryPolicy::no_retries())
+            .build()
+            .unwrap();
+        let mut client = EchoClient::new(ServiceBuilder::new().layer(layer).service(channel));
+        for round in 0..3 {
+            let outcome = tokio::time::timeout(GUARD, client.say(say(b"x"))).await;
+            let reply = outcome
+                .unwrap_or_else(|_| panic!("({interval:?}, {timeout:?}) round {round}: hung"))
+                .unwrap_or_else(|status| {
+                    panic!("({interval:?}, {timeout:?}) round {round}: {status:?}")
+                });
+            assert_eq!(reply.into_inner().payload.as_ref(), b"x");
+            // Time for the pings the interval asks for (the clock is paused: this is exact).
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
