@@ -152,14 +152,19 @@ impl Keepalive {
         self.interval.saturating_add(self.timeout)
     }
 
-    /// Sets these keepalive settings on `endpoint`.
+    /// Sets these keepalive settings on `endpoint`. A duration longer than the clock can take
+    /// (`Duration::MAX`, "never") is set as about 30 years, tokio's own bound for never: hyper
+    /// adds both to the clock unchecked, and its connection task would panic at the first ping.
     pub fn apply(&self, endpoint: Endpoint) -> Endpoint {
         endpoint
-            .http2_keep_alive_interval(self.interval)
-            .keep_alive_timeout(self.timeout)
+            .http2_keep_alive_interval(self.interval.min(NEVER))
+            .keep_alive_timeout(self.timeout.min(NEVER))
             .keep_alive_while_idle(self.while_idle)
     }
 }
+
+/// What tokio's `sleep(Duration::MAX)` sleeps: about 30 years, a time any clock can add.
+const NEVER: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 impl Default for Keepalive {
     /// A ping every 20 s, answered within 20 s, idle connections included: a dead connection
