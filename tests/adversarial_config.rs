@@ -283,3 +283,94 @@ async fn the_widest_keepalive_settings_leave_the_connection_working() {
         }
     }
 }
+
+/// Service-config JSON at its extremes: nesting far past any parser's stack, numbers past
+/// `f64`, durations past protobuf's, huge lists. Each is an error naming where, or a config
+/// within the limits; none panics or overflows the stack.
+#[test]
+fn extreme_service_config_json_is_an_error_or_a_bounded_config() {
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let deep_object = format!(
+        r#"{{"methodConfig": [{{"name": [{{}}], "retryPolicy": {}1{}}}]}}"#,
+        r#"{"a":"#.repeat(50_000),
+        "}".repeat(50_000)
+    );
+    let policy = |fields: &str| {
+        format!(
+            r#"{{"methodConfig": [{{"name": [{{"service": "a.B"}}], "retryPolicy": {{{fields}}}}}]}}"#
+        )
+    };
+    let base = r#""maxAttempts": 3, "initialBackoff": "1s", "maxBackoff": "2s", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]"#;
+    let with = |key: &str, value: &str| {
+        let replaced: Vec<String> = base
+            .split(", ")
+            .map(|field| {
+                if field.starts_with(&format!("\"{key}\"")) {
+                    format!("\"{key}\": {value}")
+                } else {
+                    field.to_owned()
+                }
+            })
+            .collect();
+        policy(&replaced.join(", "))
+    };
+    let errors = [
+        (deep.clone(), "service config"),
+        (deep_object, "service config"),
+        (with("maxAttempts", "1e400"), "service config"),
+        (
+            with("maxAttempts", "-0.0"),
+            "methodConfig[0].retryPolicy.maxAttempts",
+        ),
+        (
+            with("maxAttempts", "2.5"),
+            "methodConfig[0].retryPolicy.maxAttempts",
+        ),
+        (
+            with("initialBackoff", r#""1e400s""#),
+            "methodConfig[0].retryPolicy.initialBackoff",
+        ),
+        (
+            with("initialBackoff", r#""-0s""#),
+            "methodConfig[0].retryPolicy.initialBackoff",
+        ),
+        (
+            with("initialBackoff", r#"".s""#),
+            "methodConfig[0].retryPolicy.initialBackoff",
+        ),
+        (
+            with("maxBackoff", r#""315576000001s""#),
+            "methodConfig[0].retryPolicy.maxBackoff",
+        ),
+        (with("backoffMultiplier", "1e400"), "service config"),
+        (
+            with("backoffMultiplier", "0"),
+            "methodConfig[0].retryPolicy.backoffMultiplier",
+        ),
+        (
+            with("backoffMultiplier", "-1e308"),
+            "methodConfig[0].retryPolicy.backoffMultiplier",
+        ),
+    ];
+    for (json, field) in errors {
+        let err = json.parse::<ServiceConfig>().unwrap_err();
+        assert_eq!(err.field(), field, "{err}");
+    }
+
+    // Within the limits, however large: capped or taken as written.
+    let huge_attempts: ServiceConfig = with("maxAttempts", "1e19").parse().unwrap();
+    let retry = huge_attempts.method_configs()[0].retry_policy().unwrap();
+    assert_eq!(retry.max_attempts(), 5);
+    let steepest: ServiceConfig = with("backoffMultiplier", "1e308").parse().unwrap();
+    let policy = steepest.method_configs()[0].to_policy();
+    assert_eq!(
+        policy.backoff().delay(3, 1.0),
+        Some(Duration::from_millis(2400))
+    );
+    let names: Vec<String> = (0..20_000)
+        .map(|i| format!(r#"{{"service": "s{i}.S"}}"#))
+        .collect();
+    let many = format!(r#"{{"methodConfig": [{{"name": [{}]}}]}}"#, names.join(","));
+    let many: ServiceConfig = many.parse().unwrap();
+    assert_eq!(many.method_configs()[0].names().len(), 20_000);
+}
