@@ -214,6 +214,19 @@ fn odd_heads() -> Vec<(&'static str, RawReply)> {
         ),
         ("HTTP 204", RawReply::new(204)),
         (
+            "103 Early Hints, then UNAVAILABLE",
+            RawReply::ok()
+                .informational(103)
+                .header("grpc-status", b"14"),
+        ),
+        (
+            "100 Continue, then an OK reply",
+            RawReply::ok()
+                .informational(100)
+                .message(&reply_bytes("after 100"))
+                .trailer("grpc-status", b"0"),
+        ),
+        (
             "HTTP 301",
             RawReply::new(301).header("location", b"/elsewhere"),
         ),

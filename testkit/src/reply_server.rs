@@ -18,6 +18,8 @@ use crate::LOOPBACK_ANY;
 /// the stream on the last frame when there are none).
 #[derive(Debug, Clone)]
 pub struct RawReply {
+    /// Informational (1xx) heads sent before the final one.
+    informational: Vec<StatusCode>,
     status: StatusCode,
     headers: HeaderMap,
     data: Vec<Bytes>,
@@ -34,6 +36,7 @@ impl RawReply {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("application/grpc"));
         RawReply {
+            informational: Vec::new(),
             status: StatusCode::from_u16(status).expect("a valid HTTP status"),
             headers,
             data: Vec::new(),
@@ -44,6 +47,17 @@ impl RawReply {
     /// HTTP 200 with `content-type: application/grpc`: the head of a normal gRPC response.
     pub fn ok() -> RawReply {
         RawReply::new(200)
+    }
+
+    /// Sends an informational head (`103 Early Hints`, say) before the final one.
+    ///
+    /// # Panics
+    /// If `status` is not in 100..=199.
+    pub fn informational(mut self, status: u16) -> RawReply {
+        let status = StatusCode::from_u16(status).expect("a valid HTTP status");
+        assert!(status.is_informational(), "{status} is not informational");
+        self.informational.push(status);
+        self
     }
 
     /// Appends a header field (a name may repeat; the value is sent as these exact bytes).
@@ -169,6 +183,13 @@ impl Drop for ReplyServer {
 
 /// Sends `reply` on `respond`, ending the stream on its last frame.
 fn answer(mut respond: h2::server::SendResponse<Bytes>, reply: &RawReply) {
+    for status in &reply.informational {
+        let mut early = Response::new(());
+        *early.status_mut() = *status;
+        if respond.send_informational(early).is_err() {
+            return;
+        }
+    }
     let mut head = Response::new(());
     *head.status_mut() = reply.status;
     *head.headers_mut() = reply.headers.clone();
