@@ -54,7 +54,11 @@ impl BufferBudget {
     }
 
     fn release(&self, bytes: usize) {
-        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        // Nothing to give back is common (a committed call, a request that was not kept), and an
+        // atomic subtraction of 0 costs as much as any other.
+        if bytes > 0 {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+        }
     }
 
     /// Bytes currently held for replay.
@@ -88,9 +92,21 @@ pub(crate) struct WholeRequest {
     /// until the first attempt takes it.
     bytes: Option<Bytes>,
     replayable: bool,
-    /// The bytes reserved in the layer's budget (released on commit or drop).
+    /// The bytes reserved in the layer's budget, given back by [`CallBody::commit`] or
+    /// [`CallBody::release`] (which the call's drop runs). The budget is the call's to pass in,
+    /// not a handle kept here: that would be an `Arc` clone and drop per call, two atomic
+    /// operations on the happy path.
     reserved: usize,
-    budget: Arc<BufferBudget>,
+}
+
+impl Drop for WholeRequest {
+    fn drop(&mut self) {
+        debug_assert!(
+            self.reserved == 0 || std::thread::panicking(),
+            "a kept request dropped with {} bytes of the layer's budget",
+            self.reserved
+        );
+    }
 }
 
 impl CallBody {
@@ -138,13 +154,12 @@ impl CallBody {
         ))
     }
 
-    fn whole(bytes: Bytes, limit: usize, budget: &Arc<BufferBudget>) -> CallBody {
+    fn whole(bytes: Bytes, limit: usize, budget: &BufferBudget) -> CallBody {
         let fits = bytes.len() <= limit && budget.try_reserve(bytes.len());
         CallBody::Whole(WholeRequest {
             reserved: if fits { bytes.len() } else { 0 },
             replayable: fits,
             bytes: Some(bytes),
-            budget: Arc::clone(budget),
         })
     }
 
@@ -210,9 +225,9 @@ impl CallBody {
     }
 
     /// A hedged call committed to the attempt that reads through `reader`.
-    pub(crate) fn commit_to(&mut self, reader: ReaderId) {
+    pub(crate) fn commit_to(&mut self, reader: ReaderId, budget: &BufferBudget) {
         match self {
-            CallBody::Whole(_) => self.commit(),
+            CallBody::Whole(_) => self.commit(budget),
             CallBody::Streamed(handle) => handle.commit_to(reader.0),
         }
     }
@@ -225,22 +240,26 @@ impl CallBody {
         }
     }
 
-    /// The call committed: free the buffer.
-    pub(crate) fn commit(&mut self) {
+    /// The call committed: free the buffer, and give its bytes back to `budget` (the layer's,
+    /// the one [`CallBody::new`] reserved them in).
+    pub(crate) fn commit(&mut self, budget: &BufferBudget) {
         match self {
             CallBody::Whole(whole) => {
                 whole.bytes = None;
                 whole.replayable = false;
-                whole.budget.release(std::mem::take(&mut whole.reserved));
+                budget.release(std::mem::take(&mut whole.reserved));
             }
             CallBody::Streamed(handle) => handle.commit(),
         }
     }
-}
 
-impl Drop for WholeRequest {
-    fn drop(&mut self) {
-        self.budget.release(self.reserved);
+    /// Gives back to `budget` what a whole request still holds of it: the call's drop runs this.
+    /// (A streamed request's shared state gives its own back when its last reader goes.)
+    #[inline]
+    pub(crate) fn release(&mut self, budget: &BufferBudget) {
+        if let CallBody::Whole(whole) = self {
+            budget.release(std::mem::take(&mut whole.reserved));
+        }
     }
 }
 
@@ -765,9 +784,21 @@ mod tests {
         assert!(call.replayable());
         assert_eq!(read_body(call.next_attempt().unwrap()).await, b"unary");
         assert_eq!(budget.used(), 5);
-        call.commit();
+        call.commit(&budget);
         assert_eq!(budget.used(), 0);
         assert!(call.next_attempt().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_whole_request_dropped_uncommitted_gives_its_bytes_back_once() {
+        let budget = budget();
+        let mut call = CallBody::new(body_of(&[b"unary"]), 1024, &budget);
+        assert_eq!(budget.used(), 5);
+        call.release(&budget);
+        assert_eq!(budget.used(), 0);
+        call.release(&budget);
+        call.commit(&budget);
+        assert_eq!(budget.used(), 0, "given back once, not three times");
     }
 
     #[tokio::test]

@@ -24,9 +24,13 @@ pub(crate) struct Shared {
     pub(crate) telemetry: Option<crate::telemetry::Telemetry>,
 }
 
-/// The per-service state every call of a [`Retry`](crate::Retry) holds a handle on.
+/// The per-service state every call of a [`Retry`](crate::Retry) holds a handle on: one
+/// handle, through which the call also reaches the layer's [`Shared`] state (a second `Arc`
+/// per call would cost two more atomic operations, its clone and its drop).
 #[derive(Debug)]
 pub(crate) struct Spare<S> {
+    /// The layer's state.
+    pub(crate) shared: Arc<Shared>,
     /// A clone of the inner service that calls clone again for their retries.
     pub(crate) service: Mutex<S>,
     /// Where the calls go, for the history, when the request does not say.
