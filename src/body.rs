@@ -88,23 +88,32 @@ pub(crate) const FIRST_READER: ReaderId = ReaderId(1);
 /// A request read whole at the start of the call.
 #[derive(Debug)]
 pub(crate) struct WholeRequest {
-    /// The request: while `replayable`, kept for every attempt; otherwise (too large to keep)
-    /// until the first attempt takes it.
+    /// The request: while `kept`, kept for every attempt; otherwise (too large to keep) until the
+    /// first attempt takes it.
     bytes: Option<Bytes>,
-    replayable: bool,
-    /// The bytes reserved in the layer's budget, given back by [`CallBody::commit`] or
-    /// [`CallBody::release`] (which the call's drop runs). The budget is the call's to pass in,
-    /// not a handle kept here: that would be an `Arc` clone and drop per call, two atomic
-    /// operations on the happy path.
-    reserved: usize,
+    /// Whether `bytes` are kept for replay, their length reserved in the layer's budget. Given
+    /// back by [`CallBody::commit`] or [`CallBody::release`] (which the call's drop runs): the
+    /// budget is the call's to pass in, not a handle kept here, which would be an `Arc` clone
+    /// and drop per call, two atomic operations on the happy path.
+    kept: bool,
+}
+
+impl WholeRequest {
+    /// Stops keeping the request and gives its bytes back to `budget`.
+    fn give_back(&mut self, budget: &BufferBudget) {
+        if std::mem::take(&mut self.kept) {
+            budget.release(self.bytes.take().map_or(0, |bytes| bytes.len()));
+        }
+    }
 }
 
 impl Drop for WholeRequest {
     fn drop(&mut self) {
         debug_assert!(
-            self.reserved == 0 || std::thread::panicking(),
-            "a kept request dropped with {} bytes of the layer's budget",
-            self.reserved
+            !self.kept
+                || self.bytes.as_ref().is_none_or(Bytes::is_empty)
+                || std::thread::panicking(),
+            "a kept request dropped without giving its bytes back to the layer's budget"
         );
     }
 }
@@ -157,9 +166,8 @@ impl CallBody {
     fn whole(bytes: Bytes, limit: usize, budget: &BufferBudget) -> CallBody {
         let fits = bytes.len() <= limit && budget.try_reserve(bytes.len());
         CallBody::Whole(WholeRequest {
-            reserved: if fits { bytes.len() } else { 0 },
-            replayable: fits,
             bytes: Some(bytes),
+            kept: fits,
         })
     }
 
@@ -167,7 +175,7 @@ impl CallBody {
     pub(crate) fn first_attempt(&mut self) -> Body {
         match self {
             CallBody::Whole(whole) => {
-                let bytes = if whole.replayable {
+                let bytes = if whole.kept {
                     whole.bytes.clone()
                 } else {
                     whole.bytes.take()
@@ -181,7 +189,7 @@ impl CallBody {
     /// The next attempt's body, or `None` when the request can no longer be replayed.
     pub(crate) fn next_attempt(&mut self) -> Option<Body> {
         match self {
-            CallBody::Whole(whole) if whole.replayable => whole.bytes.clone().map(whole_body),
+            CallBody::Whole(whole) if whole.kept => whole.bytes.clone().map(whole_body),
             CallBody::Whole(_) => None,
             CallBody::Streamed(handle) => handle.next_attempt().map(Body::new),
         }
@@ -235,7 +243,7 @@ impl CallBody {
     /// Whether another attempt could send the whole request again.
     pub(crate) fn replayable(&self) -> bool {
         match self {
-            CallBody::Whole(whole) => whole.replayable && whole.bytes.is_some(),
+            CallBody::Whole(whole) => whole.kept && whole.bytes.is_some(),
             CallBody::Streamed(handle) => handle.replayable(),
         }
     }
@@ -245,9 +253,8 @@ impl CallBody {
     pub(crate) fn commit(&mut self, budget: &BufferBudget) {
         match self {
             CallBody::Whole(whole) => {
+                whole.give_back(budget);
                 whole.bytes = None;
-                whole.replayable = false;
-                budget.release(std::mem::take(&mut whole.reserved));
             }
             CallBody::Streamed(handle) => handle.commit(),
         }
@@ -258,7 +265,7 @@ impl CallBody {
     #[inline]
     pub(crate) fn release(&mut self, budget: &BufferBudget) {
         if let CallBody::Whole(whole) = self {
-            budget.release(std::mem::take(&mut whole.reserved));
+            whole.give_back(budget);
         }
     }
 }

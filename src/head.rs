@@ -31,7 +31,7 @@ pub(crate) fn grpc_path(path: &str) -> &str {
 
 /// The request head, kept to build every attempt after the first.
 pub(crate) struct RequestHead {
-    method: Method,
+    method: SavedMethod,
     uri: Uri,
     version: Version,
     /// The headers a generated client sets on every call, when they have the values it gives
@@ -42,6 +42,32 @@ pub(crate) struct RequestHead {
     /// A retry rebuilds the map.
     headers: Vec<(HeaderName, HeaderValue)>,
     extensions: SavedExtensions,
+}
+
+/// The request's method: gRPC's `POST` as a flag, any other boxed (8 bytes where a `Method` is
+/// 24, in a head every in-flight call holds).
+enum SavedMethod {
+    Post,
+    Other(Box<Method>),
+}
+
+impl SavedMethod {
+    #[inline]
+    fn save(method: &Method) -> SavedMethod {
+        // By its name: `Method`'s own comparison is a call, and a generated client's is `POST`.
+        if method.as_str() == "POST" {
+            SavedMethod::Post
+        } else {
+            SavedMethod::Other(Box::new(method.clone()))
+        }
+    }
+
+    fn restore(&self) -> Method {
+        match self {
+            SavedMethod::Post => Method::POST,
+            SavedMethod::Other(method) => Method::clone(method),
+        }
+    }
 }
 
 /// Which of a generated client's usual headers (`te: trailers`, `content-type:
@@ -135,7 +161,7 @@ impl RequestHead {
             headers.push((name.clone(), value.clone()));
         }
         let mut head = RequestHead {
-            method: request.method().clone(),
+            method: SavedMethod::save(request.method()),
             uri: request.uri().clone(),
             version: request.version(),
             usual,
@@ -168,7 +194,7 @@ impl RequestHead {
     /// A new attempt's request with this head and `body`.
     pub(crate) fn request(&self, body: Body) -> Request<Body> {
         let mut request = Request::new(body);
-        *request.method_mut() = self.method.clone();
+        *request.method_mut() = self.method.restore();
         *request.uri_mut() = self.uri.clone();
         *request.version_mut() = self.version;
         let headers = request.headers_mut();
@@ -202,6 +228,20 @@ mod tests {
         let retry = head.request(Body::empty());
         let method = retry.extensions().get::<GrpcMethod<'static>>().unwrap();
         assert_eq!((method.service(), method.method()), ("pkg.Svc", "Method"));
+    }
+
+    #[test]
+    fn a_method_other_than_post_is_kept() {
+        for method in [
+            Method::POST,
+            Method::GET,
+            Method::from_bytes(b"CUSTOM-VERB").unwrap(),
+        ] {
+            let mut request = Request::new(());
+            *request.method_mut() = method.clone();
+            let retry = RequestHead::save(&request).0.request(Body::empty());
+            assert_eq!(retry.method(), method);
+        }
     }
 
     #[test]
