@@ -33,6 +33,7 @@ impl<S: Clone> Retry<S> {
                 shared,
                 service: Mutex::new(inner.clone()),
                 target,
+                origin: Default::default(),
             }),
             inner,
         }

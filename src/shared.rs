@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::backoff::Jitter;
 use crate::body::BufferBudget;
+use crate::head::Origin;
 use crate::hook::OnRetry;
 use crate::metrics::Counters;
 use crate::retry_policy::PolicyTable;
@@ -35,4 +36,6 @@ pub(crate) struct Spare<S> {
     pub(crate) service: Mutex<S>,
     /// Where the calls go, for the history, when the request does not say.
     pub(crate) target: Option<Arc<str>>,
+    /// The scheme and authority of the service's calls, kept once rather than in every call.
+    pub(crate) origin: Origin,
 }

@@ -208,7 +208,7 @@ where
             *this.stop = Some(StopReason::BufferLimit);
             continue;
         };
-        let mut request = call.head.request(body);
+        let mut request = call.head.request(body, &call.spare.origin);
         let headers = request.headers_mut();
         headers.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(call.attempts));
         call.arm_attempt(headers, true, now);
