@@ -197,8 +197,11 @@ impl RequestHead {
             let first_of_name = previous != Some(name);
             previous = Some(name);
             if *name == GRPC_TIMEOUT {
-                caller_timeout = parse_grpc_timeout(value.as_bytes());
-                has_timeout = true;
+                // The first value, as tonic's channel and servers read it (`HeaderMap::get`).
+                if !has_timeout {
+                    caller_timeout = parse_grpc_timeout(value.as_bytes());
+                    has_timeout = true;
+                }
                 continue;
             }
             if first_of_name && let Some(flag) = UsualHeaders::flag(name, value) {
@@ -443,6 +446,16 @@ mod tests {
             request.headers(),
             "one that does not parse is sent again as it is"
         );
+    }
+
+    #[test]
+    fn of_two_grpc_timeouts_the_first_is_the_deadline_as_tonic_reads_it() {
+        let mut request = Request::new(());
+        let headers = request.headers_mut();
+        headers.append(GRPC_TIMEOUT, HeaderValue::from_static("1S"));
+        headers.append(GRPC_TIMEOUT, HeaderValue::from_static("1H"));
+        let (_, timeout) = RequestHead::save(&request, &Origin::default());
+        assert_eq!(timeout, Some(Duration::from_secs(1)));
     }
 
     #[test]
