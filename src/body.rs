@@ -54,7 +54,11 @@ impl BufferBudget {
     }
 
     fn release(&self, bytes: usize) {
-        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        // Nothing to give back is common (a committed call, a request that was not kept), and an
+        // atomic subtraction of 0 costs as much as any other.
+        if bytes > 0 {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+        }
     }
 
     /// Bytes currently held for replay.
@@ -84,13 +88,34 @@ pub(crate) const FIRST_READER: ReaderId = ReaderId(1);
 /// A request read whole at the start of the call.
 #[derive(Debug)]
 pub(crate) struct WholeRequest {
-    /// The request: while `replayable`, kept for every attempt; otherwise (too large to keep)
-    /// until the first attempt takes it.
+    /// The request: while `kept`, kept for every attempt; otherwise (too large to keep) until the
+    /// first attempt takes it.
     bytes: Option<Bytes>,
-    replayable: bool,
-    /// The bytes reserved in the layer's budget (released on commit or drop).
-    reserved: usize,
-    budget: Arc<BufferBudget>,
+    /// Whether `bytes` are kept for replay, their length reserved in the layer's budget. Given
+    /// back by [`CallBody::commit`] or [`CallBody::release`] (which the call's drop runs): the
+    /// budget is the call's to pass in, not a handle kept here, which would be an `Arc` clone
+    /// and drop per call, two atomic operations on the happy path.
+    kept: bool,
+}
+
+impl WholeRequest {
+    /// Stops keeping the request and gives its bytes back to `budget`.
+    fn give_back(&mut self, budget: &BufferBudget) {
+        if std::mem::take(&mut self.kept) {
+            budget.release(self.bytes.take().map_or(0, |bytes| bytes.len()));
+        }
+    }
+}
+
+impl Drop for WholeRequest {
+    fn drop(&mut self) {
+        debug_assert!(
+            !self.kept
+                || self.bytes.as_ref().is_none_or(Bytes::is_empty)
+                || std::thread::panicking(),
+            "a kept request dropped without giving its bytes back to the layer's budget"
+        );
+    }
 }
 
 impl CallBody {
@@ -138,13 +163,11 @@ impl CallBody {
         ))
     }
 
-    fn whole(bytes: Bytes, limit: usize, budget: &Arc<BufferBudget>) -> CallBody {
+    fn whole(bytes: Bytes, limit: usize, budget: &BufferBudget) -> CallBody {
         let fits = bytes.len() <= limit && budget.try_reserve(bytes.len());
         CallBody::Whole(WholeRequest {
-            reserved: if fits { bytes.len() } else { 0 },
-            replayable: fits,
             bytes: Some(bytes),
-            budget: Arc::clone(budget),
+            kept: fits,
         })
     }
 
@@ -152,7 +175,7 @@ impl CallBody {
     pub(crate) fn first_attempt(&mut self) -> Body {
         match self {
             CallBody::Whole(whole) => {
-                let bytes = if whole.replayable {
+                let bytes = if whole.kept {
                     whole.bytes.clone()
                 } else {
                     whole.bytes.take()
@@ -166,7 +189,7 @@ impl CallBody {
     /// The next attempt's body, or `None` when the request can no longer be replayed.
     pub(crate) fn next_attempt(&mut self) -> Option<Body> {
         match self {
-            CallBody::Whole(whole) if whole.replayable => whole.bytes.clone().map(whole_body),
+            CallBody::Whole(whole) if whole.kept => whole.bytes.clone().map(whole_body),
             CallBody::Whole(_) => None,
             CallBody::Streamed(handle) => handle.next_attempt().map(Body::new),
         }
@@ -210,9 +233,9 @@ impl CallBody {
     }
 
     /// A hedged call committed to the attempt that reads through `reader`.
-    pub(crate) fn commit_to(&mut self, reader: ReaderId) {
+    pub(crate) fn commit_to(&mut self, reader: ReaderId, budget: &BufferBudget) {
         match self {
-            CallBody::Whole(_) => self.commit(),
+            CallBody::Whole(_) => self.commit(budget),
             CallBody::Streamed(handle) => handle.commit_to(reader.0),
         }
     }
@@ -220,27 +243,30 @@ impl CallBody {
     /// Whether another attempt could send the whole request again.
     pub(crate) fn replayable(&self) -> bool {
         match self {
-            CallBody::Whole(whole) => whole.replayable && whole.bytes.is_some(),
+            CallBody::Whole(whole) => whole.kept && whole.bytes.is_some(),
             CallBody::Streamed(handle) => handle.replayable(),
         }
     }
 
-    /// The call committed: free the buffer.
-    pub(crate) fn commit(&mut self) {
+    /// The call committed: free the buffer, and give its bytes back to `budget` (the layer's,
+    /// the one [`CallBody::new`] reserved them in).
+    pub(crate) fn commit(&mut self, budget: &BufferBudget) {
         match self {
             CallBody::Whole(whole) => {
+                whole.give_back(budget);
                 whole.bytes = None;
-                whole.replayable = false;
-                whole.budget.release(std::mem::take(&mut whole.reserved));
             }
             CallBody::Streamed(handle) => handle.commit(),
         }
     }
-}
 
-impl Drop for WholeRequest {
-    fn drop(&mut self) {
-        self.budget.release(self.reserved);
+    /// Gives back to `budget` what a whole request still holds of it: the call's drop runs this.
+    /// (A streamed request's shared state gives its own back when its last reader goes.)
+    #[inline]
+    pub(crate) fn release(&mut self, budget: &BufferBudget) {
+        if let CallBody::Whole(whole) = self {
+            whole.give_back(budget);
+        }
     }
 }
 
@@ -765,9 +791,21 @@ mod tests {
         assert!(call.replayable());
         assert_eq!(read_body(call.next_attempt().unwrap()).await, b"unary");
         assert_eq!(budget.used(), 5);
-        call.commit();
+        call.commit(&budget);
         assert_eq!(budget.used(), 0);
         assert!(call.next_attempt().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_whole_request_dropped_uncommitted_gives_its_bytes_back_once() {
+        let budget = budget();
+        let mut call = CallBody::new(body_of(&[b"unary"]), 1024, &budget);
+        assert_eq!(budget.used(), 5);
+        call.release(&budget);
+        assert_eq!(budget.used(), 0);
+        call.release(&budget);
+        call.commit(&budget);
+        assert_eq!(budget.used(), 0, "given back once, not three times");
     }
 
     #[tokio::test]

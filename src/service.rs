@@ -20,22 +20,22 @@ use crate::shared::{Shared, Spare};
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
     inner: S,
-    /// What this service's calls share apart from the layer's state: a clone of `inner` that
-    /// calls clone again for their retries (so that a call that needs none clones nothing:
-    /// cloning a `Channel` is not free), and the service's target label.
+    /// What this service's calls share: the layer's state, a clone of `inner` that calls clone
+    /// again for their retries (so that a call that needs none clones nothing: cloning a
+    /// `Channel` is not free), and the service's target label.
     spare: Arc<Spare<S>>,
-    shared: Arc<Shared>,
 }
 
 impl<S: Clone> Retry<S> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>, target: Option<Arc<str>>) -> Retry<S> {
         Retry {
             spare: Arc::new(Spare {
+                shared,
                 service: Mutex::new(inner.clone()),
                 target,
+                origin: Default::default(),
             }),
             inner,
-            shared,
         }
     }
 }
@@ -48,7 +48,7 @@ impl<S> Retry<S> {
 
     /// The layer's counters.
     pub fn metrics(&self) -> &Counters {
-        &self.shared.counters
+        &self.spare.shared.counters
     }
 }
 
@@ -66,11 +66,6 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> ResponseFuture<S> {
-        ResponseFuture::start(
-            &mut self.inner,
-            Arc::clone(&self.spare),
-            Arc::clone(&self.shared),
-            request,
-        )
+        ResponseFuture::start(&mut self.inner, Arc::clone(&self.spare), request)
     }
 }

@@ -145,7 +145,8 @@ where
                         call.telemetry
                             .attempt_ended(Code::Cancelled, loser.started, now);
                     }
-                    call.body.commit_to(attempt.reader);
+                    call.body
+                        .commit_to(attempt.reader, &call.spare.shared.buffer_budget);
                     let (on_ok, telemetry) = call.passed(&mut response, attempt.started);
                     return Poll::Ready(Ok(
                         response.map(|body| ResponseBody::new(body, on_ok, telemetry))
@@ -188,7 +189,7 @@ where
         }
 
         // A hedge is due. gRFC A6: the throttle counts hedges as it counts retries.
-        if !this.policy.permit_hedge() || !call.shared.gate.permit_retry() {
+        if !this.policy.permit_hedge() || !call.spare.shared.gate.permit_retry() {
             *this.stop = Some(StopReason::Throttled);
             continue;
         }
@@ -207,7 +208,7 @@ where
             *this.stop = Some(StopReason::BufferLimit);
             continue;
         };
-        let mut request = call.head.request(body);
+        let mut request = call.head.request(body, &call.spare.origin);
         let headers = request.headers_mut();
         headers.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(call.attempts));
         call.arm_attempt(headers, true, now);
@@ -215,9 +216,8 @@ where
         call.attempts += 1;
         call.sent += 1;
         call.telemetry.attempt_started(AttemptKind::Hedge, now);
-        let counters = &call.shared.counters;
+        let counters = &call.spare.shared.counters;
         Counters::bump(&counters.hedges);
-        Counters::bump(&counters.attempts);
         tracing::debug!(attempt = call.sent, "sending a hedged attempt");
         this.in_flight.push(InFlight {
             future: Box::pin(future),
@@ -270,7 +270,8 @@ fn failed<S, F>(
         // A fatal status commits the call to it: the others are cancelled, and their readers
         // cut, so that nothing of the request stays held for them.
         cancel_all(this.in_flight, call);
-        call.body.commit_to(attempt.reader);
+        call.body
+            .commit_to(attempt.reader, &call.spare.shared.buffer_budget);
         let reason = if call.policy().fail_fast_codes().contains(failure.code()) {
             StopReason::FailFast
         } else {
@@ -278,7 +279,7 @@ fn failed<S, F>(
         };
         return Some(call.give_up(failure, reason));
     }
-    call.shared.gate.on_retryable_failure();
+    call.spare.shared.gate.on_retryable_failure();
     match failure.pushback {
         // A non-fatal status lets the next hedge go out at once.
         Pushback::None => *this.next_at = now.min(*this.next_at),
