@@ -361,6 +361,24 @@ mod tests {
             }
         }
 
+        /// What the response body passes on after dropping undecodable details, tonic's client
+        /// reads without panicking, whatever the peer sent.
+        #[test]
+        fn tonic_reads_any_details_left_after_dropping_the_undecodable(
+            values in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..24), 1..3),
+        ) {
+            let mut trailers = HeaderMap::new();
+            trailers.insert(GRPC_STATUS, "0".parse().unwrap());
+            for bytes in &values {
+                if let Ok(value) = http::HeaderValue::from_bytes(bytes) {
+                    trailers.append(GRPC_STATUS_DETAILS, value);
+                }
+            }
+            drop_undecodable_details(&mut trailers);
+            let read = std::panic::catch_unwind(|| Status::from_header_map(&trailers));
+            prop_assert!(read.is_ok());
+        }
+
         #[test]
         fn no_details_bytes_panic(details in proptest::collection::vec(any::<u8>(), 0..128)) {
             let _ = retry_info(&details);
