@@ -213,3 +213,67 @@ async fn a_hedged_request_of_exactly_the_limit_reaches_every_attempt_whole() {
         }
     }
 }
+
+/// The connection is reset in the middle of a client stream's request, two of its four messages
+/// sent: the attempt is "maybe sent" (UNAVAILABLE, retried by the default codes), and the retry,
+/// on a new connection, replays the two messages it has and goes on with the two the caller sends
+/// after the cut. The server completes exactly one request, whole and in order; the cut one never
+/// ended, so no handler took it for whole.
+#[tokio::test]
+async fn a_request_cut_mid_body_by_a_reset_is_replayed_whole_on_a_new_connection() {
+    let server = ScriptedServer::start(
+        Script::new().default_action(tonic_retry_testkit::Method::Collect, Action::Ok),
+    )
+    .await;
+    let proxy = tonic_retry_testkit::FaultProxy::start(server.addr()).await;
+    let layer = RetryLayer::builder()
+        .default_policy(retrying(tonic_retry::policy::DEFAULT_BUFFER_LIMIT))
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(
+        ServiceBuilder::new()
+            .layer(layer)
+            .service(lazy_channel(proxy.addr())),
+    );
+    let request = chunks(&[10_000, 10_000, 10_000, 10_000]);
+    let data = concatenated(&request);
+    let (sender, receiver) = futures::channel::mpsc::unbounded();
+    for chunk in &request[..2] {
+        sender.unbounded_send(chunk.clone()).unwrap();
+    }
+    let call = tokio::spawn(async move { client.collect(receiver).await });
+    let two = 2 * encoded_len(10_000) as u64;
+    tokio::time::timeout(GUARD, proxy.wait_until(|stats| stats.bytes_up >= two))
+        .await
+        .expect("the first two messages never went out");
+
+    proxy.reset_all();
+    for chunk in &request[2..] {
+        sender.unbounded_send(chunk.clone()).unwrap();
+    }
+    drop(sender);
+    let response = tokio::time::timeout(GUARD, call)
+        .await
+        .expect("hung")
+        .unwrap()
+        .unwrap_or_else(|status| panic!("{status:?}"));
+    let history = response
+        .extensions()
+        .get::<CallHistory>()
+        .expect("a retried call's history")
+        .clone();
+    let reply = response.into_inner();
+
+    assert_eq!(history.attempt_count(), 2, "{history}");
+    assert_eq!(reply.checksum, fnv1a64(&data));
+    assert_eq!(reply.total_bytes, data.len() as u64);
+    assert_eq!(reply.chunks, 4);
+    assert!(proxy.stats().accepted >= 2, "{:?}", proxy.stats());
+    let completed: Vec<_> = server
+        .attempts()
+        .into_iter()
+        .filter(|attempt| attempt.outcome == Some(Code::Ok))
+        .collect();
+    assert_eq!(completed.len(), 1, "{:?}", server.attempts());
+    assert_eq!(completed[0].payload.as_ref(), &data[..]);
+}
