@@ -345,3 +345,44 @@ async fn a_repeated_grpc_timeout_is_read_as_tonic_reads_it() {
         server.attempt_count()
     );
 }
+
+/// The deadline that ends a call cancels its attempt in flight: the server sees the attempt
+/// cancelled (its handler dropped), as it would for a plain tonic call, and not left running.
+#[tokio::test(start_paused = true)]
+async fn the_deadline_cancels_the_attempt_in_flight_on_the_server() {
+    for hedged in [false, true] {
+        let server =
+            ScriptedServer::start(Script::new().default_action(Method::Say, Action::Hang)).await;
+        let policy = if hedged {
+            RetryPolicy::hedged(
+                HedgingPolicy::builder()
+                    .max_attempts(2)
+                    .delay(Duration::from_millis(100))
+                    .build()
+                    .unwrap(),
+            )
+        } else {
+            RetryPolicy::default()
+        };
+        let mut client = EchoClient::new(
+            ServiceBuilder::new()
+                .layer(layer(policy))
+                .service(lazy_channel(server.addr())),
+        );
+
+        let status = tokio::time::timeout(
+            GUARD,
+            client.say(with_deadline(say("x"), Duration::from_secs(1))),
+        )
+        .await
+        .expect("the call hung")
+        .unwrap_err();
+
+        assert_eq!(status.code(), Code::DeadlineExceeded, "hedged {hedged}");
+        let attempts = if hedged { 2 } else { 1 };
+        tokio::time::timeout(GUARD, server.wait_cancelled(attempts))
+            .await
+            .unwrap_or_else(|_| panic!("hedged {hedged}: the server never saw the cancellation"));
+        assert_eq!(server.attempt_count(), attempts);
+    }
+}
