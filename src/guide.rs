@@ -196,8 +196,11 @@
 //! Above the layer, a `ConcurrencyLimitLayer` counts calls: a call keeps its permit through its
 //! backoffs, so a burst of failing calls does not let more calls in. Below it, the limit counts
 //! attempts in flight: a call gives its permit back while it backs off, and its retry waits for
-//! a permit again; the layer bounds that wait by the call's deadline. Either way, tower's limit
-//! counts a call until its response headers arrive, not until its response stream ends.
+//! a permit again; the layer bounds that wait by the call's deadline. A call's first attempt
+//! waits for its permit in the caller's `poll_ready`, before the layer sees the request and its
+//! deadline: that wait is not bounded by the deadline, as it is not for a plain tonic client over
+//! the same limit (the deadline starts when the call is sent). Either way, tower's limit counts a
+//! call until its response headers arrive, not until its response stream ends.
 //!
 //! # Load balancing
 //!

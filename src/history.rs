@@ -2,6 +2,7 @@
 
 use std::error::Error;
 use std::fmt;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -316,7 +317,16 @@ impl fmt::Display for CallHistory {
             }
             write!(f, ": {} {}", code_name(attempt.code), attempt.kind)?;
             if !attempt.message.is_empty() {
-                write!(f, ": {}", attempt.message)?;
+                // The message is the peer's text: its control characters are escaped, so that a
+                // server cannot start a line of its own in the caller's log.
+                f.write_str(": ")?;
+                for c in attempt.message.chars() {
+                    if c.is_control() {
+                        write!(f, "{}", c.escape_default())?;
+                    } else {
+                        f.write_char(c)?;
+                    }
+                }
             }
         }
         if self.succeeded() {
@@ -362,5 +372,44 @@ impl Error for CallHistory {
         self.cause
             .as_ref()
             .map(|status| status as &(dyn Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peers_message_cannot_start_a_line_of_its_own() {
+        let history = CallHistory {
+            path: "pkg.Svc/Method".into(),
+            target: None,
+            attempts: vec![AttemptRecord {
+                number: 1,
+                code: Code::Unavailable,
+                message: "down\nERROR forged line\r\u{1b}[31m".into(),
+                kind: FailureKind::ServerStatus,
+                never_sent: false,
+                transparent: false,
+                started_at: Duration::ZERO,
+                duration: Duration::from_millis(3),
+                delay_before: Duration::ZERO,
+            }],
+            sent: 1,
+            stop: StopReason::AttemptsExhausted,
+            elapsed: Duration::from_millis(3),
+            cause: None,
+        };
+        let shown = history.to_string();
+        let attempt_line = shown.lines().find(|line| line.contains("#1")).unwrap();
+        assert!(
+            attempt_line.ends_with(r"down\nERROR forged line\r\u{1b}[31m"),
+            "{shown}"
+        );
+        assert!(!shown.contains("\nERROR"), "{shown}");
+        assert_eq!(
+            history.attempts()[0].message(),
+            "down\nERROR forged line\r\u{1b}[31m"
+        );
     }
 }

@@ -916,6 +916,12 @@ mod tests {
             std::mem::size_of::<CallBody>(),
             std::mem::size_of::<Slow<tonic::transport::Channel>>(),
         );
-        assert!(size <= 248, "ResponseFuture<Channel> is {size} bytes");
+        // The OpenTelemetry recorder adds the call's method and target labels.
+        let limit = if cfg!(feature = "opentelemetry") {
+            256
+        } else {
+            248
+        };
+        assert!(size <= limit, "ResponseFuture<Channel> is {size} bytes");
     }
 }
