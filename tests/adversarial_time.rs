@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tonic_retry::backoff::{BackoffSchedule, ExponentialBackoff};
 use tonic_retry::{CallHistory, HedgingPolicy, RetryLayer, RetryPolicy, StopReason};
