@@ -2,9 +2,10 @@
 //! user's `Meter`, and the per-call state that records into them.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use http::uri::Authority;
 use http::{HeaderMap, Request};
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::{KeyValue, StringValue, Value};
@@ -58,6 +59,7 @@ struct Instruments {
     call_transparent_retries: Histogram<u64>,
     call_hedges: Histogram<u64>,
     call_retry_delay: Histogram<f64>,
+    labels: LabelCache,
 }
 
 impl Telemetry {
@@ -121,8 +123,166 @@ impl Telemetry {
                 CALL_RETRY_DELAY,
                 "Total time of delay while there is no active attempt during the client call.",
             ),
+            labels: LabelCache::new(),
         }))
     }
+
+    /// The recorder of a call to `method` (`None`: the request names no generated method) at
+    /// `authority` (the request's, if it has one), starting at `now`; `target` is the layer's
+    /// target label. Out of line: the call future inlines only the check for a meter.
+    #[inline(never)]
+    fn start_call(
+        &self,
+        method: Option<&GrpcMethod<'static>>,
+        authority: Option<&Authority>,
+        target: Option<&Arc<str>>,
+        now: Instant,
+    ) -> CallTelemetry {
+        let instruments = &self.0;
+        let labels = &instruments.labels;
+        let mut state = Box::new(CallState {
+            instruments: Arc::clone(instruments),
+            labels: [
+                KeyValue::new(METHOD, Value::String(labels.method(method))),
+                KeyValue::new(TARGET, Value::String(labels.target(authority, target))),
+                status_label(Code::Ok),
+            ],
+            code: Code::Cancelled,
+            started: now,
+            active: 0,
+            last_started: now,
+            idle_since: None,
+            retry_delay: Duration::ZERO,
+            retries: 0,
+            transparent_retries: 0,
+            hedges: 0,
+            committed: None,
+        });
+        state.count_attempt(now);
+        CallTelemetry(Some(state))
+    }
+}
+
+/// How many generated methods a layer keeps the `grpc.method` label of: more than a channel's
+/// services usually have. A method past them is still labelled by its name, formatted per call.
+const METHOD_SLOTS: usize = 64;
+/// How many request authorities a layer keeps the `grpc.target` label of: a layer's services
+/// usually send to one. Past them, the label is copied per call.
+const TARGET_SLOTS: usize = 8;
+
+/// The `grpc.method` and `grpc.target` labels a layer's calls share, made once so that a call
+/// takes a reference-counted handle on them rather than formatting and allocating its own.
+///
+/// Slots fill once and are never replaced: a lookup is a few atomic loads and no lock, and the
+/// memory is bounded whatever methods and authorities pass through.
+struct LabelCache {
+    methods: Box<[OnceLock<MethodLabel>]>,
+    targets: Box<[OnceLock<Arc<str>>]>,
+}
+
+/// The label of one generated method, found by the addresses of the `&'static str` names its
+/// `GrpcMethod` carries: a generated client passes the same literals on every call, and a
+/// `'static` string is never freed, so the same address and length are the same name.
+struct MethodLabel {
+    key: MethodKey,
+    label: Arc<str>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct MethodKey {
+    service: (usize, usize),
+    method: (usize, usize),
+}
+
+impl MethodKey {
+    fn of(method: &GrpcMethod<'static>) -> MethodKey {
+        let name = |name: &str| (name.as_ptr() as usize, name.len());
+        MethodKey {
+            service: name(method.service()),
+            method: name(method.method()),
+        }
+    }
+
+    /// The slot to look in first: the addresses mixed (Fibonacci hashing), their top bits kept.
+    fn first_slot(self) -> usize {
+        let mixed = (self.service.0 ^ self.method.0.rotate_left(17))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize);
+        mixed >> (usize::BITS - METHOD_SLOTS.trailing_zeros())
+    }
+}
+
+impl LabelCache {
+    fn new() -> LabelCache {
+        LabelCache {
+            methods: (0..METHOD_SLOTS).map(|_| OnceLock::new()).collect(),
+            targets: (0..TARGET_SLOTS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// The `grpc.method` of a call. A generated client names its method in the request's
+    /// extensions; a request that does not (a hand-made path, a generic proxy) is "other", as
+    /// gRFC A66 records methods that were not registered, so that arbitrary paths cannot grow
+    /// the metrics' cardinality.
+    fn method(&self, method: Option<&GrpcMethod<'static>>) -> StringValue {
+        let Some(method) = method else {
+            return StringValue::from(OTHER_METHOD);
+        };
+        let key = MethodKey::of(method);
+        let first = key.first_slot();
+        // Open addressing with linear probing: a slot taken by another method sends the
+        // lookup on to the next one.
+        for probe in 0..METHOD_SLOTS {
+            let slot = &self.methods[(first + probe) % METHOD_SLOTS];
+            let cached = match slot.get() {
+                Some(cached) => cached,
+                // Another call may fill the slot first, with another method: then look on.
+                None => slot.get_or_init(|| MethodLabel {
+                    key,
+                    label: Arc::from(method_name(method)),
+                }),
+            };
+            if cached.key == key {
+                return StringValue::from(Arc::clone(&cached.label));
+            }
+        }
+        StringValue::from(method_name(method))
+    }
+
+    /// The `grpc.target` of a call: the request's authority, else the layer's label (the same
+    /// target the call's history names), else "unknown".
+    fn target(&self, authority: Option<&Authority>, target: Option<&Arc<str>>) -> StringValue {
+        match (authority, target) {
+            (Some(authority), _) => self.authority(authority.as_str()),
+            (None, Some(target)) => StringValue::from(Arc::clone(target)),
+            (None, None) => StringValue::from(UNKNOWN_TARGET),
+        }
+    }
+
+    fn authority(&self, authority: &str) -> StringValue {
+        for slot in self.targets.iter() {
+            let cached = match slot.get() {
+                Some(cached) => cached,
+                None => slot.get_or_init(|| Arc::from(authority)),
+            };
+            if **cached == *authority {
+                return StringValue::from(Arc::clone(cached));
+            }
+        }
+        StringValue::from(authority.to_owned())
+    }
+
+    /// How many methods and authorities have their label kept.
+    #[cfg(test)]
+    fn len(&self) -> (usize, usize) {
+        fn filled<T>(slots: &[OnceLock<T>]) -> usize {
+            slots.iter().filter(|slot| slot.get().is_some()).count()
+        }
+        (filled(&self.methods), filled(&self.targets))
+    }
+}
+
+fn method_name(method: &GrpcMethod<'_>) -> String {
+    format!("{}/{}", method.service(), method.method())
 }
 
 impl fmt::Debug for Telemetry {
@@ -131,15 +291,21 @@ impl fmt::Debug for Telemetry {
     }
 }
 
-/// One call's metrics: `None` when the layer was given no meter. Dropped before it ended, it
-/// records the call as CANCELLED.
+/// One call's metrics: `None` when the layer was given no meter, so that each hook costs a
+/// call without a meter one inlined check. Dropped before it ended, it records the call as
+/// CANCELLED.
 pub(crate) struct CallTelemetry(Option<Box<CallState>>);
 
+/// A call being recorded. The call's end is recorded when this is dropped, with `code`: the
+/// hooks that end a call set it and drop the state, and a call its caller let go records the
+/// CANCELLED it was made with.
 struct CallState {
     instruments: Arc<Instruments>,
     /// `grpc.method`, `grpc.target`, then a slot for `grpc.status` (a code name, `'static`):
     /// every measurement takes a slice of these, none clones them.
     labels: [KeyValue; 3],
+    /// The code the call ends with.
+    code: Code,
     started: Instant,
     /// Attempts in flight: one at a time while retrying, several while hedging.
     active: u32,
@@ -158,52 +324,26 @@ struct CallState {
 impl CallTelemetry {
     /// A call starting at `now` with `request` as its first attempt, which this counts;
     /// `target` is the layer's target label.
+    #[inline]
     pub(crate) fn start<B>(
         shared: &Shared,
         request: &Request<B>,
         target: Option<&Arc<str>>,
         now: Instant,
     ) -> CallTelemetry {
-        let Some(Telemetry(instruments)) = &shared.telemetry else {
-            return CallTelemetry(None);
-        };
-        // A generated client names its method in the request's extensions; a request that does
-        // not (a hand-made path, a generic proxy) is "other", as gRFC A66 records methods that
-        // were not registered.
-        let method = match request.extensions().get::<GrpcMethod<'static>>() {
-            Some(method) => StringValue::from(format!("{}/{}", method.service(), method.method())),
-            None => StringValue::from(OTHER_METHOD),
-        };
-        // The same target the call's history names: the request's authority, else the layer's
-        // label.
-        let target = match (request.uri().authority(), target) {
-            (Some(authority), _) => StringValue::from(authority.to_string()),
-            (None, Some(target)) => StringValue::from(Arc::clone(target)),
-            (None, None) => StringValue::from(UNKNOWN_TARGET),
-        };
-        let state = CallState {
-            instruments: Arc::clone(instruments),
-            labels: [
-                KeyValue::new(METHOD, Value::String(method)),
-                KeyValue::new(TARGET, Value::String(target)),
-                status_label(Code::Ok),
-            ],
-            started: now,
-            active: 0,
-            last_started: now,
-            idle_since: None,
-            retry_delay: Duration::ZERO,
-            retries: 0,
-            transparent_retries: 0,
-            hedges: 0,
-            committed: None,
-        };
-        let mut state = Box::new(state);
-        state.count_attempt(now);
-        CallTelemetry(Some(state))
+        match &shared.telemetry {
+            None => CallTelemetry(None),
+            Some(telemetry) => telemetry.start_call(
+                request.extensions().get::<GrpcMethod<'static>>(),
+                request.uri().authority(),
+                target,
+                now,
+            ),
+        }
     }
 
     /// An attempt after the first goes out at `now`.
+    #[inline]
     pub(crate) fn attempt_started(&mut self, kind: AttemptKind, now: Instant) {
         if let Some(state) = &mut self.0 {
             state.attempt_started(kind, now);
@@ -212,6 +352,7 @@ impl CallTelemetry {
 
     /// The attempt that started at `started` ended at `now` with `code`, without committing
     /// the call.
+    #[inline]
     pub(crate) fn attempt_ended(&mut self, code: Code, started: Instant, now: Instant) {
         if let Some(state) = &mut self.0 {
             state.attempt_ended(code, started, now);
@@ -220,45 +361,31 @@ impl CallTelemetry {
 
     /// The call ended with `code`, the code its caller sees: the layer gave up, or the committed
     /// response's trailers came.
+    #[inline]
     pub(crate) fn call_ended(&mut self, code: Code) {
         if let Some(state) = self.0.take() {
-            state.finish(code, Instant::now());
+            state.end(code);
         }
     }
 
     /// The attempt that started at `started` committed the call with the response head `head`.
     /// Returns the call's metrics for the response body, which sees the call end; a
     /// Trailers-Only head ended it already, and it is recorded now.
+    #[inline]
     pub(crate) fn committed(&mut self, started: Instant, head: &HeaderMap) -> CallTelemetry {
-        let Some(mut state) = self.0.take() else {
-            return CallTelemetry(None);
-        };
-        state.committed = Some(started);
-        match head.get(&GRPC_STATUS) {
-            Some(status) => {
-                state.finish(Code::from_bytes(status.as_bytes()), Instant::now());
-                CallTelemetry(None)
-            }
-            None => CallTelemetry(Some(state)),
+        match self.0.take() {
+            None => CallTelemetry(None),
+            Some(state) => state.committed(started, head),
         }
     }
 
     /// The committed call's trailers came: the call ends with their code (UNKNOWN without a
     /// `grpc-status`, as tonic reports it).
+    #[inline]
     pub(crate) fn trailers(&mut self, trailers: &HeaderMap) {
-        if self.0.is_some() {
-            let code = trailers
-                .get(&GRPC_STATUS)
-                .map_or(Code::Unknown, |status| Code::from_bytes(status.as_bytes()));
-            self.call_ended(code);
+        if let Some(state) = self.0.take() {
+            state.end(status_code(trailers).unwrap_or(Code::Unknown));
         }
-    }
-}
-
-impl Drop for CallTelemetry {
-    fn drop(&mut self) {
-        // The caller let the call go before it ended: gRPC records such a call as CANCELLED.
-        self.call_ended(Code::Cancelled);
     }
 }
 
@@ -308,8 +435,31 @@ impl CallState {
         }
     }
 
-    /// Records the end of the call, and of its attempts still in flight, at `now`.
-    fn finish(mut self: Box<Self>, code: Code, now: Instant) {
+    /// The call ended with `code`: recorded as the state drops.
+    #[inline(never)]
+    fn end(mut self: Box<Self>, code: Code) {
+        self.code = code;
+    }
+
+    /// See [`CallTelemetry::committed`].
+    #[inline(never)]
+    fn committed(mut self: Box<Self>, started: Instant, head: &HeaderMap) -> CallTelemetry {
+        self.committed = Some(started);
+        match status_code(head) {
+            Some(code) => {
+                self.end(code);
+                CallTelemetry(None)
+            }
+            None => CallTelemetry(Some(self)),
+        }
+    }
+}
+
+impl Drop for CallState {
+    /// Records the end of the call, and of its attempts still in flight.
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let code = self.code;
         if let Some(started) = self.committed.take() {
             self.attempt_ended(code, started, now);
         }
@@ -343,6 +493,13 @@ impl CallState {
             .call_retry_delay
             .record(self.retry_delay.as_secs_f64(), per_call);
     }
+}
+
+/// The code of a trailer block or a Trailers-Only head, if it has one.
+fn status_code(headers: &HeaderMap) -> Option<Code> {
+    headers
+        .get(&GRPC_STATUS)
+        .map(|status| Code::from_bytes(status.as_bytes()))
 }
 
 fn status_label(code: Code) -> KeyValue {
