@@ -389,6 +389,22 @@ impl CallTelemetry {
     }
 }
 
+impl Drop for CallTelemetry {
+    /// The call's end is recorded as its state drops (out of line): a call without a meter
+    /// drops its recorder with one inlined check.
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(state) = self.0.take() {
+            end_call(state);
+        }
+    }
+}
+
+#[inline(never)]
+fn end_call(state: Box<CallState>) {
+    drop(state);
+}
+
 impl fmt::Debug for CallTelemetry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CallTelemetry")
