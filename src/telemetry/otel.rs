@@ -521,3 +521,227 @@ fn status_code(headers: &HeaderMap) -> Option<Code> {
 fn status_label(code: Code) -> KeyValue {
     KeyValue::new(STATUS, code_name(code))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use opentelemetry::metrics::MeterProvider;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+    use prost::Message;
+    use tonic_retry_testkit::pb::echo_client::EchoClient;
+    use tonic_retry_testkit::pb::{CountRequest, SayRequest};
+    use tonic_retry_testkit::{Script, ScriptedServer, lazy_channel, uri_for};
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use super::*;
+    use crate::RetryLayer;
+
+    const SAY: &str = "tonic_retry.test.Echo/Say";
+    const COUNT: &str = "tonic_retry.test.Echo/Count";
+    const LAYER_TARGET: &str = "layer.test:50051";
+
+    /// A label's bytes: the same address for two calls means they share one cached label.
+    fn address(label: &StringValue) -> *const u8 {
+        label.as_str().as_ptr()
+    }
+
+    /// A method name made at run time, `'static` as a generated client's are.
+    fn leaked(name: String) -> &'static str {
+        Box::leak(name.into_boxed_str())
+    }
+
+    #[test]
+    fn each_method_and_authority_is_labelled_once_and_shared() {
+        let cache = LabelCache::new();
+        let say = GrpcMethod::new("tonic_retry.test.Echo", "Say");
+        let count = GrpcMethod::new("tonic_retry.test.Echo", "Count");
+
+        let (first_say, first_count) = (cache.method(Some(&say)), cache.method(Some(&count)));
+        assert_eq!(first_say.as_str(), SAY);
+        assert_eq!(first_count.as_str(), COUNT);
+        // Later calls take the kept labels: no formatting, no allocation.
+        assert_eq!(address(&cache.method(Some(&say))), address(&first_say));
+        assert_eq!(address(&cache.method(Some(&count))), address(&first_count));
+        // A request no generated client made is "other", and is kept nowhere.
+        assert_eq!(cache.method(None).as_str(), "other");
+
+        let one: Authority = "127.0.0.1:50051".parse().unwrap();
+        let two: Authority = "127.0.0.1:50052".parse().unwrap();
+        let layer_target: Arc<str> = Arc::from(LAYER_TARGET);
+        let first_one = cache.target(Some(&one), Some(&layer_target));
+        let first_two = cache.target(Some(&two), None);
+        assert_eq!(first_one.as_str(), "127.0.0.1:50051");
+        assert_eq!(first_two.as_str(), "127.0.0.1:50052");
+        // The same authority in another request's URI (other bytes) finds the same label.
+        let again: Authority = "127.0.0.1:50051".parse().unwrap();
+        assert_eq!(
+            address(&cache.target(Some(&again), None)),
+            address(&first_one)
+        );
+        assert_eq!(
+            address(&cache.target(Some(&two), None)),
+            address(&first_two)
+        );
+        // Without an authority: the layer's label, else "unknown".
+        let layer_label = cache.target(None, Some(&layer_target));
+        assert_eq!(layer_label.as_str(), LAYER_TARGET);
+        assert_eq!(address(&layer_label), layer_target.as_ptr());
+        assert_eq!(cache.target(None, None).as_str(), "unknown");
+
+        assert_eq!(cache.len(), (2, 2));
+    }
+
+    #[test]
+    fn the_cache_stays_bounded_and_every_method_keeps_its_own_label() {
+        let cache = LabelCache::new();
+        let methods: Vec<GrpcMethod<'static>> = (0..METHOD_SLOTS * 4)
+            .map(|i| GrpcMethod::new(leaked(format!("test.Service{i}")), "Call"))
+            .collect();
+        for _ in 0..2 {
+            for (i, method) in methods.iter().enumerate() {
+                let label = cache.method(Some(method));
+                assert_eq!(label.as_str(), format!("test.Service{i}/Call"));
+            }
+        }
+        assert_eq!(cache.len().0, METHOD_SLOTS);
+
+        for i in 0..TARGET_SLOTS * 4 {
+            let authority: Authority = format!("127.0.0.1:{}", 1000 + i).parse().unwrap();
+            assert_eq!(
+                cache.target(Some(&authority), None).as_str(),
+                authority.as_str()
+            );
+        }
+        assert_eq!(cache.len().1, TARGET_SLOTS);
+    }
+
+    /// The `grpc.client.attempt.started` and `grpc.client.call.duration` points the meter
+    /// provider recorded, by `(grpc.method, grpc.target)`: (attempts, calls ended OK).
+    fn recorded(
+        provider: &SdkMeterProvider,
+        exporter: &InMemoryMetricExporter,
+    ) -> BTreeMap<(String, String), (u64, u64)> {
+        provider.force_flush().unwrap();
+        let exported = exporter.get_finished_metrics().unwrap();
+        let mut calls: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        let labels = |attributes: &mut dyn Iterator<Item = &KeyValue>| {
+            let mut labels: BTreeMap<String, String> = attributes
+                .map(|kv| (kv.key.as_str().to_owned(), kv.value.as_str().into_owned()))
+                .collect();
+            let key = (
+                labels.remove(METHOD).unwrap(),
+                labels.remove(TARGET).unwrap(),
+            );
+            (key, labels.remove(STATUS))
+        };
+        let latest = exported.last().unwrap();
+        for metric in latest.scope_metrics().flat_map(|scope| scope.metrics()) {
+            match (metric.name(), metric.data()) {
+                (ATTEMPT_STARTED, AggregatedMetrics::U64(MetricData::Sum(sum))) => {
+                    for point in sum.data_points() {
+                        let (key, status) = labels(&mut point.attributes());
+                        assert_eq!(status, None);
+                        calls.entry(key).or_default().0 += point.value();
+                    }
+                }
+                (CALL_DURATION, AggregatedMetrics::F64(MetricData::Histogram(histogram))) => {
+                    for point in histogram.data_points() {
+                        let (key, status) = labels(&mut point.attributes());
+                        assert_eq!(status.as_deref(), Some("OK"));
+                        calls.entry(key).or_default().1 += point.count();
+                    }
+                }
+                _ => {}
+            }
+        }
+        calls
+    }
+
+    /// A `Say` request made by hand, naming `method` in its extensions if given.
+    fn say_request(method: Option<GrpcMethod<'static>>) -> http::Request<tonic::body::Body> {
+        let message = SayRequest::default().encode_to_vec();
+        let mut framed = vec![0];
+        framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        framed.extend_from_slice(&message);
+        let mut request = http::Request::post(format!("/{SAY}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(http_body_util::Full::new(
+                Bytes::from(framed),
+            )))
+            .unwrap();
+        if let Some(method) = method {
+            request.extensions_mut().insert(method);
+        }
+        request
+    }
+
+    /// Calls of two methods to two targets, a hand-made request and more generated methods
+    /// than the cache keeps, through one layer and real servers: each call is recorded under
+    /// its own method and target, as when every call formatted its labels.
+    #[tokio::test]
+    async fn calls_are_labelled_by_their_method_and_target() {
+        let (one, two) = (
+            ScriptedServer::start(Script::new()).await,
+            ScriptedServer::start(Script::new()).await,
+        );
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        let layer = RetryLayer::builder()
+            .target(LAYER_TARGET)
+            .opentelemetry(provider.meter("tonic-retry"))
+            .build()
+            .unwrap();
+        let layered = |server: &ScriptedServer| {
+            ServiceBuilder::new()
+                .layer(layer.clone())
+                .service(lazy_channel(server.addr()))
+        };
+        for server in [&one, &two] {
+            // The client's origin puts the server's authority in every request's URI.
+            let mut client = EchoClient::with_origin(layered(server), uri_for(server.addr()));
+            for _ in 0..2 {
+                client.say(SayRequest::default()).await.unwrap();
+                let request = CountRequest {
+                    start_after: 0,
+                    count: 2,
+                    padding_len: 0,
+                };
+                let mut stream = client.count(request).await.unwrap().into_inner();
+                while stream.message().await.unwrap().is_some() {}
+            }
+        }
+        let many: Vec<String> = (0..METHOD_SLOTS + 8)
+            .map(|i| format!("test.Service{i}"))
+            .collect();
+        let service = layered(&one);
+        let mut requests: Vec<_> = many
+            .iter()
+            .map(|name| Some(GrpcMethod::new(leaked(name.clone()), "Say")))
+            .collect();
+        requests.push(None);
+        for method in requests {
+            let response = service.clone().oneshot(say_request(method)).await.unwrap();
+            response.into_body().collect().await.unwrap();
+        }
+
+        let authority = |server: &ScriptedServer| server.addr().to_string();
+        let mut expected = BTreeMap::new();
+        for server in [&one, &two] {
+            for method in [SAY, COUNT] {
+                expected.insert((method.to_owned(), authority(server)), (2, 2));
+            }
+        }
+        for name in &many {
+            expected.insert((format!("{name}/Say"), LAYER_TARGET.to_owned()), (1, 1));
+        }
+        expected.insert(("other".to_owned(), LAYER_TARGET.to_owned()), (1, 1));
+        assert_eq!(recorded(&provider, &exporter), expected);
+    }
+}
