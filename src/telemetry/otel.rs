@@ -1,5 +1,10 @@
 //! The hooks with the `opentelemetry` feature: the instruments, made once per layer from the
 //! user's `Meter`, and the per-call state that records into them.
+//!
+//! What a call costs beyond the SDK's own work (which hashes and compares every measurement's
+//! attributes: most of the cost) is one allocation, its state, behind one pointer because the
+//! call future has no room for more. Its labels come from a per-layer cache, and without a
+//! meter each hook is one inlined check.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -169,6 +174,8 @@ const METHOD_SLOTS: usize = 64;
 /// How many request authorities a layer keeps the `grpc.target` label of: a layer's services
 /// usually send to one. Past them, the label is copied per call.
 const TARGET_SLOTS: usize = 8;
+// `MethodKey::first_slot` keeps the top bits of a hash: as many as index the slots.
+const _: () = assert!(METHOD_SLOTS.is_power_of_two());
 
 /// The `grpc.method` and `grpc.target` labels a layer's calls share, made once so that a call
 /// takes a reference-counted handle on them rather than formatting and allocating its own.
