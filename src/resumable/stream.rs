@@ -425,31 +425,39 @@ where
     #[inline]
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         // The per-message path, kept apart from the state machine and small enough to be
-        // inlined into the caller's loop: a message that needs no check is handed on here, one
-        // that does (an ordered cursor, failures to clear) in `poll_checked`, everything else
-        // goes to the machine. Inlined together, the whole machine's stack frame (kilobytes: it
-        // opens calls) was set up for every message, 12% of a raw `Streaming`'s time; a bigger
-        // fast path (the checked delivery, the drop of a replay) kept `StreamExt::next` from
-        // inlining it, +15 instructions per message.
+        // inlined into the caller's loop: a message that needs no check is handed on here,
+        // everything else goes out of line to `poll_slow`. Inlined together, the whole
+        // machine's stack frame (kilobytes: it opens calls) was set up for every message, 12% of
+        // a raw `Streaming`'s time; a bigger fast path kept `StreamExt::next` from inlining it.
+        //
+        // Both ways out hand the item on as values, not as a `Poll` in memory: the message is
+        // moved out of what the inner stream wrote and rebuilt, and so is what `poll_slow`
+        // returns (hence the match that looks like a no-op). The compiler then merges the two
+        // in registers, and the caller reads the message with the 8-byte loads that match the
+        // inner stream's 8-byte stores. Handing `polled` on as it came made it a 48-byte copy
+        // in memory per message whose 16-byte loads straddle those stores: the CPU cannot
+        // forward them from its store buffer and stalls each until the stores land. That cost
+        // 11% of the consumer's time for a dozen instructions, which callgrind does not see
+        // (see the stream row of `benches/overhead.rs` for the measurement).
         let this = self.as_mut().project();
         let polled = match this.state.project() {
             StateProj::Streaming { stream } => {
-                let polled = stream.poll_next(cx);
-                if let Poll::Ready(Some(Ok(message))) = &polled
-                    && !this.ctl.check_messages
-                {
-                    this.ctl.deliver_unchecked((this.cursor_fn)(message));
-                    // Handed on as polled: not moved out of its `Poll` and back in.
-                    return polled;
+                match stream.poll_next(cx) {
+                    Poll::Ready(Some(Ok(message))) if !this.ctl.check_messages => {
+                        this.ctl.deliver_unchecked((this.cursor_fn)(&message));
+                        return Poll::Ready(Some(Ok(message)));
+                    }
+                    polled => Some(polled),
                 }
-                if this.ctl.check_messages {
-                    return self.poll_checked(cx, polled);
-                }
-                Some(polled)
             }
             _ => None,
         };
-        self.poll_machine(cx, polled)
+        match self.poll_slow(cx, polled) {
+            Poll::Ready(Some(Ok(message))) => Poll::Ready(Some(Ok(message))),
+            Poll::Ready(Some(Err(status))) => Poll::Ready(Some(Err(status))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -461,24 +469,25 @@ where
     K: FnMut(&R::Message) -> C,
     C: Clone,
 {
-    /// What the open stream gave while messages are checked (an ordered cursor, or failures to
-    /// clear): a message is handed on here unless it is a replay; the rest goes to the machine.
-    /// Out of line, as the per-message path's size decides whether the caller's loop inlines it.
+    /// What `poll_next` did not hand on: a message to check (an ordered cursor, or failures to
+    /// clear) is handed on here unless it is a replay; the rest goes to the machine. Out of
+    /// line, as the per-message path's size decides whether the caller's loop inlines it.
     #[inline(never)]
-    fn poll_checked(
+    fn poll_slow(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        polled: Polled<R::Message>,
+        polled: Option<Polled<R::Message>>,
     ) -> Polled<R::Message> {
-        let this = self.as_mut().project();
-        let Poll::Ready(Some(Ok(message))) = &polled else {
-            return self.poll_machine(cx, Some(polled));
+        let message = match polled {
+            Some(Poll::Ready(Some(Ok(message)))) if self.ctl.check_messages => message,
+            polled => return self.poll_machine(cx, polled),
         };
-        if this.ctl.deliver_checked((this.cursor_fn)(message)) {
-            return polled;
+        let this = self.as_mut().project();
+        if this.ctl.deliver_checked((this.cursor_fn)(&message)) {
+            return Poll::Ready(Some(Ok(message)));
         }
         // A replay, dropped: the machine polls again.
-        drop(polled);
+        drop(message);
         self.poll_machine(cx, None)
     }
 
