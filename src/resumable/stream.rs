@@ -430,15 +430,16 @@ where
         // machine's stack frame (kilobytes: it opens calls) was set up for every message, 12% of
         // a raw `Streaming`'s time; a bigger fast path kept `StreamExt::next` from inlining it.
         //
-        // Both ways out hand the item on as values, not as a `Poll` in memory: the message is
-        // moved out of what the inner stream wrote and rebuilt, and so is what `poll_slow`
-        // returns (hence the match that looks like a no-op). The compiler then merges the two
-        // in registers, and the caller reads the message with the 8-byte loads that match the
-        // inner stream's 8-byte stores. Handing `polled` on as it came made it a 48-byte copy
-        // in memory per message whose 16-byte loads straddle those stores: the CPU cannot
-        // forward them from its store buffer and stalls each until the stores land. That cost
-        // 11% of the consumer's time for a dozen instructions, which callgrind does not see
-        // (see the stream row of `benches/overhead.rs` for the measurement).
+        // The message is moved out of what the inner stream wrote and the item rebuilt around
+        // it, not lent to the cursor function and handed on as it came: lent, it was copied
+        // per message into the slot the out-of-line path returns through, a 48-byte copy whose
+        // 16-byte loads straddle the inner stream's 8-byte stores. The CPU cannot forward such
+        // loads from its store buffer and stalls each until the stores land: 11% of the
+        // consumer's time for a dozen instructions, which callgrind does not see. Moved, it
+        // is read with 8-byte loads (`benches/instructions.rs`, mode `stream-time`). Rebuilding
+        // the slow path's item too would keep the message in registers down to the caller (the
+        // consumer then beats a raw `Streaming`), but the fast path grows past what a loop
+        // with several call sites inlines, and not inlined it loses more than it gains.
         let this = self.as_mut().project();
         let polled = match this.state.project() {
             StateProj::Streaming { stream } => {
@@ -452,12 +453,7 @@ where
             }
             _ => None,
         };
-        match self.poll_slow(cx, polled) {
-            Poll::Ready(Some(Ok(message))) => Poll::Ready(Some(Ok(message))),
-            Poll::Ready(Some(Err(status))) => Poll::Ready(Some(Err(status))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
+        self.poll_slow(cx, polled)
     }
 }
 
