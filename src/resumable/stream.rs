@@ -442,15 +442,13 @@ where
         // with several call sites inlines, and not inlined it loses more than it gains.
         let this = self.as_mut().project();
         let polled = match this.state.project() {
-            StateProj::Streaming { stream } => {
-                match stream.poll_next(cx) {
-                    Poll::Ready(Some(Ok(message))) if !this.ctl.check_messages => {
-                        this.ctl.deliver_unchecked((this.cursor_fn)(&message));
-                        return Poll::Ready(Some(Ok(message)));
-                    }
-                    polled => Some(polled),
+            StateProj::Streaming { stream } => match stream.poll_next(cx) {
+                Poll::Ready(Some(Ok(message))) if !this.ctl.check_messages => {
+                    this.ctl.deliver_unchecked((this.cursor_fn)(&message));
+                    return Poll::Ready(Some(Ok(message)));
                 }
-            }
+                polled => Some(polled),
+            },
             _ => None,
         };
         self.poll_slow(cx, polled)
