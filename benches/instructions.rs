@@ -35,13 +35,27 @@
 //! # instructions per message = (refs(1100000) - refs(100000)) / 1000000, for each mode
 //! ```
 //!
+//! The reader is an async loop (`while let Some(m) = stream.next().await`), as a caller writes
+//! it, polled once (an in-memory stream is never pending).
+//!
+//! Instructions do not tell the whole cost of a stream: a copy whose 16-byte loads straddle
+//! 8-byte stores just made costs a few instructions and a stall of a dozen cycles, which
+//! callgrind does not see. `stream-time` times the consumer alone instead, on one thread, raw and
+//! through wrappers that isolate the causes (a pass-through pin-project wrapper; the wrapper's
+//! bookkeeping with the item lent to the cursor function and handed on as it came, or moved out;
+//! `ResumableStream`), interleaved in rounds, and prints ns per message and the ratio to raw:
+//!
+//! ```sh
+//! "$BIN" stream-time 1000000 21   # messages, rounds
+//! ```
+//!
 //! Without arguments (as `cargo bench` and `cargo test --benches` run it) it runs a few calls and
 //! messages of each mode and prints how to count.
 
 use std::convert::Infallible;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{FutureExt, Stream, StreamExt};
@@ -49,6 +63,7 @@ use http::header::{CONTENT_TYPE, TE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Frame;
 use http_body_util::{BodyExt, Collected, Full, StreamBody, combinators::Collect};
+use pin_project::pin_project;
 use prost::Message;
 use tonic::GrpcMethod;
 use tonic::Status;
@@ -164,40 +179,35 @@ fn numbered_frames(n: u64) -> Vec<Result<Frame<Bytes>, Infallible>> {
 
 /// A response stream of `n` messages, as a generated client gets it from a `Channel`.
 fn numbered_stream(n: u64) -> Streaming<Numbered> {
-    let body: StreamBody<Frames> = StreamBody::new(futures::stream::iter(numbered_frames(n)));
+    streaming_of(numbered_frames(n))
+}
+
+fn streaming_of(frames: Vec<Result<Frame<Bytes>, Infallible>>) -> Streaming<Numbered> {
+    let body: StreamBody<Frames> = StreamBody::new(futures::stream::iter(frames));
     Streaming::new_response(NumberedDecoder, body, StatusCode::OK, None, None)
 }
 
-/// Reads a stream to its end with `StreamExt::next`, as a caller's loop does, counting what it
-/// delivered.
+/// Reads a stream to its end as a caller's loop does (`while let ... = stream.next().await` in
+/// an async block), counting what it delivered. The block is polled once: an in-memory stream
+/// is never pending. (Polling `next()` alone once per message, as this harness did before,
+/// measured whether that one-shot call was inlined, which a real loop does not have.)
 fn drain<S: Stream<Item = Result<Numbered, Status>>>(stream: S) -> u64 {
-    let mut stream = pin!(stream);
-    let mut n = 0u64;
-    loop {
-        match stream.next().now_or_never() {
-            Some(Some(message)) => {
-                n += std::hint::black_box(message.expect("message")).seq.min(1);
-            }
-            Some(None) => return n,
-            None => panic!("an in-memory stream is never pending"),
+    let read_all = async {
+        let mut stream = pin!(stream);
+        let mut n = 0u64;
+        while let Some(message) = stream.next().await {
+            n += std::hint::black_box(message.expect("message")).seq.min(1);
         }
-    }
+        n
+    };
+    read_all
+        .now_or_never()
+        .expect("an in-memory stream is never pending")
 }
 
 fn resumable(policy: ResumePolicy, n: u64, ordered: bool) -> u64 {
     // The frames are built before the stream, outside the wrapper: the factory is called once.
-    let mut opened = Some(numbered_stream(n));
-    let stream = ResumableStream::with_policy(
-        policy,
-        move |_cursor: Option<u64>| {
-            std::future::ready(
-                opened
-                    .take()
-                    .ok_or_else(|| Status::unavailable("opened once")),
-            )
-        },
-        |message: &Numbered| message.seq,
-    );
+    let stream = resumable_over(policy, numbered_stream(n), |message: &Numbered| message.seq);
     if ordered {
         drain(stream.ordered_cursor())
     } else {
@@ -205,11 +215,210 @@ fn resumable(policy: ResumePolicy, n: u64, ordered: bool) -> u64 {
     }
 }
 
+/// What the factory of `resumable_over` returns.
+type Opening = std::future::Ready<Result<Streaming<Numbered>, Status>>;
+
+/// A `ResumableStream` whose first (and only) open yields `opened`.
+fn resumable_over<C: Clone, K: FnMut(&Numbered) -> C>(
+    policy: ResumePolicy,
+    opened: Streaming<Numbered>,
+    cursor: K,
+) -> ResumableStream<impl FnMut(Option<C>) -> Opening, Opening, Streaming<Numbered>, K, C> {
+    let mut opened = Some(opened);
+    ResumableStream::with_policy(
+        policy,
+        move |_cursor: Option<C>| {
+            std::future::ready(
+                opened
+                    .take()
+                    .ok_or_else(|| Status::unavailable("opened once")),
+            )
+        },
+        cursor,
+    )
+}
+
 fn heartbeat_policy() -> ResumePolicy {
     ResumePolicy::builder()
         .heartbeat_timeout(Duration::from_secs(30))
         .build()
         .expect("resume policy")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The consumer's time per message, in memory (`stream-time`).
+
+/// A wrapper that hands everything on untouched: what wrapping a `Streaming` costs by itself.
+#[pin_project]
+struct PassThrough<S>(#[pin] S);
+
+impl<S: Stream> Stream for PassThrough<S> {
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        self.project().0.poll_next(cx)
+    }
+}
+
+type Polled = Poll<Option<Result<Numbered, Status>>>;
+
+/// How `Bookkeeping` hands a message on.
+const LENT: u8 = 0;
+const MOVED: u8 = 1;
+const MOVED_AND_REBUILT: u8 = 2;
+
+/// `ResumableStream`'s per-message path reduced to its bookkeeping (the cursor the caller's
+/// closure takes from the message, a count) and an out-of-line rest. `HOW` is how the item is
+/// handed on: `LENT`, lent to the closure and returned as the inner stream wrote it (the
+/// wrapper before this measurement); `MOVED`, the message moved out and the item rebuilt around
+/// it (the wrapper now); `MOVED_AND_REBUILT`, the rest's item rebuilt too, so that the two ways
+/// out merge in registers.
+#[pin_project]
+struct Bookkeeping<S, K, const HOW: u8> {
+    #[pin]
+    inner: S,
+    cursor_fn: K,
+    cursor: Option<u64>,
+    delivered: u64,
+}
+
+impl<S, K, const HOW: u8> Bookkeeping<S, K, HOW> {
+    fn new(inner: S, cursor_fn: K) -> Self {
+        Bookkeeping {
+            inner,
+            cursor_fn,
+            cursor: None,
+            delivered: 0,
+        }
+    }
+}
+
+/// What the per-message path does not handle, out of line and through memory, as
+/// `ResumableStream`'s state machine returns it.
+#[inline(never)]
+fn the_rest(polled: Polled) -> Polled {
+    std::hint::black_box(polled)
+}
+
+impl<S, K, const HOW: u8> Stream for Bookkeeping<S, K, HOW>
+where
+    S: Stream<Item = Result<Numbered, Status>>,
+    K: FnMut(&Numbered) -> u64,
+{
+    type Item = Result<Numbered, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
+        let this = self.project();
+        let polled = this.inner.poll_next(cx);
+        if HOW == LENT {
+            if let Poll::Ready(Some(Ok(message))) = &polled {
+                *this.cursor = Some((this.cursor_fn)(message));
+                *this.delivered = this.delivered.wrapping_add(1);
+                return polled;
+            }
+            return the_rest(polled);
+        }
+        let rest = match polled {
+            Poll::Ready(Some(Ok(message))) => {
+                *this.cursor = Some((this.cursor_fn)(&message));
+                *this.delivered = this.delivered.wrapping_add(1);
+                return Poll::Ready(Some(Ok(message)));
+            }
+            polled => the_rest(polled),
+        };
+        if HOW == MOVED {
+            return rest;
+        }
+        match rest {
+            Poll::Ready(Some(Ok(message))) => Poll::Ready(Some(Ok(message))),
+            Poll::Ready(Some(Err(status))) => Poll::Ready(Some(Err(status))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A copy of `frames` (the `Bytes` are shared, not copied).
+fn copy_frames(
+    frames: &[Result<Frame<Bytes>, Infallible>],
+) -> Vec<Result<Frame<Bytes>, Infallible>> {
+    frames
+        .iter()
+        .map(|frame| match frame {
+            Ok(frame) => Ok(match frame.data_ref() {
+                Some(data) => Frame::data(data.clone()),
+                None => Frame::trailers(frame.trailers_ref().cloned().unwrap_or_default()),
+            }),
+            Err(never) => match *never {},
+        })
+        .collect()
+}
+
+/// Times the consumer alone, in memory, on one thread: `n` messages decoded from the same
+/// frames, read raw or through a wrapper, the readers interleaved in `rounds` rounds (order
+/// rotated every round) so that a shared machine's drift hits all of them alike. Prints each
+/// reader's median ns per message and the median and quartiles over rounds of its throughput
+/// against raw in the same round.
+fn time_consumers(n: u64, rounds: usize) {
+    type Reader = fn(Streaming<Numbered>) -> u64;
+    let readers: [(&str, Reader); 7] = [
+        ("raw Streaming", |s| drain(s)),
+        ("pass-through pin-project wrapper", |s| {
+            drain(PassThrough(s))
+        }),
+        ("bookkeeping, item lent, handed on as is", |s| {
+            drain(Bookkeeping::<_, _, LENT>::new(s, |m: &Numbered| m.seq))
+        }),
+        ("bookkeeping, message moved out", |s| {
+            drain(Bookkeeping::<_, _, MOVED>::new(s, |m: &Numbered| m.seq))
+        }),
+        ("bookkeeping, message moved, rest rebuilt", |s| {
+            drain(Bookkeeping::<_, _, MOVED_AND_REBUILT>::new(
+                s,
+                |m: &Numbered| m.seq,
+            ))
+        }),
+        ("ResumableStream, default policy", |s| {
+            drain(resumable_over(ResumePolicy::default(), s, |m| m.seq))
+        }),
+        ("ResumableStream, cursor ()", |s| {
+            drain(resumable_over(ResumePolicy::default(), s, |_| ()))
+        }),
+    ];
+    let frames = numbered_frames(n);
+    let mut ns_per_message = vec![Vec::with_capacity(rounds); readers.len()];
+    for round in 0..rounds {
+        for k in 0..readers.len() {
+            let i = (round + k) % readers.len();
+            let stream = streaming_of(copy_frames(&frames));
+            let start = Instant::now();
+            assert_eq!((readers[i].1)(stream), n);
+            ns_per_message[i].push(start.elapsed().as_nanos() as f64 / n as f64);
+        }
+    }
+    let sorted = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    println!("{n} messages in memory, {rounds} rounds: reader | ns/message | vs raw [q1, q3]");
+    for (i, (name, _)) in readers.iter().enumerate() {
+        let ns = sorted(ns_per_message[i].clone());
+        let ratios = sorted(
+            ns_per_message[0]
+                .iter()
+                .zip(&ns_per_message[i])
+                .map(|(raw, this)| raw / this)
+                .collect(),
+        );
+        let at = |q: usize| ratios[(ratios.len() - 1) * q / 4];
+        println!(
+            "{name} | {:.2} | {:.3} [{:.3}, {:.3}]",
+            ns[ns.len() / 2],
+            at(2),
+            at(1),
+            at(3)
+        );
+    }
 }
 
 /// A layer recording gRPC's OpenTelemetry metrics into an SDK meter provider.
@@ -248,6 +457,10 @@ fn main() {
         Some("stream-resumable") => assert_eq!(resumable(ResumePolicy::default(), n, false), n),
         Some("stream-heartbeat") => assert_eq!(resumable(heartbeat_policy(), n, false), n),
         Some("stream-ordered") => assert_eq!(resumable(ResumePolicy::default(), n, true), n),
+        Some("stream-time") => {
+            let rounds = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(15);
+            time_consumers(n, rounds);
+        }
         _ => {
             calls(&mut ReadAllOk, &framed, n);
             calls(&mut RetryLayer::new().layer(ReadAllOk), &framed, n);
@@ -259,6 +472,7 @@ fn main() {
             );
             assert_eq!(resumable(heartbeat_policy(), messages, false), messages);
             assert_eq!(resumable(ResumePolicy::default(), messages, true), messages);
+            time_consumers(messages, 1);
             println!(
                 "made {n} calls bare and layered, read {messages} messages raw and resumable; \
                  count instructions with callgrind: see the header of benches/instructions.rs"

@@ -425,31 +425,33 @@ where
     #[inline]
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         // The per-message path, kept apart from the state machine and small enough to be
-        // inlined into the caller's loop: a message that needs no check is handed on here, one
-        // that does (an ordered cursor, failures to clear) in `poll_checked`, everything else
-        // goes to the machine. Inlined together, the whole machine's stack frame (kilobytes: it
-        // opens calls) was set up for every message, 12% of a raw `Streaming`'s time; a bigger
-        // fast path (the checked delivery, the drop of a replay) kept `StreamExt::next` from
-        // inlining it, +15 instructions per message.
+        // inlined into the caller's loop: a message that needs no check is handed on here,
+        // everything else goes out of line to `poll_slow`. Inlined together, the whole
+        // machine's stack frame (kilobytes: it opens calls) was set up for every message, 12% of
+        // a raw `Streaming`'s time; a bigger fast path kept `StreamExt::next` from inlining it.
+        //
+        // The message is moved out of what the inner stream wrote and the item rebuilt around
+        // it, not lent to the cursor function and handed on as it came: lent, it was copied
+        // per message into the slot the out-of-line path returns through, a 48-byte copy whose
+        // 16-byte loads straddle the inner stream's 8-byte stores. The CPU cannot forward such
+        // loads from its store buffer and stalls each until the stores land: 11% of the
+        // consumer's time for a dozen instructions, which callgrind does not see. Moved, it
+        // is read with 8-byte loads (`benches/instructions.rs`, mode `stream-time`). Rebuilding
+        // the slow path's item too would keep the message in registers down to the caller (the
+        // consumer then beats a raw `Streaming`), but the fast path grows past what a loop
+        // with several call sites inlines, and not inlined it loses more than it gains.
         let this = self.as_mut().project();
         let polled = match this.state.project() {
-            StateProj::Streaming { stream } => {
-                let polled = stream.poll_next(cx);
-                if let Poll::Ready(Some(Ok(message))) = &polled
-                    && !this.ctl.check_messages
-                {
-                    this.ctl.deliver_unchecked((this.cursor_fn)(message));
-                    // Handed on as polled: not moved out of its `Poll` and back in.
-                    return polled;
+            StateProj::Streaming { stream } => match stream.poll_next(cx) {
+                Poll::Ready(Some(Ok(message))) if !this.ctl.check_messages => {
+                    this.ctl.deliver_unchecked((this.cursor_fn)(&message));
+                    return Poll::Ready(Some(Ok(message)));
                 }
-                if this.ctl.check_messages {
-                    return self.poll_checked(cx, polled);
-                }
-                Some(polled)
-            }
+                polled => Some(polled),
+            },
             _ => None,
         };
-        self.poll_machine(cx, polled)
+        self.poll_slow(cx, polled)
     }
 }
 
@@ -461,24 +463,25 @@ where
     K: FnMut(&R::Message) -> C,
     C: Clone,
 {
-    /// What the open stream gave while messages are checked (an ordered cursor, or failures to
-    /// clear): a message is handed on here unless it is a replay; the rest goes to the machine.
-    /// Out of line, as the per-message path's size decides whether the caller's loop inlines it.
+    /// What `poll_next` did not hand on: a message to check (an ordered cursor, or failures to
+    /// clear) is handed on here unless it is a replay; the rest goes to the machine. Out of
+    /// line, as the per-message path's size decides whether the caller's loop inlines it.
     #[inline(never)]
-    fn poll_checked(
+    fn poll_slow(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        polled: Polled<R::Message>,
+        polled: Option<Polled<R::Message>>,
     ) -> Polled<R::Message> {
-        let this = self.as_mut().project();
-        let Poll::Ready(Some(Ok(message))) = &polled else {
-            return self.poll_machine(cx, Some(polled));
+        let message = match polled {
+            Some(Poll::Ready(Some(Ok(message)))) if self.ctl.check_messages => message,
+            polled => return self.poll_machine(cx, polled),
         };
-        if this.ctl.deliver_checked((this.cursor_fn)(message)) {
-            return polled;
+        let this = self.as_mut().project();
+        if this.ctl.deliver_checked((this.cursor_fn)(&message)) {
+            return Poll::Ready(Some(Ok(message)));
         }
         // A replay, dropped: the machine polls again.
-        drop(polled);
+        drop(message);
         self.poll_machine(cx, None)
     }
 
