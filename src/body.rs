@@ -96,9 +96,25 @@ pub(crate) struct WholeRequest {
     /// budget is the call's to pass in, not a handle kept here, which would be an `Arc` clone
     /// and drop per call, two atomic operations on the happy path.
     kept: bool,
+    /// Whether the caller's body knew its size exactly. Each attempt's body says so only then:
+    /// hyper sends a `content-length` with a body whose size is exact, and tonic's own request
+    /// body never knows it, so a retried request would gain a header its first attempt (and a
+    /// plain client) never sent.
+    exact: bool,
 }
 
 impl WholeRequest {
+    fn body(&self, bytes: Bytes) -> Body {
+        if bytes.is_empty() {
+            Body::empty()
+        } else {
+            Body::new(WholeBody {
+                bytes: Some(bytes),
+                exact: self.exact,
+            })
+        }
+    }
+
     /// Stops keeping the request and gives its bytes back to `budget`.
     fn give_back(&mut self, budget: &BufferBudget) {
         if std::mem::take(&mut self.kept) {
@@ -123,14 +139,15 @@ impl CallBody {
     /// ready at once) and keeps it for replay within `limit` and the layer's `budget`.
     pub(crate) fn new(mut body: Body, limit: usize, budget: &Arc<BufferBudget>) -> CallBody {
         let size_hint = body.size_hint();
+        let exact = size_hint.exact().is_some();
         if body.is_end_stream() {
-            return CallBody::whole(Bytes::new(), limit, budget);
+            return CallBody::whole(Bytes::new(), exact, limit, budget);
         }
         // Polling with a no-op waker is sound: a body that is not ready registers the real
         // waker when an attempt polls it again.
         let mut cx = Context::from_waker(Waker::noop());
         let first = match Pin::new(&mut body).poll_frame(&mut cx) {
-            Poll::Ready(None) => return CallBody::whole(Bytes::new(), limit, budget),
+            Poll::Ready(None) => return CallBody::whole(Bytes::new(), exact, limit, budget),
             Poll::Pending => None,
             Poll::Ready(Some(frame)) => Some(frame),
         };
@@ -140,14 +157,14 @@ impl CallBody {
                 let bytes = first
                     .and_then(|frame| frame.ok()?.into_data().ok())
                     .unwrap_or_default();
-                return CallBody::whole(bytes, limit, budget);
+                return CallBody::whole(bytes, exact, limit, budget);
             }
             Some(Ok(frame)) if frame.is_data() => match Pin::new(&mut body).poll_frame(&mut cx) {
                 Poll::Ready(None) => {
                     let bytes = first
                         .and_then(|frame| frame.ok()?.into_data().ok())
                         .unwrap_or_default();
-                    return CallBody::whole(bytes, limit, budget);
+                    return CallBody::whole(bytes, exact, limit, budget);
                 }
                 Poll::Pending => None,
                 Poll::Ready(Some(frame)) => Some(frame),
@@ -163,11 +180,12 @@ impl CallBody {
         ))
     }
 
-    fn whole(bytes: Bytes, limit: usize, budget: &BufferBudget) -> CallBody {
+    fn whole(bytes: Bytes, exact: bool, limit: usize, budget: &BufferBudget) -> CallBody {
         let fits = bytes.len() <= limit && budget.try_reserve(bytes.len());
         CallBody::Whole(WholeRequest {
             bytes: Some(bytes),
             kept: fits,
+            exact,
         })
     }
 
@@ -180,7 +198,7 @@ impl CallBody {
                 } else {
                     whole.bytes.take()
                 };
-                whole_body(bytes.unwrap_or_default())
+                whole.body(bytes.unwrap_or_default())
             }
             CallBody::Streamed(handle) => Body::new(handle.first_attempt()),
         }
@@ -189,7 +207,9 @@ impl CallBody {
     /// The next attempt's body, or `None` when the request can no longer be replayed.
     pub(crate) fn next_attempt(&mut self) -> Option<Body> {
         match self {
-            CallBody::Whole(whole) if whole.kept => whole.bytes.clone().map(whole_body),
+            CallBody::Whole(whole) if whole.kept => {
+                whole.bytes.clone().map(|bytes| whole.body(bytes))
+            }
             CallBody::Whole(_) => None,
             CallBody::Streamed(handle) => handle.next_attempt().map(Body::new),
         }
@@ -270,17 +290,13 @@ impl CallBody {
     }
 }
 
-fn whole_body(bytes: Bytes) -> Body {
-    if bytes.is_empty() {
-        Body::empty()
-    } else {
-        Body::new(WholeBody(Some(bytes)))
-    }
-}
-
 /// One attempt's copy of a whole request: one data frame.
 #[derive(Debug)]
-struct WholeBody(Option<Bytes>);
+struct WholeBody {
+    bytes: Option<Bytes>,
+    /// Whether to say the size exactly: see [`WholeRequest::exact`].
+    exact: bool,
+}
 
 impl HttpBody for WholeBody {
     type Data = Bytes;
@@ -290,15 +306,27 @@ impl HttpBody for WholeBody {
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        Poll::Ready(self.get_mut().0.take().map(|bytes| Ok(Frame::data(bytes))))
+        Poll::Ready(
+            self.get_mut()
+                .bytes
+                .take()
+                .map(|bytes| Ok(Frame::data(bytes))),
+        )
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_none()
+        self.bytes.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.0.as_ref().map_or(0, |bytes| bytes.len() as u64))
+        let len = self.bytes.as_ref().map_or(0, |bytes| bytes.len() as u64);
+        if self.exact {
+            SizeHint::with_exact(len)
+        } else {
+            let mut hint = SizeHint::new();
+            hint.set_lower(len);
+            hint
+        }
     }
 }
 

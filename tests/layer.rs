@@ -671,3 +671,55 @@ async fn the_history_names_the_target_it_was_given() {
     );
     assert!(text.contains("hint: nothing listens"), "{text}");
 }
+
+/// The layer sends each attempt's request with the headers the caller's request had: a request
+/// the layer read whole and replays must not gain a `content-length` (hyper adds one for a body
+/// whose size it knows exactly, which tonic's own request body never says) on the first attempt
+/// or on a retry.
+#[tokio::test]
+async fn attempts_carry_the_headers_a_plain_client_sends_and_no_content_length() {
+    let server = ScriptedServer::start(
+        Script::new()
+            .say(Action::Ok)
+            .say(Action::fail(Code::Unavailable, "once"))
+            .say(Action::Ok),
+    )
+    .await;
+    let mut plain = EchoClient::new(lazy_channel(server.addr()));
+    plain.say(SayRequest::default()).await.expect("plain call");
+    let mut layered = EchoClient::new(
+        ServiceBuilder::new()
+            .layer(
+                RetryLayer::builder()
+                    .default_policy(
+                        RetryPolicy::builder()
+                            .backoff(tonic_retry::backoff::ExponentialBackoff::immediate())
+                            .build()
+                            .unwrap(),
+                    )
+                    .build()
+                    .unwrap(),
+            )
+            .service(lazy_channel(server.addr())),
+    );
+    layered
+        .say(SayRequest::default())
+        .await
+        .expect("retried call");
+
+    let attempts = server.attempts();
+    assert_eq!(attempts.len(), 3, "{attempts:?}");
+    let plain_length = attempts[0].header("content-length");
+    for attempt in &attempts[1..] {
+        assert_eq!(
+            attempt.header("content-length"),
+            plain_length,
+            "{attempt:?}"
+        );
+        assert_eq!(
+            attempt.header("content-type"),
+            attempts[0].header("content-type")
+        );
+        assert_eq!(attempt.header("te"), attempts[0].header("te"));
+    }
+}
