@@ -104,6 +104,7 @@ pub(crate) struct WholeRequest {
 }
 
 impl WholeRequest {
+    #[inline]
     fn body(&self, bytes: Bytes) -> Body {
         if bytes.is_empty() {
             Body::empty()
@@ -319,13 +320,10 @@ impl HttpBody for WholeBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let len = self.bytes.as_ref().map_or(0, |bytes| bytes.len() as u64);
         if self.exact {
-            SizeHint::with_exact(len)
+            SizeHint::with_exact(self.bytes.as_ref().map_or(0, |bytes| bytes.len() as u64))
         } else {
-            let mut hint = SizeHint::new();
-            hint.set_lower(len);
-            hint
+            SizeHint::default()
         }
     }
 }
