@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::LOOPBACK_ANY;
+use crate::reply_server::{RawReply, ReplyServer};
 
 /// An HTTP/2 server on 127.0.0.1 that refuses its first `refusals` streams with
 /// `REFUSED_STREAM`, then answers every request with an empty gRPC message and `grpc-status: 0`
@@ -277,13 +278,10 @@ impl Drop for GarbledServer {
 
 /// An HTTP/2 server on 127.0.0.1 that answers every request with the same Trailers-Only
 /// response head: HTTP 200, `content-type: application/grpc`, then the given header fields in
-/// order (a name may repeat), and end of stream. It counts the requests it answered.
+/// order (a name may repeat), and end of stream. It counts the requests it answered. (A
+/// [`ReplyServer`] with one reply, kept for its shorter spelling.)
 #[derive(Debug)]
-pub struct HeadServer {
-    addr: SocketAddr,
-    streams: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
+pub struct HeadServer(ReplyServer);
 
 impl HeadServer {
     /// Starts the server.
@@ -291,59 +289,19 @@ impl HeadServer {
     /// # Panics
     /// If a name or value is not a valid HTTP header field.
     pub async fn start(fields: &[(&str, &str)]) -> HeadServer {
-        let mut headers = HeaderMap::new();
-        headers.insert("content-type", HeaderValue::from_static("application/grpc"));
-        for (name, value) in fields {
-            headers.append(
-                http::HeaderName::from_bytes(name.as_bytes()).expect("a valid header name"),
-                HeaderValue::from_str(value).expect("a valid header value"),
-            );
-        }
-        let listener = TcpListener::bind(LOOPBACK_ANY)
-            .await
-            .expect("bind 127.0.0.1:0");
-        let addr = listener
-            .local_addr()
-            .expect("local_addr of a bound listener");
-        let streams = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&streams);
-        let task = tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let counter = Arc::clone(&counter);
-                let headers = headers.clone();
-                tokio::spawn(async move {
-                    let Ok(mut connection) = h2::server::handshake(socket).await else {
-                        return;
-                    };
-                    while let Some(Ok((_request, mut respond))) = connection.accept().await {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        let mut head = Response::new(());
-                        *head.headers_mut() = headers.clone();
-                        let _ = respond.send_response(head, true);
-                    }
-                });
-            }
+        let head = fields.iter().fold(RawReply::ok(), |head, (name, value)| {
+            head.header(name, value.as_bytes())
         });
-        HeadServer {
-            addr,
-            streams,
-            task,
-        }
+        HeadServer(ReplyServer::start(vec![head]).await)
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.0.addr()
     }
 
     /// Requests answered so far.
     pub fn streams(&self) -> usize {
-        self.streams.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for HeadServer {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.0.streams()
     }
 }
