@@ -421,21 +421,11 @@ fn time_consumers(n: u64, rounds: usize) {
     }
 }
 
-/// A layer recording gRPC's OpenTelemetry metrics into an SDK meter provider.
 #[cfg(feature = "opentelemetry")]
-fn layer_with_metrics() -> RetryLayer {
-    use opentelemetry::metrics::MeterProvider;
-    let exporter = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
-    let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(exporter).build();
-    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
-        .with_reader(reader)
-        .build();
-    RetryLayer::builder()
-        .target("127.0.0.1:50051")
-        .opentelemetry(provider.meter("tonic-retry-bench"))
-        .build()
-        .expect("layer")
-}
+#[path = "common/metrics_layer.rs"]
+mod metrics_layer;
+#[cfg(feature = "opentelemetry")]
+use metrics_layer::layer_with_metrics;
 
 fn main() {
     let framed = Bytes::from(vec![0x5a; 100]);

@@ -47,6 +47,8 @@ use tonic_retry_testkit::pb::echo_client::EchoClient;
 use tonic_retry_testkit::pb::{CountRequest, SayRequest};
 use tonic_retry_testkit::{Action, Method, Script, ScriptedServer, lazy_channel};
 
+#[cfg(feature = "opentelemetry")]
+use common::metrics_layer::layer_with_metrics;
 use common::{Mode, Row, allocations, fmt_mib, fmt_ns, live_bytes, ratio, record};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -353,24 +355,6 @@ fn layer_alone(c: &mut Criterion, mode: Mode, rows: &mut Vec<Row>) {
         met: Some(added_allocs <= 2.0),
     });
     metrics_on(c, mode, rows, &framed, &mut layered);
-}
-
-/// A `RetryLayer` that records gRPC's OpenTelemetry metrics into an SDK meter provider (values
-/// are aggregated at record time; the periodic reader's in-memory exporter runs every 60 s,
-/// not during the measurement).
-#[cfg(feature = "opentelemetry")]
-fn layer_with_metrics() -> RetryLayer {
-    use opentelemetry::metrics::MeterProvider;
-    let exporter = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
-    let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(exporter).build();
-    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
-        .with_reader(reader)
-        .build();
-    RetryLayer::builder()
-        .target("127.0.0.1:50051")
-        .opentelemetry(provider.meter("tonic-retry-bench"))
-        .build()
-        .expect("layer")
 }
 
 /// Row 1 with the `opentelemetry` feature: the layer with its metrics on against the layer alone.

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
+#[cfg(feature = "opentelemetry")]
+pub(crate) mod metrics_layer;
+
 /// Every allocation of the bench process goes through this counter (all threads).
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
