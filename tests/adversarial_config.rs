@@ -175,6 +175,15 @@ async fn a_zero_byte_budget_replays_no_unary_request() {
     }
 }
 
+/// A layer whose retries back off quickly and go through `throttle`.
+fn throttled(throttle: RetryThrottle) -> RetryLayer {
+    RetryLayer::builder()
+        .default_policy(RetryPolicy::builder().backoff(quick()).build().unwrap())
+        .throttle(throttle)
+        .build()
+        .unwrap()
+}
+
 /// The smallest and the largest throttles gRFC A6 allows: the smallest (0.001 tokens) allows no
 /// retry once one failure took its token; the largest never throttles a single call.
 #[tokio::test]
@@ -183,11 +192,7 @@ async fn the_extreme_throttles_do_what_their_numbers_say() {
         Script::new().default_action(Method::Say, Action::fail(Code::Unavailable, "down")),
     )
     .await;
-    let smallest = RetryLayer::builder()
-        .default_policy(RetryPolicy::builder().backoff(quick()).build().unwrap())
-        .throttle(RetryThrottle::new(0.001, 0.001).unwrap())
-        .build()
-        .unwrap();
+    let smallest = throttled(RetryThrottle::new(0.001, 0.001).unwrap());
     let status = say_within(&mut client(&server, smallest.clone()), say(b"x"))
         .await
         .unwrap_err();
@@ -197,11 +202,7 @@ async fn the_extreme_throttles_do_what_their_numbers_say() {
     );
     assert_eq!(server.attempt_count(), 1);
 
-    let largest = RetryLayer::builder()
-        .default_policy(RetryPolicy::builder().backoff(quick()).build().unwrap())
-        .throttle(RetryThrottle::new(1000.0, 1000.0).unwrap())
-        .build()
-        .unwrap();
+    let largest = throttled(RetryThrottle::new(1000.0, 1000.0).unwrap());
     let status = say_within(&mut client(&server, largest.clone()), say(b"x"))
         .await
         .unwrap_err();

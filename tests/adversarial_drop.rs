@@ -100,9 +100,16 @@ fn refuse_after_reading() -> Action {
     }
 }
 
-/// Dropped while its first attempt is in flight, the request half sent.
-#[tokio::test]
-async fn a_call_dropped_mid_attempt_gives_its_replay_budget_back() {
+/// A call in its first attempt, its request's first chunk sent upstream (through a proxy that
+/// counts it) and held by the layer for replay, the request still open; the server hangs that
+/// attempt, refuses the next after reading it whole, then answers.
+async fn call_in_its_first_attempt() -> (
+    ScriptedServer,
+    FaultProxy,
+    RetryLayer,
+    tokio::task::JoinHandle<Result<tonic::Response<tonic_retry_testkit::pb::CollectReply>, Status>>,
+    mpsc::UnboundedSender<Chunk>,
+) {
     let server = ScriptedServer::start(
         Script::new()
             .collect(Action::Hang)
@@ -113,13 +120,19 @@ async fn a_call_dropped_mid_attempt_gives_its_replay_budget_back() {
     let proxy = FaultProxy::start(server.addr()).await;
     let layer = layer(policy(Duration::from_millis(1)), Arc::new(Notify::new()));
     let (call, sender) = open_call(client(lazy_channel(proxy.addr()), &layer));
-    // The chunk went upstream: the layer read it from the request, and holds it for replay.
     tokio::time::timeout(
         GUARD,
         proxy.wait_until(|stats| stats.bytes_up >= HELD as u64),
     )
     .await
     .expect("the chunk never went out");
+    (server, proxy, layer, call, sender)
+}
+
+/// Dropped while its first attempt is in flight, the request half sent.
+#[tokio::test]
+async fn a_call_dropped_mid_attempt_gives_its_replay_budget_back() {
+    let (server, _proxy, layer, call, sender) = call_in_its_first_attempt().await;
 
     call.abort();
     let _ = call.await;
@@ -205,22 +218,7 @@ async fn a_hedged_call_dropped_mid_flight_gives_its_replay_budget_back() {
 /// chunk, the follow-up cannot be kept for replay, and its first failure is the caller's.
 #[tokio::test]
 async fn the_follow_up_fails_while_another_call_holds_the_budget() {
-    let server = ScriptedServer::start(
-        Script::new()
-            .collect(Action::Hang)
-            .collect(refuse_after_reading())
-            .collect(Action::Ok),
-    )
-    .await;
-    let proxy = FaultProxy::start(server.addr()).await;
-    let layer = layer(policy(Duration::from_millis(1)), Arc::new(Notify::new()));
-    let (call, sender) = open_call(client(lazy_channel(proxy.addr()), &layer));
-    tokio::time::timeout(
-        GUARD,
-        proxy.wait_until(|stats| stats.bytes_up >= HELD as u64),
-    )
-    .await
-    .expect("the chunk never went out");
+    let (server, _proxy, layer, call, sender) = call_in_its_first_attempt().await;
 
     let chunks: Vec<Chunk> = FOLLOW_UP.iter().map(|&len| chunk(len, b'f')).collect();
     let status = tokio::time::timeout(

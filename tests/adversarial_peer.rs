@@ -317,6 +317,20 @@ async fn odd_heads_are_retried_only_when_a_plain_client_reads_them_as_unavailabl
     }
 }
 
+/// A server whose first answer is UNAVAILABLE with `grpc-retry-pushback-ms: value` and whose
+/// next answer heals the call.
+async fn pushback_then_healed(value: &[u8]) -> ReplyServer {
+    ReplyServer::start(vec![
+        RawReply::ok()
+            .header("grpc-status", b"14")
+            .header("grpc-retry-pushback-ms", value),
+        RawReply::ok()
+            .message(&reply_bytes("healed"))
+            .trailer("grpc-status", b"0"),
+    ])
+    .await
+}
+
 /// `grpc-retry-pushback-ms` is a non-negative decimal integer; anything else means "do not
 /// retry" (gRFC A6), and a valid one is waited exactly, at most `MAX_SERVER_DELAY` without a
 /// deadline.
@@ -339,15 +353,7 @@ async fn every_malformed_pushback_stops_and_every_valid_one_is_waited() {
         b"99999999999999999999999999999999",
     ];
     for value in malformed {
-        let server = ReplyServer::start(vec![
-            RawReply::ok()
-                .header("grpc-status", b"14")
-                .header("grpc-retry-pushback-ms", value),
-            RawReply::ok()
-                .message(&reply_bytes("healed"))
-                .trailer("grpc-status", b"0"),
-        ])
-        .await;
+        let server = pushback_then_healed(value).await;
         let mut client = layered(&server, quick_policy());
         let status = tokio::time::timeout(GUARD, client.say(say()))
             .await
@@ -371,15 +377,7 @@ async fn every_malformed_pushback_stops_and_every_valid_one_is_waited() {
             tonic_retry::policy::MAX_SERVER_DELAY,
         ),
     ] {
-        let server = ReplyServer::start(vec![
-            RawReply::ok()
-                .header("grpc-status", b"14")
-                .header("grpc-retry-pushback-ms", value),
-            RawReply::ok()
-                .message(&reply_bytes("healed"))
-                .trailer("grpc-status", b"0"),
-        ])
-        .await;
+        let server = pushback_then_healed(value).await;
         let mut client = layered(&server, quick_policy());
         let started = tokio::time::Instant::now();
         let reply = tokio::time::timeout(GUARD * 10, client.say(say()))
