@@ -72,8 +72,9 @@ impl<B: HttpBody> HttpBody for ResponseBody<B> {
                     // tonic's client reads the trailers as the call's status, and panics on
                     // details that are not base64: a peer's bytes must not panic the caller.
                     drop_undecodable_details(trailers);
-                    if ends_ok(trailers)
-                        && let Some(throttle) = this.on_ok.take()
+                    // The throttle first: without one (the default) the trailers are not read.
+                    if let Some(throttle) = this.on_ok.take()
+                        && ends_ok(trailers)
                     {
                         throttle.record_success();
                     }
